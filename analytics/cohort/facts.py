@@ -1,0 +1,171 @@
+"""Normalised clinical facts: the flattened FHIR tables read through the concept map and the
+contract's status rules (study-contract.md section 1), each rule applied here and only here.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import date, timedelta
+
+import numpy as np
+import pandas as pd
+
+from .concepts import ConceptMap
+
+IGNORED_CONDITION_VERIFICATION = {"refuted", "entered-in-error"}
+IGNORED_MEDICATION_STATUS = {"entered-in-error", "not-taken"}
+IGNORED_OBSERVATION_STATUS = {"entered-in-error", "cancelled"}
+FINAL_OBSERVATION_STATUS = {"final", "amended", "corrected"}
+MASS_TO_MG = {"mg": 1.0, "g": 1000.0, "ug": 0.001, "mcg": 0.001, "ug_": 0.001}
+PERIOD_UNIT_DAYS = {"s": 1 / 86400, "min": 1 / 1440, "h": 1 / 24, "d": 1.0, "wk": 7.0, "mo": 30.0, "a": 365.0}
+IMMUNOSUPPRESSANTS = ("tacrolimus", "CTX", "MTX", "AZA", "MMF", "CsA")
+CONVENTIONAL = ("CTX", "MTX", "AZA", "MMF", "CsA")  # also the tie-break order for conventional_agent
+OPEN_END = date(9999, 12, 31)
+
+
+@dataclass(frozen=True)
+class StudyFacts:
+    patients: pd.DataFrame       # patient_id, sex, birth_date (imputed), deceased, deceased_date
+    diagnoses: pd.DataFrame      # patient_id, concept, date
+    exposures: pd.DataFrame      # statement_id, patient_id, concept, start, end (inclusive; OPEN_END = ongoing),
+                                 # daily_dose_mg, pred_factor, stopped_for_adverse_event
+    procedures: pd.DataFrame     # patient_id, concept, date
+    observations: pd.DataFrame   # observation_id, patient_id, concept, date, value, value_code, value_boolean
+    adverse_events: pd.DataFrame  # event_id, patient_id, category, date, serious, suspect_references
+    enrolments: pd.DataFrame     # patient_id, study_id, status, start, end (study_id matched to the study)
+    contacts: pd.DataFrame       # patient_id, date: every clinical date on a counted resource
+    quality: pd.DataFrame        # patient_id, issue: facts that could not be read
+
+
+def impute_birth_date(value: str | None) -> date | None:
+    """Year-only and year-month birth dates are imputed to the first day of that year or month."""
+    if not value:
+        return None
+    if len(value) == 4:
+        return date(int(value), 1, 1)
+    if len(value) == 7:
+        return date(int(value[:4]), int(value[5:7]), 1)
+    return date.fromisoformat(value[:10])
+
+
+def daily_dose_mg(dose_value: float | None, unit: str | None, frequency: float | None, period: float | None,
+                  period_unit: str | None) -> float | None:
+    """Dose per administration (mg; g converted) times administrations per day; no timing = once daily."""
+    if dose_value is None or pd.isna(dose_value):
+        return None
+    to_mg = MASS_TO_MG.get((unit or "").strip())
+    if to_mg is None:
+        return None
+    if frequency is None or pd.isna(frequency):
+        per_day = 1.0
+    else:
+        days = PERIOD_UNIT_DAYS.get(period_unit or "d")
+        if days is None:
+            return None
+        per_day = float(frequency) / (float(period if period is not None and not pd.isna(period) else 1) * days)
+    return float(dose_value) * to_mg * per_day
+
+
+def exposure_intervals(statements: pd.DataFrame) -> pd.DataFrame:
+    """Each statement's exposure as an inclusive [start, end] interval, per the contract.
+
+    An explicit end is kept (explicit statements may overlap: their doses add). A statement
+    without an end, or an ``active`` one given by effectiveDateTime, is ongoing until the day
+    before the next statement of the same ingredient starts; a non-active effectiveDateTime
+    covers that single day.
+    """
+    df = statements.copy()
+    ongoing = (df["effective_kind"] == "period") & df["end"].isna() | \
+              (df["effective_kind"] == "datetime") & (df["status"] == "active")
+    single_day = (df["effective_kind"] == "datetime") & ~ongoing
+    df.loc[single_day, "end"] = df.loc[single_day, "start"]
+    df["ongoing"] = ongoing
+    df = df.sort_values(["patient_id", "concept", "start", "statement_id"])
+    next_start: list[date | None] = []
+    for _, grp in df.groupby(["patient_id", "concept"], sort=False):
+        starts = list(grp["start"])
+        for i, s in enumerate(starts):
+            later = next((t for t in starts[i + 1:] if t > s), None)
+            next_start.append(later)
+    df["next_start"] = next_start
+    df["end"] = [
+        (ns - timedelta(days=1) if ns is not None else OPEN_END) if og else e
+        for og, e, ns in zip(df["ongoing"], df["end"], df["next_start"])
+    ]
+    return df.drop(columns=["ongoing", "next_start"])
+
+
+def build_facts(flat: dict[str, pd.DataFrame], concepts: ConceptMap) -> StudyFacts:
+    """From the flattened tables (keys as in ``etl.flatten.FLATTENERS``) to the study's facts."""
+    quality: list[dict[str, str]] = []
+
+    pat = flat["Patient"]
+    patients = pd.DataFrame({
+        "patient_id": pat["patient_id"], "sex": pat["gender"],
+        "birth_date": [impute_birth_date(v) for v in pat["birth_date"]],
+        "deceased": pat["deceased"].astype(bool), "deceased_date": pat["deceased_date"],
+    })
+
+    cond = flat["Condition"]
+    cond = cond[~cond["verification_status"].isin(IGNORED_CONDITION_VERIFICATION)]
+    diagnoses = concepts.annotate("conditions", cond)[["patient_id", "concept", "date"]].dropna(subset=["date"])
+
+    meds_counted = flat["MedicationStatement"]
+    meds_counted = meds_counted[~meds_counted["status"].isin(IGNORED_MEDICATION_STATUS) & meds_counted["start"].notna()]
+    meds = concepts.annotate("medications", meds_counted)
+    meds = meds.drop_duplicates(["statement_id", "concept"])
+    meds["daily_dose_mg"] = [daily_dose_mg(*r) for r in meds[["dose_value", "dose_unit", "frequency", "period", "period_unit"]].itertuples(index=False)]
+    no_dose = meds["daily_dose_mg"].isna() & (meds["concept"] == "glucocorticoid")
+    quality += [{"patient_id": p, "issue": "glucocorticoid_dose_not_computable"} for p in meds.loc[no_dose, "patient_id"]]
+    meds["pred_factor"] = meds["factor"].where(meds["concept"] == "glucocorticoid")
+    meds["stopped_for_adverse_event"] = meds["status_reason_codes"].fillna("").str.contains("|adverse-event", regex=False)
+    exposures = exposure_intervals(meds)[["statement_id", "patient_id", "concept", "start", "end", "daily_dose_mg",
+                                          "pred_factor", "stopped_for_adverse_event"]]
+
+    proc = flat["Procedure"]
+    proc = proc[(proc["status"] == "completed") & proc["date"].notna()]
+    procedures = concepts.annotate("procedures", proc)[["patient_id", "concept", "date"]]
+
+    obs_counted = flat["Observation"]
+    obs_counted = obs_counted[~obs_counted["status"].isin(IGNORED_OBSERVATION_STATUS) & obs_counted["date"].notna()]
+    obs = concepts.annotate("observations", obs_counted)
+    # A preliminary result is superseded by a final/amended one of the same concept and day.
+    finals = obs[obs["status"].isin(FINAL_OBSERVATION_STATUS)][["patient_id", "concept", "date"]].drop_duplicates()
+    finals["_final"] = True
+    obs = obs.merge(finals, on=["patient_id", "concept", "date"], how="left")
+    obs = obs[~((obs["status"] == "preliminary") & obs["_final"].fillna(False).astype(bool))]
+    values = [concepts.to_canonical(c, q, u) if q is not None and not pd.isna(q) else
+              (float(i) if i is not None and not pd.isna(i) else None)
+              for c, q, u, i in obs[["concept", "value_quantity", "value_unit", "value_integer"]].itertuples(index=False)]
+    obs = obs.assign(value=values)
+    bad_unit = obs["value_quantity"].notna() & obs["value"].isna()
+    quality += [{"patient_id": p, "issue": "observation_unit_not_convertible"} for p in obs.loc[bad_unit, "patient_id"]]
+    observations = obs[["observation_id", "patient_id", "concept", "date", "value", "value_code", "value_boolean"]]
+
+    ae_counted = flat["AdverseEvent"]
+    ae_counted = ae_counted[(ae_counted["actuality"] == "actual") & ae_counted["date"].notna()]
+    ae = concepts.annotate("adverse_event_categories", ae_counted).rename(columns={"concept": "category"})
+    ae["serious"] = ae["seriousness_code"] == "serious"
+    adverse_events = ae[["event_id", "patient_id", "category", "date", "serious", "suspect_references"]]
+
+    rs = flat["ResearchSubject"]
+    enrolments = rs[["patient_id", "study_id", "status", "start", "end"]]
+
+    # Last contact: every clinical date on a resource not ignored by its status, mapped to a concept or not.
+    contacts = pd.concat([
+        cond[["patient_id", "date"]],
+        cond[["patient_id", "recorded_date"]].rename(columns={"recorded_date": "date"}),
+        meds_counted[["patient_id", "start"]].rename(columns={"start": "date"}),
+        meds_counted[["patient_id", "end"]].rename(columns={"end": "date"}),
+        proc[["patient_id", "date"]],
+        obs_counted[["patient_id", "date"]],
+        ae_counted[["patient_id", "date"]],
+        rs[["patient_id", "start"]].rename(columns={"start": "date"}),
+        rs[["patient_id", "end"]].rename(columns={"end": "date"}),
+        patients[["patient_id", "deceased_date"]].rename(columns={"deceased_date": "date"}),
+    ], ignore_index=True).dropna().drop_duplicates()
+
+    return StudyFacts(patients=patients, diagnoses=diagnoses.reset_index(drop=True), exposures=exposures.reset_index(drop=True),
+                      procedures=procedures.reset_index(drop=True), observations=observations.reset_index(drop=True),
+                      adverse_events=adverse_events.reset_index(drop=True), enrolments=enrolments.reset_index(drop=True),
+                      contacts=contacts.reset_index(drop=True),
+                      quality=pd.DataFrame(quality, columns=["patient_id", "issue"]))

@@ -1,0 +1,192 @@
+"""Flatten validated FHIR R4 resources into tidy DataFrames, one row per coding.
+
+Study-agnostic: this module knows FHIR, not the study. Codings are exploded so that concept
+matching downstream is a join on (system, code). Clinical dates are the *local* calendar date
+written in the resource (the first ten characters of a dateTime): converting a hospital's
+"2016-03-04T01:30:00+08:00" to UTC would move that lab result to the previous day. Partial dates
+are imputed to the first day of their year or month, as the contract does for birth dates.
+"""
+from __future__ import annotations
+
+from datetime import date
+from typing import Any, Callable, Iterable
+
+import pandas as pd
+
+Resource = dict[str, Any]
+
+
+def clinical_date(value: str | None) -> date | None:
+    """The calendar date of a FHIR date/dateTime; a year or year-month is imputed to its first day."""
+    if not value:
+        return None
+    if len(value) == 4:
+        return date(int(value), 1, 1)
+    if len(value) == 7:
+        return date(int(value[:4]), int(value[5:7]), 1)
+    return date.fromisoformat(value[:10])
+
+
+def reference_id(reference: dict[str, Any] | None, resource_type: str) -> str | None:
+    """The id in a literal reference to ``resource_type`` (relative or absolute URL), else None."""
+    ref = (reference or {}).get("reference") or ""
+    parts = ref.split("/_history/")[0].rstrip("/").split("/")
+    if len(parts) >= 2 and parts[-2] == resource_type:
+        return parts[-1]
+    return None
+
+
+def codings(concept: dict[str, Any] | None) -> list[tuple[str | None, str | None]]:
+    return [(c.get("system"), c.get("code")) for c in (concept or {}).get("coding") or []] or [(None, None)]
+
+
+def _first_code(concept: dict[str, Any] | None) -> str | None:
+    return next((c for _, c in codings(concept) if c), None)
+
+
+def _frame(rows: Iterable[dict[str, Any]], columns: list[str]) -> pd.DataFrame:
+    return pd.DataFrame(list(rows), columns=columns)
+
+
+PATIENT_COLUMNS = ["patient_id", "gender", "birth_date", "deceased_date", "deceased"]
+
+
+def patients(resources: Iterable[Resource]) -> pd.DataFrame:
+    def row(r: Resource) -> dict[str, Any]:
+        deceased_dt = r.get("deceasedDateTime")
+        return {"patient_id": r["id"], "gender": r.get("gender"), "birth_date": r.get("birthDate"),
+                "deceased_date": clinical_date(deceased_dt),
+                "deceased": bool(deceased_dt) or bool(r.get("deceasedBoolean"))}
+    return _frame((row(r) for r in resources), PATIENT_COLUMNS)
+
+
+CONDITION_COLUMNS = ["condition_id", "patient_id", "system", "code", "date", "recorded_date", "verification_status"]
+
+
+def conditions(resources: Iterable[Resource]) -> pd.DataFrame:
+    def rows(r: Resource) -> Iterable[dict[str, Any]]:
+        when = clinical_date(r.get("onsetDateTime")) or clinical_date(r.get("recordedDate"))
+        status = _first_code(r.get("verificationStatus"))
+        for system, code in codings(r.get("code")):
+            yield {"condition_id": r["id"], "patient_id": reference_id(r.get("subject"), "Patient"), "system": system,
+                   "code": code, "date": when, "recorded_date": clinical_date(r.get("recordedDate")),
+                   "verification_status": status}
+    return _frame((x for r in resources for x in rows(r)), CONDITION_COLUMNS)
+
+
+MEDICATION_COLUMNS = ["statement_id", "patient_id", "status", "system", "code", "start", "end", "effective_kind",
+                      "dose_value", "dose_unit", "frequency", "period", "period_unit", "status_reason_codes"]
+
+
+def medication_statements(resources: Iterable[Resource]) -> pd.DataFrame:
+    def rows(r: Resource) -> Iterable[dict[str, Any]]:
+        period = r.get("effectivePeriod")
+        if period is not None:
+            kind, start, end = "period", clinical_date(period.get("start")), clinical_date(period.get("end"))
+        elif r.get("effectiveDateTime"):
+            kind, start, end = "datetime", clinical_date(r["effectiveDateTime"]), None
+        else:
+            kind, start, end = None, None, None
+        dosage = (r.get("dosage") or [{}])[0]
+        dose = ((dosage.get("doseAndRate") or [{}])[0]).get("doseQuantity") or {}
+        repeat = (dosage.get("timing") or {}).get("repeat") or {}
+        reasons = ";".join(f"{s}|{c}" for reason in r.get("statusReason") or [] for s, c in codings(reason) if c)
+        for system, code in codings(r.get("medicationCodeableConcept")):
+            yield {"statement_id": r["id"], "patient_id": reference_id(r.get("subject"), "Patient"),
+                   "status": r.get("status"), "system": system, "code": code, "start": start, "end": end,
+                   "effective_kind": kind, "dose_value": dose.get("value"), "dose_unit": dose.get("code") or dose.get("unit"),
+                   "frequency": repeat.get("frequency"), "period": repeat.get("period"),
+                   "period_unit": repeat.get("periodUnit"), "status_reason_codes": reasons}
+    return _frame((x for r in resources for x in rows(r)), MEDICATION_COLUMNS)
+
+
+PROCEDURE_COLUMNS = ["procedure_id", "patient_id", "status", "system", "code", "date"]
+
+
+def procedures(resources: Iterable[Resource]) -> pd.DataFrame:
+    def rows(r: Resource) -> Iterable[dict[str, Any]]:
+        when = clinical_date(r.get("performedDateTime")) or clinical_date((r.get("performedPeriod") or {}).get("start"))
+        for system, code in codings(r.get("code")):
+            yield {"procedure_id": r["id"], "patient_id": reference_id(r.get("subject"), "Patient"),
+                   "status": r.get("status"), "system": system, "code": code, "date": when}
+    return _frame((x for r in resources for x in rows(r)), PROCEDURE_COLUMNS)
+
+
+OBSERVATION_COLUMNS = ["observation_id", "patient_id", "status", "system", "code", "date", "value_quantity",
+                       "value_unit", "value_boolean", "value_integer", "value_system", "value_code"]
+
+
+def _value_columns(obj: Resource) -> dict[str, Any]:
+    quantity = obj.get("valueQuantity") or {}
+    value_concept = obj.get("valueCodeableConcept")
+    value_system, value_code = codings(value_concept)[0] if value_concept else (None, None)
+    return {"value_quantity": quantity.get("value"), "value_unit": quantity.get("code") or quantity.get("unit"),
+            "value_boolean": obj.get("valueBoolean"), "value_integer": obj.get("valueInteger"),
+            "value_system": value_system, "value_code": value_code}
+
+
+def observations(resources: Iterable[Resource]) -> pd.DataFrame:
+    def rows(r: Resource) -> Iterable[dict[str, Any]]:
+        when = clinical_date(r.get("effectiveDateTime")) or clinical_date((r.get("effectivePeriod") or {}).get("start"))
+        values = _value_columns(r)
+        for system, code in codings(r.get("code")):
+            yield {"observation_id": r["id"], "patient_id": reference_id(r.get("subject"), "Patient"),
+                   "status": r.get("status"), "system": system, "code": code, "date": when, **values}
+    return _frame((x for r in resources for x in rows(r)), OBSERVATION_COLUMNS)
+
+
+COMPONENT_COLUMNS = ["observation_id", "system", "code", "value_quantity", "value_unit", "value_boolean",
+                     "value_integer", "value_system", "value_code"]
+
+
+def observation_components(resources: Iterable[Resource]) -> pd.DataFrame:
+    def rows(r: Resource) -> Iterable[dict[str, Any]]:
+        for comp in r.get("component") or []:
+            values = _value_columns(comp)
+            for system, code in codings(comp.get("code")):
+                yield {"observation_id": r["id"], "system": system, "code": code, **values}
+    return _frame((x for r in resources for x in rows(r)), COMPONENT_COLUMNS)
+
+
+ADVERSE_EVENT_COLUMNS = ["event_id", "patient_id", "actuality", "system", "code", "date", "seriousness_system",
+                         "seriousness_code", "suspect_references"]
+
+
+def adverse_events(resources: Iterable[Resource]) -> pd.DataFrame:
+    def rows(r: Resource) -> Iterable[dict[str, Any]]:
+        s_system, s_code = codings(r.get("seriousness"))[0]
+        suspects = ";".join((s.get("instance") or {}).get("reference", "") for s in r.get("suspectEntity") or [])
+        for system, code in codings(r.get("event")):
+            yield {"event_id": r["id"], "patient_id": reference_id(r.get("subject"), "Patient"),
+                   "actuality": r.get("actuality"), "system": system, "code": code, "date": clinical_date(r.get("date")),
+                   "seriousness_system": s_system, "seriousness_code": s_code, "suspect_references": suspects}
+    return _frame((x for r in resources for x in rows(r)), ADVERSE_EVENT_COLUMNS)
+
+
+RESEARCH_SUBJECT_COLUMNS = ["subject_id", "patient_id", "study_id", "status", "start", "end"]
+
+
+def research_subjects(resources: Iterable[Resource]) -> pd.DataFrame:
+    def row(r: Resource) -> dict[str, Any]:
+        period = r.get("period") or {}
+        return {"subject_id": r["id"], "patient_id": reference_id(r.get("individual"), "Patient"),
+                "study_id": reference_id(r.get("study"), "ResearchStudy"), "status": r.get("status"),
+                "start": clinical_date(period.get("start")), "end": clinical_date(period.get("end"))}
+    return _frame((row(r) for r in resources), RESEARCH_SUBJECT_COLUMNS)
+
+
+RESEARCH_STUDY_COLUMNS = ["study_id", "identifier_system", "identifier_value"]
+
+
+def research_studies(resources: Iterable[Resource]) -> pd.DataFrame:
+    def rows(r: Resource) -> Iterable[dict[str, Any]]:
+        for ident in r.get("identifier") or [{}]:
+            yield {"study_id": r["id"], "identifier_system": ident.get("system"), "identifier_value": ident.get("value")}
+    return _frame((x for r in resources for x in rows(r)), RESEARCH_STUDY_COLUMNS)
+
+
+FLATTENERS: dict[str, Callable[[Iterable[Resource]], pd.DataFrame]] = {
+    "Patient": patients, "Condition": conditions, "MedicationStatement": medication_statements,
+    "Procedure": procedures, "Observation": observations, "AdverseEvent": adverse_events,
+    "ResearchSubject": research_subjects, "ResearchStudy": research_studies,
+}

@@ -1,0 +1,37 @@
+"""Validate FHIR R4 resources with fhir.resources' R4B models, one resource at a time.
+
+R4B equals R4 for every resource type the study reads; the package's default import is R5,
+which would reject valid R4 content. fhir.resources has no lenient mode, so a failure here
+sends the resource to quarantine with every error, instead of failing the whole pull.
+"""
+from __future__ import annotations
+
+from functools import lru_cache
+from typing import Any
+
+from pydantic import ValidationError
+
+
+@lru_cache(maxsize=None)
+def _model(resource_type: str) -> Any:
+    from fhir.resources.R4B import get_fhir_model_class
+
+    return get_fhir_model_class(resource_type)
+
+
+def validation_errors(resource: Any, expected_type: str) -> list[str]:
+    """Return every reason ``resource`` is not a valid R4 ``expected_type``; empty when valid."""
+    if not isinstance(resource, dict):
+        return [f"not a JSON object: {type(resource).__name__}"]
+    actual = resource.get("resourceType")
+    if actual != expected_type:
+        return [f"resourceType is {actual!r}, expected {expected_type!r}"]
+    if not resource.get("id"):
+        return ["resource has no id"]
+    try:
+        _model(expected_type).model_validate(resource)
+    except ValidationError as exc:
+        return [f"{'.'.join(str(p) for p in err['loc'])}: {err['msg']}" for err in exc.errors()]
+    except (ValueError, TypeError) as exc:  # model-level validators raise these too
+        return [str(exc)]
+    return []
