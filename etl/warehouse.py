@@ -97,6 +97,14 @@ class Warehouse:
         with self.engine.connect() as conn:
             return [orjson.loads(text) for (text,) in conn.execute(sa.select(table.c.resource).order_by(table.c.id))]
 
+    def extraction_time(self, resource_type: str = "Patient") -> datetime | None:
+        """When ``resource_type`` was last pulled: the default data cut-off."""
+        table = self._raw_table(resource_type)
+        if not sa.inspect(self.engine).has_table(table.name):
+            return None
+        with self.engine.connect() as conn:
+            return conn.execute(sa.select(sa.func.max(table.c.loaded_at))).scalar()
+
     def replace_table(self, name: str, frame: pd.DataFrame, primary_key: list[str] | None = None) -> None:
         """Replace a derived table with ``frame`` in one transaction."""
         with self.engine.begin() as conn:

@@ -6,7 +6,7 @@ event days). The resources are then written so that the outcome follows from the
 the ground truth independent of the pipeline's implementation of the rules: the end-to-end tests
 compare what the pipeline derives against what the generator intended.
 
-Treatment choice is confounded by the covariates (younger, clinically amyopathic, IVIg-treated
+Treatment choice is confounded by the covariates (older, clinically amyopathic, IVIg-treated
 patients get tacrolimus more often, and those covariates also raise the hazards), and the true
 hazard ratios are parameters, so IPTW has a bias to correct.
 """
@@ -152,8 +152,10 @@ class _PatientBuilder:
 
         group = spec.group
         if group is None:
-            logit = (-1.1 - 0.035 * (age - 52) + 0.9 * (subset == "CADM") - 0.015 * (pred0 - 65)
-                     + 0.7 * ivig - 0.3 * pe + 0.2 * (sex == "female"))
+            # Sicker patients (older, amyopathic, higher GC dose, IVIg or plasma exchange) get tacrolimus
+            # more often, so the unadjusted hazard ratio understates its benefit.
+            logit = (-1.6 + 0.04 * (age - 52) + 1.2 * (subset == "CADM") + 0.02 * (pred0 - 65)
+                     + 0.9 * ivig + 0.8 * pe + 0.2 * (sex == "female"))
             group = "tacrolimus" if rng.random() < _expit(logit) else "conventional"
         agent = "tacrolimus" if group == "tacrolimus" else str(rng.choice(CONVENTIONAL_ORDER, p=[0.42, 0.25, 0.15, 0.12, 0.06]))
 

@@ -1,0 +1,54 @@
+"""The data dictionary of the analyst-facing tables: one place, shown in the Dagster UI as the
+column schema and rendered into the README."""
+from __future__ import annotations
+
+DICTIONARY: dict[str, dict[str, str]] = {
+    "cohort": {
+        "patient_key": "Pseudonym: HMAC-SHA256 of the FHIR Patient id under PSEUDONYM_KEY",
+        "group": "tacrolimus | conventional (exposure overlapping index … index+365 d)",
+        "conventional_agent": "CTX | MTX | AZA | MMF | CsA started at index (ties in that order); NULL for tacrolimus",
+        "index_date": "Start of the first qualifying immunosuppressant with a glucocorticoid within ±30 d (ISO date)",
+        "age": "Completed years at index (partial birth dates imputed to the first day)",
+        "sex": "Patient.gender as sent: male | female | other | unknown",
+        "diagnosis_subset": "CADM | ASS | DM | PM (first that applies, in that order)",
+        "initial_pred_mg_day": "Prednisolone-equivalent mg/day on the index date, summed over covering GC statements",
+        "plasma_exchange": "1 if a completed plasma exchange is dated index−30 … index+30 d, else 0",
+        "ivig": "1 if an IVIg statement starts index−30 … index+30 d, else 0",
+        "followup_days": "Days of follow-up: min(365, last contact, data cut-off), or the death day",
+        "death_event": "1 if Patient.deceasedDateTime falls within follow-up",
+        "death_days": "Days to death or censoring",
+        "relapse_event": "1 if a relapse (exacerbation + criterion i, ii or iii within ±14 d) occurred in follow-up",
+        "relapse_days": "Days to the first relapse, or censoring (death censors relapse)",
+        "resp_relapse_event": "1 if a respiratory exacerbation with radiological progression within ±14 d occurred",
+        "resp_relapse_days": "Days to the first respiratory relapse, or censoring",
+    },
+    "cohort_attrition": {
+        "cohort": "retrospective | prospective", "step": "0 = everyone, then the contract's order",
+        "reason": "The rule failed at this step", "n_excluded": "Patients whose first failed rule this is",
+        "n_remaining": "Patients left after this step",
+    },
+    "cohort_data_quality": {
+        "cohort": "retrospective | prospective", "issue": "What could not be evaluated or read",
+        "n_patients": "Distinct patients affected",
+    },
+    "relapse_detail": {
+        "patient_key": "Pseudonym", "kind": "relapse | resp_relapse", "day": "Days from index",
+        "category": "Exacerbation category: respiratory | muscular | skin | general",
+        "ferritin_esr": "Criterion (i) fired", "radiological": "Criterion (ii) fired", "gc_increase": "Criterion (iii) fired",
+    },
+    "iptw_weights": {
+        "patient_key": "Pseudonym", "analysis": "primary = tacrolimus vs conventional",
+        "propensity_score": "P(tacrolimus | covariates), logistic regression",
+        "weight": "1/ps (tacrolimus) or 1/(1−ps) (comparator)",
+        "stabilized_weight": "weight × marginal probability of the group received",
+    },
+    "effect_estimates": {
+        "analysis": "primary = the paper's IPTW Cox", "comparison": "e.g. tacrolimus_vs_conventional",
+        "outcome": "death | relapse | resp_relapse", "hazard_ratio": "exp(coef) of the weighted Cox model",
+        "ci_lower": "exp(coef − 1.96·robust SE)", "ci_upper": "exp(coef + 1.96·robust SE)",
+        "p_value": "Robust Wald p", "logrank_p": "IPTW-adjusted log-rank p (Xie & Liu 2005); NULL until implemented",
+        "n_treated": "Patients in the treated group", "n_control": "Patients in the comparator group",
+        "events_treated": "Unweighted events, treated", "events_control": "Unweighted events, comparator",
+    },
+    "patient_xref": {"patient_key": "Pseudonym", "fhir_patient_id": "FHIR Patient id (restricted table)"},
+}

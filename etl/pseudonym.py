@@ -1,0 +1,31 @@
+"""Stable pseudonyms for patients: a keyed HMAC-SHA256 of the FHIR Patient id.
+
+Keyed, so that nobody without the secret can recompute a pseudonym from a known hospital id
+(a plain hash of an MRN-like id is reversible by enumeration).
+"""
+from __future__ import annotations
+
+import hashlib
+import hmac
+
+import pandas as pd
+
+
+class PseudonymKeyError(ValueError):
+    """The pseudonym key is missing or too short to be a secret."""
+
+
+def check_key(key: str) -> bytes:
+    if not key or len(key) < 16:
+        raise PseudonymKeyError("PSEUDONYM_KEY must be set to a secret of at least 16 characters")
+    return key.encode("utf-8")
+
+
+def patient_key(fhir_patient_id: str, key: str) -> str:
+    return hmac.new(check_key(key), fhir_patient_id.encode("utf-8"), hashlib.sha256).hexdigest()
+
+
+def pseudonymise(frame: pd.DataFrame, key: str, id_column: str = "patient_id") -> pd.DataFrame:
+    """``frame`` with ``id_column`` replaced by ``patient_key`` in first position."""
+    keys = [patient_key(pid, key) for pid in frame[id_column]]
+    return frame.drop(columns=[id_column]).assign(patient_key=keys)[["patient_key", *[c for c in frame.columns if c != id_column]]]
