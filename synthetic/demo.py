@@ -1,4 +1,4 @@
-"""`make demo`: the whole service on an embedded default.
+"""`make demo` (and `make dev`): the whole service on an embedded default.
 
 Generates the synthetic hospital, serves it from a local sekmet-fhir server on 127.0.0.1, runs
 the operators' command ``dagster asset materialize -w workspace.yaml --select '*'`` against it
@@ -70,6 +70,9 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--seed", type=int, default=HospitalParams().seed)
     parser.add_argument("--state-dir", type=Path, default=PROJECT_ROOT / ".state")
+    parser.add_argument("--ui", action="store_true",
+                        help="open the Dagster UI on the loaded sandbox instead of materializing (make dev)")
+    parser.add_argument("--port", type=int, default=3000, help="Dagster UI port with --ui")
     args = parser.parse_args(argv)
 
     demo_dir = args.state_dir / "demo"
@@ -92,6 +95,14 @@ def main(argv: list[str] | None = None) -> int:
         print(f"sandbox FHIR server (sekmet-fhir) on {server.base_url}: loading ...")
         load_server(server.base_url, hospital.resources)
         env["FHIR_BASE_URL"] = server.base_url
+        if args.ui:
+            print(f"Dagster UI on http://127.0.0.1:{args.port} (Ctrl-C stops it and the sandbox server)")
+            ui = [str(Path(sys.executable).with_name("dagster")), "dev", "-w", "workspace.yaml", "-h", "127.0.0.1",
+                  "-p", str(args.port)]
+            try:
+                return subprocess.run(ui, cwd=PROJECT_ROOT, env=env).returncode
+            except KeyboardInterrupt:
+                return 0
         command = [str(Path(sys.executable).with_name("dagster")), "asset", "materialize", "-w", "workspace.yaml",
                    "--select", "*"]
         print("$ dagster " + " ".join(command[1:]))

@@ -1,0 +1,33 @@
+# Two commands do all set-up on a fresh machine: `make demo` and `make test`.
+PYTHON ?= $(shell command -v python3.11 || command -v python3)
+VENV := .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed-stamp
+PYTEST_ARGS ?=
+
+.PHONY: venv demo test dev validate benchmark clean
+
+venv: $(STAMP)
+
+$(STAMP): pyproject.toml
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -e '.[dev]'
+	@# The project's `dagster` wrapper must win over dagster's own console script (assets/dagster_cli.py).
+	grep -q assets.dagster_cli $(VENV)/bin/dagster || $(PY) -m pip install --quiet --no-deps --force-reinstall -e .
+	touch $(STAMP)
+
+demo: venv
+	$(PY) -m synthetic.demo
+
+test: venv
+	$(PY) -m pytest $(PYTEST_ARGS)
+
+dev: venv
+	$(PY) -m synthetic.demo --ui
+
+validate: venv
+	$(VENV)/bin/dagster definitions validate -w workspace.yaml
+
+clean:
+	rm -rf .state .pytest_cache

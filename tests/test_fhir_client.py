@@ -1,0 +1,81 @@
+"""Search paging and retries of etl.fhir_client, against a mocked transport (respx)."""
+from __future__ import annotations
+
+import httpx
+import pytest
+import respx
+
+from etl.fhir_client import FhirClient, FhirError, SearchStats
+
+BASE = "https://fhir.example.org/r4"
+
+
+def bundle(ids: list[str], next_url: str | None = None, total: int | None = None, extra: list | None = None) -> dict:
+    b: dict = {"resourceType": "Bundle", "type": "searchset",
+               "entry": [{"resource": {"resourceType": "Patient", "id": i}, "search": {"mode": "match"}} for i in ids]
+               + (extra or []),
+               "link": [{"relation": "self", "url": "x"}] + ([{"relation": "next", "url": next_url}] if next_url else [])}
+    if total is not None:
+        b["total"] = total
+    return b
+
+
+@respx.mock
+def test_follows_next_links_exactly_and_ignores_total():
+    respx.get(f"{BASE}/Patient", params={"_count": "2"}).respond(json=bundle(["a", "b"], f"{BASE}/opaque?page=XYZ", total=2))
+    respx.get(f"{BASE}/opaque", params={"page": "XYZ"}).respond(json=bundle(["c"]))
+    with FhirClient(BASE, page_size=2, backoff_s=0) as client:
+        stats = SearchStats()
+        ids = [e.resource["id"] for e in client.search("Patient", stats=stats)]
+    assert ids == ["a", "b", "c"]
+    assert stats.pages == 2 and stats.requests == 2
+
+
+@respx.mock
+def test_skips_include_and_outcome_entries():
+    extra = [{"resource": {"resourceType": "Organization", "id": "o"}, "search": {"mode": "include"}},
+             {"resource": {"resourceType": "OperationOutcome", "issue": []}, "search": {"mode": "outcome"}}]
+    respx.get(f"{BASE}/Patient").respond(json=bundle(["a"], extra=extra))
+    stats = SearchStats()
+    with FhirClient(BASE) as client:
+        ids = [e.resource["id"] for e in client.search("Patient", stats=stats)]
+    assert ids == ["a"] and stats.skipped_entries == {"include": 1, "outcome": 1}
+
+
+@respx.mock
+def test_retries_429_and_503_honouring_retry_after():
+    route = respx.get(f"{BASE}/Patient")
+    route.side_effect = [httpx.Response(429, headers={"Retry-After": "0"}), httpx.Response(503),
+                         httpx.Response(200, json=bundle(["a"]))]
+    stats = SearchStats()
+    with FhirClient(BASE, backoff_s=0) as client:
+        ids = [e.resource["id"] for e in client.search("Patient", stats=stats)]
+    assert ids == ["a"] and stats.retries == 2 and stats.requests == 3
+
+
+@respx.mock
+def test_other_client_errors_fail_fast_with_the_operation_outcome_text():
+    respx.get(f"{BASE}/Patient").respond(403, json={"resourceType": "OperationOutcome",
+                                                    "issue": [{"severity": "error", "code": "forbidden",
+                                                               "diagnostics": "scope system/Patient.read missing"}]})
+    with FhirClient(BASE) as client, pytest.raises(FhirError, match="403.*scope system/Patient.read missing"):
+        list(client.search("Patient"))
+
+
+@respx.mock
+def test_bearer_token_comes_from_the_named_environment_variable(monkeypatch):
+    monkeypatch.setenv("MY_FHIR_TOKEN", "s3cret")
+    route = respx.get(f"{BASE}/Patient").respond(json=bundle([]))
+    with FhirClient(BASE, bearer_token_env="MY_FHIR_TOKEN") as client:
+        list(client.search("Patient"))
+    assert route.calls.last.request.headers["Authorization"] == "Bearer s3cret"
+
+
+@respx.mock
+def test_gives_up_after_max_retries_without_leaking_headers(monkeypatch):
+    monkeypatch.setenv("MY_FHIR_TOKEN", "s3cret")
+    respx.get(f"{BASE}/Patient").mock(side_effect=httpx.ConnectError("reset"))
+    with FhirClient(BASE, bearer_token_env="MY_FHIR_TOKEN", max_retries=2, backoff_s=0) as client:
+        with pytest.raises(FhirError) as info:
+            list(client.search("Patient"))
+    assert "3 attempts" in str(info.value) and "s3cret" not in str(info.value)

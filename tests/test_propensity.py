@@ -1,0 +1,48 @@
+"""Propensity scores and IPTW weights (analytics.propensity), checked against closed forms."""
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from analytics.propensity import PropensityModelError, design_matrix, fit_propensity, iptw_weights
+
+
+def cohort(n_cells: dict[tuple[str, int], int]) -> tuple[pd.DataFrame, pd.Series]:
+    """Rows for each (sex, treated) cell; with sex as the only covariate the logistic model is saturated."""
+    rows = [{"sex": sex, "treated": t} for (sex, t), n in n_cells.items() for _ in range(n)]
+    frame = pd.DataFrame(rows)
+    return frame, frame["treated"].astype(bool)
+
+
+def test_saturated_model_gives_the_observed_proportions_and_ate_weights_sum_to_n():
+    frame, treated = cohort({("female", 1): 30, ("female", 0): 10, ("male", 1): 5, ("male", 0): 15})
+    fit = fit_propensity(frame, treated, covariates=("sex",))
+    assert fit.scores[frame["sex"] == "female"].to_numpy() == pytest.approx(0.75)
+    assert fit.scores[frame["sex"] == "male"].to_numpy() == pytest.approx(0.25)
+    w = iptw_weights(treated, fit.scores)
+    # With a saturated model each weighted group reproduces the whole sample.
+    assert w.loc[treated, "weight"].sum() == pytest.approx(len(frame))
+    assert w.loc[~treated, "weight"].sum() == pytest.approx(len(frame))
+    assert w.loc[treated, "stabilized_weight"].sum() == pytest.approx(treated.sum())
+
+
+def test_design_matrix_uses_fixed_references_and_drops_constant_indicators():
+    frame = pd.DataFrame({"age": [50.0, 60.0], "sex": ["female", "female"], "diagnosis_subset": ["DM", "CADM"],
+                          "initial_pred_mg_day": [50.0, 60.0], "plasma_exchange": [0, 1], "ivig": [0, 0]})
+    assert list(design_matrix(frame).columns) == ["const", "age", "diagnosis_subset[CADM]", "initial_pred_mg_day",
+                                                  "plasma_exchange"]
+
+
+def test_one_empty_group_is_a_clear_error():
+    frame, treated = cohort({("female", 1): 3, ("male", 1): 3})
+    with pytest.raises(PropensityModelError, match="both groups"):
+        fit_propensity(frame, treated, covariates=("sex",))
+
+
+def test_weighted_cox_reports_not_estimable_without_events_in_a_group():
+    from analytics.weighted_cox import weighted_cox
+
+    est = weighted_cox(pd.Series([10, 20, 30, 40]), pd.Series([0, 0, 1, 1]), pd.Series([1, 1, 0, 0]),
+                       pd.Series([1.0, 1.0, 1.0, 1.0]))
+    assert np.isnan(est.hazard_ratio) and (est.events_treated, est.events_control) == (0, 2)

@@ -1,0 +1,169 @@
+"""The retrospective cohort rules of study-contract.md §2, one small FHIR fixture each."""
+from __future__ import annotations
+
+from datetime import date
+
+import pytest
+
+from synthetic import fhir_builders as fb
+from synthetic.fhir_builders import ICD10, LOCAL
+
+from .fhir_fixtures import (CTX, INDEX, MTX, PID, PREDNISONE, TACROLIMUS, day, derive, drug, exacerbation, new_id,
+                            obs_quantity, only_row, radiological, reason, reference_patient)
+
+
+def test_reference_patient_is_in_the_tacrolimus_group_with_full_follow_up():
+    row = only_row(derive(reference_patient()))
+    assert row["group"] == "tacrolimus" and row["conventional_agent"] is None
+    assert row["index_date"] == INDEX
+    assert row["age"] == 50 and row["sex"] == "female" and row["diagnosis_subset"] == "DM"
+    assert row["initial_pred_mg_day"] == 50.0
+    assert (row["followup_days"], row["death_event"], row["relapse_event"], row["resp_relapse_event"]) == (365, 0, 0, 0)
+
+
+def test_undotted_icd10_codes_match():
+    res = reference_patient(ild=False) + [fb.condition(new_id(), PID, ICD10, "J8410", day(-30))]
+    assert only_row(derive(res))["group"] == "tacrolimus"
+
+
+def test_myositis_with_respiratory_involvement_counts_as_iim_and_ild():
+    res = [r for r in reference_patient(ild=False) if r.get("code", {}).get("coding", [{}])[0].get("code") != "M33.10"]
+    res.append(fb.condition(new_id(), PID, ICD10, "M33.11", day(-30)))
+    assert only_row(derive(res))["diagnosis_subset"] == "DM"
+
+
+def test_refuted_ild_is_ignored():
+    res = reference_patient(ild=False) + [fb.condition(new_id(), PID, ICD10, "J84.10", day(-30), verification="refuted")]
+    assert reason(derive(res)) == "no_ild_condition"
+
+
+@pytest.mark.parametrize("gap_days, expected", [(1095, "malignancy_within_3y"), (-1095, "malignancy_within_3y"), (1096, None)])
+def test_malignancy_within_three_years_of_first_iim(gap_days, expected):
+    first_iim = -60
+    res = reference_patient() + [fb.condition(new_id(), PID, ICD10, "C34.90", day(first_iim + gap_days))]
+    assert reason(derive(res)) == expected
+
+
+@pytest.mark.parametrize("gc_start, expected", [(30, None), (31, "no_glucocorticoid_at_index"), (-35, None)])
+def test_glucocorticoid_within_30_days_of_the_immunosuppressant(gc_start, expected):
+    # A GC course of 10 days starting gc_start: -35 ends on day -26, inside the ±30 d window.
+    res = reference_patient(gc=(gc_start, gc_start + 9))
+    assert reason(derive(res)) == expected
+
+
+def test_immunosuppressant_started_more_than_30_days_before_ild_does_not_qualify():
+    res = [r for r in reference_patient(ild=False)] + [fb.condition(new_id(), PID, ICD10, "J84.10", day(31))]
+    assert reason(derive(res)) == "no_qualifying_immunosuppressant"
+
+
+def test_tie_at_index_picks_the_first_agent_in_contract_order():
+    res = reference_patient(agent=MTX) + [drug(CTX, 0, 100)]
+    row = only_row(derive(res))
+    assert (row["group"], row["conventional_agent"]) == ("conventional", "CTX")
+
+
+def test_tacrolimus_and_ctx_in_the_first_year_is_mixed_exposure():
+    assert reason(derive(reference_patient() + [drug(CTX, 200, 260)])) == "mixed_exposure"
+
+
+def test_an_earlier_course_that_ended_before_index_does_not_make_mixed_exposure():
+    # MTX started more than 30 d before the first ILD condition (day -30) and stopped before index.
+    row = only_row(derive(reference_patient() + [drug(MTX, -200, -100)]))
+    assert row["group"] == "tacrolimus" and row["index_date"] == INDEX
+
+
+def test_entered_in_error_statement_is_ignored():
+    res = reference_patient(agent=CTX) + [drug(TACROLIMUS, 10, None, status="entered-in-error")]
+    assert only_row(derive(res))["group"] == "conventional"
+
+
+@pytest.mark.parametrize("birth, age", [("1966", 50), ("1966-04", 49), ("1966-03-01", 50), ("1966-03-02", 49)])
+def test_age_in_completed_years_with_partial_birth_dates_imputed(birth, age):
+    assert only_row(derive(reference_patient(birth=birth)))["age"] == age
+
+
+def test_under_18_at_index_is_excluded():
+    assert reason(derive(reference_patient(birth="1998-03-02"))) == "age_under_18"
+
+
+def test_index_outside_the_study_window_is_excluded():
+    assert reason(derive(reference_patient(), window_end=date(2016, 2, 29))) == "index_outside_window"
+
+
+def test_death_without_a_date_is_excluded_and_reported():
+    result = derive(reference_patient(deceased=True))
+    assert reason(result) == "death_date_unknown"
+    assert result.data_quality.set_index("issue").loc["death_date_unknown", "n_patients"] == 1
+
+
+def test_death_within_follow_up_ends_follow_up_and_censors_a_later_relapse():
+    res = reference_patient(deceased=day(100), last_contact=90) + [exacerbation(150), radiological(150)]
+    row = only_row(derive(res))
+    assert (row["death_event"], row["death_days"], row["followup_days"]) == (1, 100, 100)
+    assert (row["relapse_event"], row["relapse_days"]) == (0, 100)
+
+
+def test_follow_up_is_censored_at_the_last_contact():
+    row = only_row(derive(reference_patient(last_contact=200, gc=(-5, 150))))
+    assert (row["followup_days"], row["death_event"]) == (200, 0)
+
+
+def test_follow_up_is_censored_at_the_data_cutoff():
+    row = only_row(derive(reference_patient(), data_cutoff=day(120)))
+    assert row["followup_days"] == 120
+
+
+@pytest.mark.parametrize("lab_day, value, expected", [(114, 1001, 1), (86, 1001, 1), (85, 1001, 0), (100, 1000, 0)])
+def test_relapse_by_ferritin_above_twice_baseline_within_14_days(lab_day, value, expected):
+    res = reference_patient() + [exacerbation(100), obs_quantity("2276-4", lab_day, value, "ng/mL")]
+    row = only_row(derive(res))
+    assert (row["relapse_event"], row["relapse_days"]) == (expected, 100 if expected else 365)
+
+
+def test_relapse_by_radiological_progression_and_respiratory_relapse():
+    res = reference_patient() + [exacerbation(50, "respiratory"), radiological(60)]
+    row = only_row(derive(res))
+    assert (row["relapse_event"], row["relapse_days"], row["resp_relapse_event"], row["resp_relapse_days"]) == (1, 50, 1, 50)
+
+
+def test_negative_radiological_progression_is_not_a_criterion():
+    row = only_row(derive(reference_patient() + [exacerbation(50, "respiratory"), radiological(50, positive=False)]))
+    assert (row["relapse_event"], row["resp_relapse_event"]) == (0, 0)
+
+
+@pytest.mark.parametrize("rescue_mg, expected", [(35, 1), (5, 0)])
+def test_relapse_by_glucocorticoid_increase_above_half_mg_per_kg(rescue_mg, expected):
+    # 60 kg: the total must exceed 30 mg/day. The taper gives 50 mg/day until day 27, then nothing.
+    res = reference_patient(gc=(-5, 27)) + [exacerbation(80), drug(PREDNISONE, 75, 90, dose=rescue_mg)]
+    assert only_row(derive(res))["relapse_event"] == expected
+
+
+def test_glucocorticoid_increase_without_a_weight_is_counted_as_not_evaluable():
+    res = reference_patient(gc=(-5, 27), weight=None) + [exacerbation(80), drug(PREDNISONE, 75, 90, dose=35)]
+    result = derive(res)
+    assert only_row(result)["relapse_event"] == 0
+    issues = result.data_quality.set_index("issue")["n_patients"]
+    assert issues["relapse_gc_criterion_not_evaluable_no_weight"] == 1
+
+
+def test_initial_dose_sums_overlapping_statements_in_prednisolone_equivalents():
+    # Methylprednisolone 0.5 g/day (×1.25) on top of prednisone 50 mg/day.
+    pulse = fb.medication_statement(new_id("ms"), PID, fb.RXNORM, "6902", day(-2), day(0), dose=0.5, unit="g", frequency=1)
+    assert only_row(derive(reference_patient() + [pulse]))["initial_pred_mg_day"] == 50 + 625
+
+
+def test_plasma_exchange_and_ivig_within_30_days_of_index():
+    res = reference_patient() + [
+        fb.procedure(new_id("proc"), PID, fb.SNOMED, "127788007", day(30)),
+        fb.medication_statement(new_id("ms"), PID, LOCAL, "ivig", day(31), day(35), dose=20, unit="g"),
+    ]
+    row = only_row(derive(res))
+    assert (row["plasma_exchange"], row["ivig"]) == (1, 0)
+
+
+def test_attrition_counts_each_patient_once_at_its_first_failed_step():
+    result = derive(reference_patient(ild=False, gc=None))
+    att = result.attrition.set_index("reason")
+    assert att.loc["no_ild_condition", "n_excluded"] == 1
+    assert att.loc["no_glucocorticoid_at_index", "n_excluded"] == 0
+    assert list(att["n_remaining"])[-1] == 0

@@ -1,0 +1,38 @@
+"""The synthetic hospital is deterministic, valid FHIR R4, and covers every path of the contract."""
+from __future__ import annotations
+
+import collections
+
+from etl.validation import validation_errors
+from synthetic.hospital import PROSPECTIVE_ATTRITION_REASONS, RETRO_ATTRITION_REASONS, HospitalParams, generate_hospital
+
+from .conftest import SMALL_HOSPITAL
+
+
+def test_same_seed_same_hospital_other_seed_other_hospital():
+    assert generate_hospital(SMALL_HOSPITAL).resources == generate_hospital(SMALL_HOSPITAL).resources
+    other = HospitalParams(**{**SMALL_HOSPITAL.__dict__, "seed": 8})
+    assert generate_hospital(other).resources != generate_hospital(SMALL_HOSPITAL).resources
+
+
+def test_every_resource_is_valid_r4_with_a_unique_id(small_hospital):
+    for r in small_hospital.resources:
+        assert validation_errors(r, r["resourceType"]) == [], r
+    keys = collections.Counter((r["resourceType"], r["id"]) for r in small_hospital.resources)
+    assert max(keys.values()) == 1
+
+
+def test_every_resource_type_and_every_exclusion_path_is_present(small_hospital):
+    types = {r["resourceType"] for r in small_hospital.resources}
+    assert types == {"Patient", "Condition", "MedicationStatement", "Procedure", "Observation", "AdverseEvent",
+                     "ResearchStudy", "ResearchSubject"}
+    reasons = {t["retro_reason"] for t in small_hospital.truth}
+    assert set(RETRO_ATTRITION_REASONS) <= reasons
+    assert set(PROSPECTIVE_ATTRITION_REASONS) <= {t["prospective"] for t in small_hospital.truth}
+
+
+def test_both_groups_and_all_outcomes_occur(small_hospital):
+    cohort = [t for t in small_hospital.truth if t["retro_reason"] is None]
+    assert {t["group"] for t in cohort} == {"tacrolimus", "conventional"}
+    for outcome in ("death_event", "relapse_event", "resp_relapse_event"):
+        assert 0 < sum(t[outcome] for t in cohort) < len(cohort)
