@@ -1,0 +1,21 @@
+"""The README's data dictionary and set-up commands stay in step with the code."""
+from __future__ import annotations
+
+from pathlib import Path
+
+from assets.dictionary import DICTIONARY
+
+README = (Path(__file__).resolve().parent.parent / "README.md").read_text()
+
+
+def test_the_two_setup_commands_come_first():
+    setup = README.index("## Set-up")
+    assert README.index("make demo") > setup and README.index("make test") > setup
+    assert README.index("make demo") < README.index("## Running against a hospital")
+
+
+def test_every_dictionary_column_is_documented():
+    for table, columns in DICTIONARY.items():
+        assert f"**`{table}`**" in README, table
+        for column in columns:
+            assert f"| `{column}` |" in README, (table, column)
