@@ -11,7 +11,6 @@ import math
 import warnings
 from dataclasses import dataclass
 
-import numpy as np
 import pandas as pd
 from scipy import stats
 

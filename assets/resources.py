@@ -11,7 +11,7 @@ from typing import Iterator
 import dagster as dg
 
 from analytics.cohort.concepts import ConceptMap, load_concept_map
-from analytics.cohort.retrospective import RetrospectiveParams
+from analytics.cohort.params import RuleParams
 from etl.fhir_client import FhirClient
 from etl.warehouse import Warehouse
 
@@ -62,9 +62,9 @@ class StudyResource(dg.ConfigurableResource):
     def concepts(self) -> ConceptMap:
         return load_concept_map(self.concept_map_path or None)
 
-    def retrospective_params(self, extraction_date: date) -> RetrospectiveParams:
+    def retrospective_params(self, extraction_date: date) -> RuleParams:
         cutoff = date.fromisoformat(self.data_cutoff) if self.data_cutoff else extraction_date
-        return RetrospectiveParams(window_start=date.fromisoformat(self.window_start),
+        return RuleParams(window_start=date.fromisoformat(self.window_start),
                                    window_end=date.fromisoformat(self.window_end), data_cutoff=cutoff)
 
 

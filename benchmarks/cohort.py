@@ -12,7 +12,8 @@ from datetime import date
 
 from analytics.cohort.concepts import load_concept_map
 from analytics.cohort.facts import build_facts
-from analytics.cohort.retrospective import RetrospectiveParams, derive_retrospective
+from analytics.cohort.params import RuleParams
+from analytics.cohort.retrospective import derive_retrospective
 from etl.flatten import FLATTENERS
 from synthetic.hospital import HospitalParams, generate_hospital
 
@@ -33,7 +34,7 @@ def main() -> None:
         t1 = time.perf_counter()
         facts = build_facts(flat, concepts)
         t2 = time.perf_counter()
-        derive_retrospective(facts, RetrospectiveParams(data_cutoff=date(2026, 1, 1)))
+        derive_retrospective(facts, RuleParams(data_cutoff=date(2026, 1, 1)))
         t3 = time.perf_counter()
         rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
         print(f"{n:>8} {len(hospital.truth):>9} {len(hospital.resources):>10} {t1 - t0:>10.2f} {t2 - t1:>8.2f} "

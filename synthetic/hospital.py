@@ -13,7 +13,7 @@ hazard ratios are parameters, so IPTW has a bias to correct.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import date, timedelta
 from typing import Any, Iterator
 

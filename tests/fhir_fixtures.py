@@ -7,7 +7,8 @@ from typing import Any
 
 from analytics.cohort.concepts import load_concept_map
 from analytics.cohort.facts import build_facts
-from analytics.cohort.retrospective import RetrospectiveParams, RetrospectiveResult, derive_retrospective
+from analytics.cohort.params import RuleParams
+from analytics.cohort.retrospective import RetrospectiveResult, derive_retrospective
 from etl.flatten import FLATTENERS
 from synthetic import fhir_builders as fb
 from synthetic.fhir_builders import ICD10, LOCAL, LOINC, RXNORM
@@ -75,7 +76,7 @@ def derive(resources: list[dict], **params: Any) -> RetrospectiveResult:
         by_type.setdefault(r["resourceType"], []).append(r)
     flat = {t: f(by_type.get(t, [])) for t, f in FLATTENERS.items()}
     params.setdefault("data_cutoff", date(2025, 1, 1))
-    return derive_retrospective(build_facts(flat, load_concept_map()), RetrospectiveParams(**params))
+    return derive_retrospective(build_facts(flat, load_concept_map()), RuleParams(**params))
 
 
 def only_row(result: RetrospectiveResult) -> dict:

@@ -44,23 +44,39 @@ def test_daily_dose(args, mg):
     assert daily_dose_mg(*args) == (pytest.approx(mg) if mg is not None else None)
 
 
-def test_a_malformed_map_names_the_entry(tmp_path):
+def test_a_malformed_map_names_the_file_line_and_entry(tmp_path):
     bad = tmp_path / "map.yaml"
-    bad.write_text("systems: {ICD10: http://hl7.org/fhir/sid/icd-10-cm}\nconditions:\n  ild: [{system: ICD10}]\n")
-    with pytest.raises(ConceptMapError, match=r"conditions\.ild\[0\] needs a system and exactly one of code or prefix"):
+    bad.write_text("systems: {ICD10: http://hl7.org/fhir/sid/icd-10-cm}\nconditions:\n  ild:\n    - {system: ICD10}\n")
+    with pytest.raises(ConceptMapError, match=rf"{bad}:4: conditions\.ild\[0\] needs a system and exactly one of code or prefix"):
         load_concept_map(str(bad))
 
 
-def test_a_hospital_can_add_its_own_codes(tmp_path):
+def test_an_unknown_system_name_is_refused(tmp_path):
+    bad = tmp_path / "map.yaml"
+    bad.write_text("medications:\n  tacrolimus:\n    - {system: RXNROM, code: '42316'}\n")
+    with pytest.raises(ConceptMapError, match=rf"{bad}:3: medications\.tacrolimus\[0\]: system 'RXNROM'"):
+        load_concept_map(str(bad))
+
+
+def test_a_hospital_adds_its_own_codes_to_the_defaults(tmp_path):
     default = load_concept_map()
-    extended = tmp_path / "map.yaml"
-    extended.write_text(default_text().replace("ild:\n", "ild:\n    - {system: 'urn:hospital:dx', code: ILD-7}\n", 1))
-    cm = load_concept_map(str(extended))
+    extra = tmp_path / "map.yaml"
+    extra.write_text("conditions:\n  ild: [{system: 'urn:hospital:dx', code: ILD-7}]\n"
+                     "units:\n  crp: {canonical: mg/L, convert: {nmol/L: 0.105}}\n")
+    cm = load_concept_map(str(extra))
     assert {n for n, _ in cm.concepts("conditions", "urn:hospital:dx", "ILD-7")} == {"ild"}
+    assert {n for n, _ in cm.concepts("conditions", ICD10, "J84.10")} == {"ild"}  # the defaults stay
+    assert cm.to_canonical("crp", 10, "nmol/L") == pytest.approx(1.05) and cm.to_canonical("crp", 1, "mg/dL") == 10
     assert cm.digest != default.digest
 
 
-def default_text() -> str:
-    from analytics.cohort.concepts import DEFAULT_CONCEPT_MAP
+def test_a_hospital_can_replace_the_defaults(tmp_path):
+    own = tmp_path / "map.yaml"
+    own.write_text("replace_defaults: true\nconditions:\n  ild: [{system: 'urn:hospital:dx', code: ILD-7}]\n")
+    cm = load_concept_map(str(own))
+    assert cm.concepts("conditions", ICD10, "J84.10") == []
 
-    return DEFAULT_CONCEPT_MAP.read_text()
+
+def test_a_missing_file_is_a_clear_error(tmp_path):
+    with pytest.raises(ConceptMapError, match="does not exist"):
+        load_concept_map(str(tmp_path / "nope.yaml"))

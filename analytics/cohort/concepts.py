@@ -1,8 +1,10 @@
 """The concept map: which (system, code) pairs carry each clinical fact of the study.
 
 The default lives in ``concept_map.yaml`` beside this file and is exactly the data contract's code
-lists; a hospital points ``CONCEPT_MAP_PATH`` at its own copy to add local codings, with no code
-change. Matching is on (system, code) only; ICD-10-CM codes are compared without their dot.
+lists. A hospital points ``CONCEPT_MAP_PATH`` at a file of its own, in the same format: its codes
+are added to the default's (a new concept name is added whole), unless the file says
+``replace_defaults: true``, when it is the whole map. Matching is on (system, code) only;
+ICD-10-CM codes are compared without their dot.
 """
 from __future__ import annotations
 
@@ -83,6 +85,30 @@ class ConceptMap:
         return None if factor is None else float(value) * factor
 
 
+class _Located(dict):
+    """A YAML mapping that remembers the line it started on, for error messages."""
+
+    line: int = 0
+
+
+class _LineLoader(yaml.SafeLoader):
+    pass
+
+
+def _construct_located(loader: yaml.SafeLoader, node: yaml.MappingNode) -> _Located:
+    mapping = _Located(loader.construct_mapping(node, deep=True))
+    mapping.line = node.start_mark.line + 1
+    return mapping
+
+
+_LineLoader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _construct_located)
+
+
+def _where(source: str, obj: Any, fallback: Any = None) -> str:
+    line = getattr(obj, "line", 0) or getattr(fallback, "line", 0)
+    return f"{source}:{line}" if line else source
+
+
 def _parse(data: Any, source: str) -> ConceptMap:
     if not isinstance(data, dict):
         raise ConceptMapError(f"{source}: expected a mapping at the top level")
@@ -91,14 +117,14 @@ def _parse(data: Any, source: str) -> ConceptMap:
     for domain in DOMAINS:
         entries = data.get(domain) or {}
         if not isinstance(entries, dict):
-            raise ConceptMapError(f"{source}: '{domain}' must map concept names to lists of codes")
+            raise ConceptMapError(f"{_where(source, data)}: '{domain}' must map concept names to lists of codes")
         concepts: dict[str, tuple[CodeRule, ...]] = {}
         for name, rules in entries.items():
             if not isinstance(rules, list) or not rules:
-                raise ConceptMapError(f"{source}: {domain}.{name} must be a non-empty list of codes")
+                raise ConceptMapError(f"{_where(source, entries)}: {domain}.{name} must be a non-empty list of codes")
             parsed = []
             for i, rule in enumerate(rules):
-                where = f"{source}: {domain}.{name}[{i}]"
+                where = f"{_where(source, rule, entries)}: {domain}.{name}[{i}]"
                 if not isinstance(rule, dict) or "system" not in rule or ("code" in rule) == ("prefix" in rule):
                     raise ConceptMapError(f"{where} needs a system and exactly one of code or prefix, got {rule!r}")
                 system = systems.get(rule["system"], rule["system"])
@@ -109,19 +135,46 @@ def _parse(data: Any, source: str) -> ConceptMap:
                                        factor=None if rule.get("factor") is None else float(rule["factor"])))
             concepts[str(name)] = tuple(parsed)
         domains[domain] = concepts
-    units = {str(k): UnitRule(canonical=v["canonical"], convert={str(u): float(f) for u, f in v["convert"].items()})
-             for k, v in (data.get("units") or {}).items()}
+    units = {}
+    for k, v in (data.get("units") or {}).items():
+        if not isinstance(v, dict) or "canonical" not in v or not isinstance(v.get("convert"), dict):
+            raise ConceptMapError(f"{_where(source, v, data.get('units'))}: units.{k} needs 'canonical' and a 'convert' mapping")
+        units[str(k)] = UnitRule(canonical=str(v["canonical"]), convert={str(u): float(f) for u, f in v["convert"].items()})
     return ConceptMap(domains=domains, units=units, digest="")
+
+
+def _read(file: Path) -> tuple[str, Any]:
+    text = file.read_text(encoding="utf-8")
+    try:
+        return text, yaml.load(text, Loader=_LineLoader)  # noqa: S506 - a SafeLoader subclass
+    except yaml.YAMLError as exc:
+        raise ConceptMapError(f"{file}: not valid YAML: {exc}") from None
+
+
+def _merge(default: ConceptMap, extra: ConceptMap) -> ConceptMap:
+    domains = {d: {**default.domains[d]} for d in DOMAINS}
+    for d in DOMAINS:
+        for name, rules in extra.domains[d].items():
+            domains[d][name] = domains[d].get(name, ()) + rules
+    units = {**default.units}
+    for name, rule in extra.units.items():
+        base = units.get(name)
+        units[name] = rule if base is None else UnitRule(base.canonical, {**base.convert, **rule.convert})
+    return ConceptMap(domains, units, "")
 
 
 @lru_cache(maxsize=8)
 def load_concept_map(path: str | None = None) -> ConceptMap:
-    """Load and validate a concept map (the contract's default when ``path`` is None)."""
-    file = Path(path) if path else DEFAULT_CONCEPT_MAP
-    text = file.read_text(encoding="utf-8")
-    try:
-        data = yaml.safe_load(text)
-    except yaml.YAMLError as exc:
-        raise ConceptMapError(f"{file}: not valid YAML: {exc}") from None
-    parsed = _parse(data, str(file))
-    return ConceptMap(parsed.domains, parsed.units, hashlib.sha256(text.encode()).hexdigest())
+    """Load and validate the concept map: the contract's default, plus a hospital's file at ``path``."""
+    default_text, default_data = _read(DEFAULT_CONCEPT_MAP)
+    parsed = _parse(default_data, str(DEFAULT_CONCEPT_MAP))
+    digest = hashlib.sha256(default_text.encode())
+    if path:
+        file = Path(path)
+        if not file.is_file():
+            raise ConceptMapError(f"concept map {file} does not exist (CONCEPT_MAP_PATH)")
+        text, data = _read(file)
+        extra = _parse(data, str(file))
+        parsed = extra if isinstance(data, dict) and data.get("replace_defaults") else _merge(parsed, extra)
+        digest.update(text.encode())
+    return ConceptMap(parsed.domains, parsed.units, digest.hexdigest())

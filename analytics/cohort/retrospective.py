@@ -6,14 +6,13 @@ happens where the tables are written.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import date, timedelta
-from typing import Any
-
-import numpy as np
 import pandas as pd
 
-from .facts import CONVENTIONAL, IMMUNOSUPPRESSANTS, OPEN_END, StudyFacts
+from .facts import CONVENTIONAL, IMMUNOSUPPRESSANTS, StudyFacts
+from .params import RuleParams
+from .patient import PatientRecord, completed_years, group_facts
 
 ATTRITION_REASONS = (
     "no_iim_condition", "no_ild_condition", "inclusion_body_myositis", "overlap_myositis", "juvenile_dm",
@@ -29,26 +28,6 @@ COHORT_COLUMNS = [
 
 
 @dataclass(frozen=True)
-class RetrospectiveParams:
-    """The contract's parameters; every one is a setting."""
-
-    window_start: date = date(2014, 1, 1)
-    window_end: date = date(2020, 9, 30)
-    data_cutoff: date = field(default_factory=date.today)
-    followup_days: int = 365
-    min_age: int = 18
-    malignancy_days: int = 1095
-    ild_lookback_days: int = 30
-    gc_at_index_days: int = 30
-    covariate_window_days: int = 30
-    relapse_window_days: int = 14
-    lab_fold: float = 2.0
-    baseline_before_days: int = 30
-    baseline_after_days: int = 7
-    gc_increase_mg_per_kg: float = 0.5
-
-
-@dataclass(frozen=True)
 class RetrospectiveResult:
     cohort: pd.DataFrame          # COHORT_COLUMNS
     attrition: pd.DataFrame       # cohort, step, reason, n_excluded, n_remaining
@@ -57,199 +36,59 @@ class RetrospectiveResult:
     data_quality: pd.DataFrame    # cohort, issue, n_patients
 
 
-def completed_years(born: date, on: date) -> int:
-    return on.year - born.year - ((on.month, on.day) < (born.month, born.day))
+def select(patient: PatientRecord) -> tuple[str | None, date | None]:
+    """The first failed rule in attrition order (None when included) and the index date if known."""
+    p = patient.p
+    iim = patient.dx_dates(*IIM_CONCEPTS)
+    if not iim:
+        return "no_iim_condition", None
+    ild = patient.dx_dates("ild")
+    if not ild:
+        return "no_ild_condition", None
+    for concept, reason in (("inclusion_body_myositis", "inclusion_body_myositis"),
+                            ("overlap_myositis", "overlap_myositis"), ("juvenile_dm", "juvenile_dm")):
+        if patient.dx_dates(concept):
+            return reason, None
+    first_iim = iim[0]
+    if any(abs((d - first_iim).days) <= p.malignancy_days for d in patient.dx_dates("malignancy")):
+        return "malignancy_within_3y", None
+    candidates = patient.exposures(*IMMUNOSUPPRESSANTS)
+    if not candidates.empty:
+        candidates = candidates[candidates["start"] >= ild[0] - timedelta(days=p.ild_lookback_days)]
+    if candidates.empty:
+        return "no_qualifying_immunosuppressant", None
+    gc = patient.exposures("glucocorticoid")
+    index = None
+    for start in sorted(candidates["start"].unique()):
+        lo, hi = start - timedelta(days=p.gc_at_index_days), start + timedelta(days=p.gc_at_index_days)
+        if not gc.empty and ((gc["start"] <= hi) & (gc["end"] >= lo)).any():
+            index = start
+            break
+    if index is None:
+        return "no_glucocorticoid_at_index", None
+    if not (p.window_start <= index <= p.window_end):
+        return "index_outside_window", index
+    born = patient.row.birth_date
+    if born is None or pd.isna(born):
+        patient.quality.add("birth_date_missing")
+        return "age_under_18", index
+    if completed_years(born, index) < p.min_age:
+        return "age_under_18", index
+    agents = patient.agents_in_first_year(index)
+    if "tacrolimus" in agents and agents & set(CONVENTIONAL):
+        return "mixed_exposure", index
+    if patient.row.deceased and (patient.row.deceased_date is None or pd.isna(patient.row.deceased_date)):
+        return "death_date_unknown", index
+    return None, index
 
 
-def _by_patient(frame: pd.DataFrame) -> dict[str, pd.DataFrame]:
-    return {pid: grp for pid, grp in frame.groupby("patient_id", sort=False)}
-
-
-class _Patient:
-    """One patient's facts, with the contract's rules as methods."""
-
-    def __init__(self, pid: str, row: Any, facts: dict[str, dict[str, pd.DataFrame]], p: RetrospectiveParams) -> None:
-        empty = pd.DataFrame()
-        self.pid, self.row, self.p = pid, row, p
-        self.dx = facts["diagnoses"].get(pid, empty)
-        self.ex = facts["exposures"].get(pid, empty)
-        self.proc = facts["procedures"].get(pid, empty)
-        self.obs = facts["observations"].get(pid, empty)
-        self.contacts = facts["contacts"].get(pid, empty)
-        self.quality: set[str] = set()
-
-    def dx_dates(self, *concepts: str) -> list[date]:
-        if self.dx.empty:
-            return []
-        return sorted(self.dx.loc[self.dx["concept"].isin(concepts), "date"])
-
-    def exposures(self, *concepts: str) -> pd.DataFrame:
-        if self.ex.empty:
-            return self.ex
-        return self.ex[self.ex["concept"].isin(concepts)]
-
-    # -- selection ---------------------------------------------------------------------------
-    def exclusion_and_index(self) -> tuple[str | None, date | None]:
-        p = self.p
-        iim = self.dx_dates(*IIM_CONCEPTS)
-        if not iim:
-            return "no_iim_condition", None
-        ild = self.dx_dates("ild")
-        if not ild:
-            return "no_ild_condition", None
-        for concept, reason in (("inclusion_body_myositis", "inclusion_body_myositis"),
-                                ("overlap_myositis", "overlap_myositis"), ("juvenile_dm", "juvenile_dm")):
-            if self.dx_dates(concept):
-                return reason, None
-        first_iim = iim[0]
-        if any(abs((d - first_iim).days) <= p.malignancy_days for d in self.dx_dates("malignancy")):
-            return "malignancy_within_3y", None
-        candidates = self.exposures(*IMMUNOSUPPRESSANTS)
-        if not candidates.empty:
-            candidates = candidates[candidates["start"] >= ild[0] - timedelta(days=p.ild_lookback_days)]
-        if candidates.empty:
-            return "no_qualifying_immunosuppressant", None
-        gc = self.exposures("glucocorticoid")
-        index = None
-        for start in sorted(candidates["start"].unique()):
-            lo, hi = start - timedelta(days=p.gc_at_index_days), start + timedelta(days=p.gc_at_index_days)
-            if not gc.empty and ((gc["start"] <= hi) & (gc["end"] >= lo)).any():
-                index = start
-                break
-        if index is None:
-            return "no_glucocorticoid_at_index", None
-        if not (p.window_start <= index <= p.window_end):
-            return "index_outside_window", index
-        born = self.row.birth_date
-        if born is None or pd.isna(born):
-            self.quality.add("birth_date_missing")
-            return "age_under_18", index
-        if completed_years(born, index) < p.min_age:
-            return "age_under_18", index
-        agents = self.agents_in_first_year(index)
-        if "tacrolimus" in agents and agents & set(CONVENTIONAL):
-            return "mixed_exposure", index
-        if self.row.deceased and (self.row.deceased_date is None or pd.isna(self.row.deceased_date)):
-            return "death_date_unknown", index
-        return None, index
-
-    def agents_in_first_year(self, index: date) -> set[str]:
-        ex = self.exposures(*IMMUNOSUPPRESSANTS)
-        end = index + timedelta(days=self.p.followup_days)
-        return set(ex.loc[(ex["start"] <= end) & (ex["end"] >= index), "concept"])
-
-    # -- covariates --------------------------------------------------------------------------
-    def gc_daily(self, first_day: date, last_day: date) -> np.ndarray:
-        """Prednisolone-equivalent mg/day summed over the GC statements covering each day."""
-        n = (last_day - first_day).days + 1
-        total = np.zeros(max(n, 0))
-        gc = self.exposures("glucocorticoid")
-        for start, end, dose, factor in gc[["start", "end", "daily_dose_mg", "pred_factor"]].itertuples(index=False):
-            if dose is None or pd.isna(dose):
-                continue
-            a, b = max((start - first_day).days, 0), min((end - first_day).days, n - 1)
-            if a <= b:
-                total[a:b + 1] += float(dose) * float(factor)
-        return total
-
-    def covariates(self, index: date) -> dict[str, Any]:
-        p = self.p
-        subset = ("CADM" if self.dx_dates("cadm") else "ASS" if self.dx_dates("antisynthetase_syndrome")
-                  else "DM" if self.dx_dates("dermatomyositis", "dermatopolymyositis_unspecified") else "PM")
-        agents_at_index = set(self.exposures(*CONVENTIONAL).pipe(lambda e: e.loc[e["start"] == index, "concept"]))
-        agent = next((a for a in CONVENTIONAL if a in agents_at_index), None)
-        window = (index - timedelta(days=p.covariate_window_days), index + timedelta(days=p.covariate_window_days))
-        pe = (not self.proc.empty) and bool(((self.proc["concept"] == "plasma_exchange")
-                                             & self.proc["date"].between(*window)).any())
-        ivig_ex = self.exposures("ivig")
-        ivig = (not ivig_ex.empty) and bool(ivig_ex["start"].between(*window).any())
-        return {"age": completed_years(self.row.birth_date, index), "sex": self.row.sex, "diagnosis_subset": subset,
-                "initial_pred_mg_day": float(self.gc_daily(index, index)[0]), "plasma_exchange": int(pe),
-                "ivig": int(ivig), "conventional_agent": agent}
-
-    # -- follow-up and events ----------------------------------------------------------------
-    def followup(self, index: date) -> dict[str, int]:
-        p = self.p
-        last_contact = max(self.contacts["date"]) if not self.contacts.empty else index
-        end = min(p.followup_days, (last_contact - index).days, (p.data_cutoff - index).days)
-        death_day = (self.row.deceased_date - index).days if self.row.deceased_date is not None and not pd.isna(self.row.deceased_date) else None
-        death = death_day is not None and death_day <= min(p.followup_days, (p.data_cutoff - index).days)
-        followup = max(death_day, 0) if death else max(end, 0)
-        return {"followup_days": followup, "death_event": int(death), "death_days": followup}
-
-    def _obs_days(self, concept: str, index: date) -> pd.DataFrame:
-        if self.obs.empty:
-            return self.obs
-        o = self.obs[self.obs["concept"] == concept]
-        return o.assign(day=[(d - index).days for d in o["date"]])
-
-    def _baseline(self, concept: str, index: date) -> float | None:
-        o = self._obs_days(concept, index)
-        if o.empty:
-            return None
-        o = o[o["day"].between(-self.p.baseline_before_days, self.p.baseline_after_days) & o["value"].notna()]
-        if o.empty:
-            return None
-        o = o.assign(dist=o["day"].abs()).sort_values(["dist", "day"])
-        return float(o["value"].iloc[0])
-
-    def relapses(self, index: date, followup: int) -> tuple[dict[str, int], list[dict[str, Any]]]:
-        p, w = self.p, self.p.relapse_window_days
-        exac = self._obs_days("symptom_exacerbation", index)
-        exac = exac[exac["day"].between(1, followup)] if not exac.empty else exac
-        out = {"relapse_event": 0, "relapse_days": followup, "resp_relapse_event": 0, "resp_relapse_days": followup}
-        detail: list[dict[str, Any]] = []
-        if exac.empty:
-            return out, detail
-        # Criterion (i): ferritin or ESR strictly above twice its baseline.
-        lab_days: set[int] = set()
-        for concept in ("ferritin", "esr"):
-            base = self._baseline(concept, index)
-            o = self._obs_days(concept, index)
-            if base is not None and not o.empty:
-                lab_days |= set(o.loc[o["value"] > p.lab_fold * base, "day"])
-        # Criterion (ii): a positive radiological progression.
-        rad = self._obs_days("radiological_progression", index)
-        rad_days = set(rad.loc[rad["value_boolean"] == True, "day"]) if not rad.empty else set()  # noqa: E712
-        # Criterion (iii): the daily GC total rises and exceeds 0.5 mg/kg/day (weight on or before that day).
-        last = int(exac["day"].max()) + w
-        gc = self.gc_daily(index, index + timedelta(days=last))  # gc[d] is day d; day 0 is index
-        weights = self._obs_days("body_weight", index)
-        weights = weights[weights["value"].notna()].sort_values("day") if not weights.empty else weights
-        gc_days: set[int] = set()
-        unevaluable: set[int] = set()  # GC increases with no weight on record: criterion (iii) unknown
-        for d in range(1, last + 1):
-            if gc[d] > gc[d - 1]:
-                known = weights[weights["day"] <= d] if not weights.empty else weights
-                if known.empty:
-                    unevaluable.add(d)
-                elif gc[d] > p.gc_increase_mg_per_kg * float(known["value"].iloc[-1]):
-                    gc_days.add(d)
-
-        def near(days: set[int], t: int) -> bool:
-            return any(max(1, t - w) <= d <= t + w for d in days)
-
-        for t, category in sorted(zip(exac["day"], exac["value_code"])):
-            crit = {"ferritin_esr": near(lab_days, t), "radiological": near(rad_days, t), "gc_increase": near(gc_days, t)}
-            if near(unevaluable, t):
-                self.quality.add("relapse_gc_criterion_not_evaluable_no_weight")
-            if not out["relapse_event"] and any(crit.values()):
-                out.update(relapse_event=1, relapse_days=int(t))
-                detail.append({"patient_id": self.pid, "kind": "relapse", "day": int(t), "category": category, **crit})
-            if not out["resp_relapse_event"] and category == "respiratory" and crit["radiological"]:
-                out.update(resp_relapse_event=1, resp_relapse_days=int(t))
-                detail.append({"patient_id": self.pid, "kind": "resp_relapse", "day": int(t), "category": category, **crit})
-        return out, detail
-
-
-def derive_retrospective(facts: StudyFacts, params: RetrospectiveParams) -> RetrospectiveResult:
-    grouped = {name: _by_patient(getattr(facts, name)) for name in ("diagnoses", "exposures", "procedures",
-                                                                    "observations", "contacts")}
+def derive_retrospective(facts: StudyFacts, params: RuleParams) -> RetrospectiveResult:
+    grouped = group_facts(facts)
     rows, exclusions, details = [], [], []
     quality: dict[str, set[str]] = {}
     for row in facts.patients.itertuples(index=False):
-        patient = _Patient(row.patient_id, row, grouped, params)
-        reason, index = patient.exclusion_and_index()
+        patient = PatientRecord(row.patient_id, row, grouped, params)
+        reason, index = select(patient)
         if reason is None and index is not None:
             fu = patient.followup(index)
             events, detail = patient.relapses(index, fu["followup_days"])
