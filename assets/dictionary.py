@@ -51,4 +51,37 @@ DICTIONARY: dict[str, dict[str, str]] = {
         "events_treated": "Unweighted events, treated", "events_control": "Unweighted events, comparator",
     },
     "patient_xref": {"patient_key": "Pseudonym", "fhir_patient_id": "FHIR Patient id (restricted table)"},
+    "prospective_cohort": {
+        "patient_key": "Pseudonym",
+        "group": "combination (pirfenidone 600–900 mg/day started ≤ 90 d after index) | tacrolimus (no pirfenidone)",
+        "index_date": "Start of the earliest tacrolimus statement running on or after enrolment (ISO date)",
+        "enrolment_date": "ResearchSubject.period.start in ChiCTR2100043595 (ISO date)",
+        "age": "As in cohort", "sex": "As in cohort", "diagnosis_subset": "As in cohort",
+        "initial_pred_mg_day": "As in cohort", "plasma_exchange": "As in cohort", "ivig": "As in cohort",
+        "pirfenidone_mg_day": "Daily pirfenidone dose in mg (NULL for the tacrolimus group)",
+        "anti_mda5": "Latest anti-MDA5 result up to index+7 d: 1 positive, 0 negative, NULL untested",
+        "followup_days": "As in cohort", "death_event": "As in cohort", "death_days": "As in cohort",
+        "relapse_event": "As in cohort", "relapse_days": "As in cohort",
+        "resp_relapse_event": "As in cohort", "resp_relapse_days": "As in cohort",
+        "hrct_analysable": "1 if alive at 12 months with a baseline and a 12-month HRCT score (the paper's HRCT analysis set)",
+    },
+    "prospective_visits": {
+        "patient_key": "Pseudonym",
+        "measure": "6mwt (m), mmrc, patient_global_activity, mmt8, myoact, mitax, mdi, cat, hama, hamd; hrct_score and "
+                   "hrct_ground_glass/consolidation/reticular/traction_bronchiectasis; ferritin (ng/mL), esr (mm/h), "
+                   "crp (mg/L), creatine_kinase (U/L); gc_pred_mg_day (prednisolone-equivalent mg/day)",
+        "visit_month": "0 (baseline, day −14…7), 1 (15…45), 3 (60…120), 6 (150…210), 12 (330…400)",
+        "nominal_day": "0, 30, 90, 180, 365", "day": "Day of the chosen observation, from index",
+        "value": "In the measure's canonical unit",
+    },
+    "safety_events": {
+        "patient_key": "Pseudonym", "cohort": "retrospective | prospective", "group": "The patient's group in that cohort",
+        "category": "infection | opportunistic-infection | glucose-metabolism | electrolyte | "
+        "gastrointestinal | hepatic | renal | hematologic | other", "serious": "1 if seriousness is serious",
+        "day": "Days from index (0 … follow-up)", "suspected_drug": "Concept of the suspected MedicationStatement(s)",
+    },
+    "drug_discontinuations": {
+        "patient_key": "Pseudonym", "cohort": "retrospective | prospective", "group": "The patient's group in that cohort",
+        "drug": "Concept of the drug stopped", "day": "Days from index of its end",
+    },
 }

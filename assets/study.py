@@ -8,10 +8,12 @@ import dagster as dg
 import pandas as pd
 
 from analytics.cohort.facts import build_facts
+from analytics.cohort.prospective import ProspectiveParams, derive_prospective
 from analytics.cohort.retrospective import derive_retrospective
+from analytics.cohort.safety import drug_discontinuations, safety_events
 from analytics.propensity import fit_propensity, iptw_weights
 from analytics.weighted_cox import weighted_cox
-from etl.flatten import FLATTENERS
+from etl.flatten import FLATTENERS, flatten_all
 from etl.pseudonym import pseudonymise
 
 from .dictionary import DICTIONARY
@@ -27,9 +29,15 @@ PRIMARY_COMPARISON = "tacrolimus_vs_conventional"
 _COHORT_TABLES = {
     "cohort": "The retrospective IPTW cohort (study-contract.md §2): one row per patient with group, covariates, "
               "follow-up and event days.",
-    "cohort_attrition": "Patients excluded at each step of the cohort's selection (the paper's flowchart S1).",
+    "cohort_attrition": "Patients excluded at each step of each cohort's selection (the paper's flowcharts S1 and S3).",
     "cohort_data_quality": "Facts that could not be evaluated, e.g. relapse criterion (iii) without a body weight.",
     "relapse_detail": "Which relapse criteria fired for each patient's first relapse and respiratory relapse.",
+    "prospective_cohort": "The prospective cohort (study-contract.md §3): tacrolimus with (combination) or without "
+                          "low-dose pirfenidone, with covariates, follow-up and events.",
+    "prospective_visits": "Prospective visit values (baseline, months 1, 3, 6, 12): assessment scales, HRCT scores, labs "
+                          "and glucocorticoid dose, the observation closest to the nominal day.",
+    "safety_events": "Adverse events during follow-up of either cohort: category, seriousness, suspected drug.",
+    "drug_discontinuations": "Drugs stopped because of an adverse event during follow-up, for either cohort.",
     "patient_xref": "Pseudonym to FHIR Patient id. Restricted: analysts need not be granted it.",
 }
 
@@ -40,30 +48,46 @@ _COHORT_TABLES = {
 )
 def cohort(context: dg.AssetExecutionContext, warehouse: WarehouseResource, study: StudyResource):
     wh = warehouse.get()
-    flat = {rtype: flatten(wh.raw_resources(rtype)) for rtype, flatten in FLATTENERS.items()}
+    flat = flatten_all({rtype: wh.raw_resources(rtype) for rtype in FLATTENERS})
     facts = build_facts(flat, study.concepts())
     extracted = wh.extraction_time() or datetime.now(timezone.utc)
     params = study.retrospective_params(extracted.date())
     result = derive_retrospective(facts, params)
-    context.log.info(f"cohort: {len(result.cohort)} of {len(facts.patients)} patients, data cut-off {params.data_cutoff}")
+    prospective = derive_prospective(facts, ProspectiveParams(rules=params))
+    context.log.info(f"cohort: {len(result.cohort)} of {len(facts.patients)} patients, prospective cohort: "
+                     f"{len(prospective.cohort)}, data cut-off {params.data_cutoff}")
+    key = study.pseudonym_key
+    safety = pd.concat([safety_events(facts, result.cohort, "retrospective"),
+                        safety_events(facts, prospective.cohort, "prospective")], ignore_index=True)
+    stopped = pd.concat([drug_discontinuations(facts, result.cohort, "retrospective"),
+                         drug_discontinuations(facts, prospective.cohort, "prospective")], ignore_index=True)
 
     tables = {
-        "cohort": pseudonymise(result.cohort, study.pseudonym_key),
-        "cohort_attrition": result.attrition,
-        "cohort_data_quality": result.data_quality,
-        "relapse_detail": pseudonymise(result.relapse_detail, study.pseudonym_key),
-        "patient_xref": pseudonymise(facts.patients[["patient_id"]].assign(fhir_patient_id=facts.patients["patient_id"]),
-                                     study.pseudonym_key),
+        "cohort": pseudonymise(result.cohort, key),
+        "cohort_attrition": pd.concat([result.attrition, prospective.attrition], ignore_index=True),
+        "cohort_data_quality": pd.concat([result.data_quality, prospective.data_quality], ignore_index=True),
+        "relapse_detail": pseudonymise(result.relapse_detail, key),
+        "patient_xref": pseudonymise(facts.patients[["patient_id"]].assign(fhir_patient_id=facts.patients["patient_id"]), key),
+        "prospective_cohort": pseudonymise(prospective.cohort, key),
+        "prospective_visits": pseudonymise(prospective.visits, key),
+        "safety_events": pseudonymise(safety, key),
+        "drug_discontinuations": pseudonymise(stopped, key),
     }
-    primary_keys = {"cohort": ["patient_key"], "patient_xref": ["patient_key"], "cohort_attrition": ["cohort", "step"]}
+    primary_keys = {"cohort": ["patient_key"], "patient_xref": ["patient_key"], "cohort_attrition": ["cohort", "step"],
+                    "prospective_cohort": ["patient_key"],
+                    "prospective_visits": ["patient_key", "measure", "visit_month"]}
     for name, frame in tables.items():
         wh.replace_table(name, frame, primary_keys.get(name))
     groups = result.cohort["group"].value_counts().to_dict()
+    prospective_groups = prospective.cohort["group"].value_counts().to_dict()
     for name, frame in tables.items():
         meta = table_metadata(frame, preview=name != "patient_xref", descriptions=DICTIONARY.get(name))
         if name == "cohort":
             meta.update({"n_tacrolimus": int(groups.get("tacrolimus", 0)), "n_conventional": int(groups.get("conventional", 0)),
                          "data_cutoff": params.data_cutoff.isoformat(), "concept_map_sha256": study.concepts().digest})
+        if name == "prospective_cohort":
+            meta.update({"n_combination": int(prospective_groups.get("combination", 0)),
+                         "n_tacrolimus": int(prospective_groups.get("tacrolimus", 0))})
         if name == "cohort_attrition":
             meta["attrition"] = dg.MetadataValue.md(frame.to_markdown(index=False))
         yield dg.MaterializeResult(asset_key=name, metadata=meta)

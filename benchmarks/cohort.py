@@ -14,7 +14,7 @@ from analytics.cohort.concepts import load_concept_map
 from analytics.cohort.facts import build_facts
 from analytics.cohort.params import RuleParams
 from analytics.cohort.retrospective import derive_retrospective
-from etl.flatten import FLATTENERS
+from etl.flatten import flatten_all
 from synthetic.hospital import HospitalParams, generate_hospital
 
 
@@ -30,7 +30,7 @@ def main() -> None:
         hospital = generate_hospital(HospitalParams(n_retrospective=n, n_noise=n // 2))
         by_type = hospital.by_type()
         t0 = time.perf_counter()
-        flat = {t: f(by_type.get(t, [])) for t, f in FLATTENERS.items()}
+        flat = flatten_all(by_type)
         t1 = time.perf_counter()
         facts = build_facts(flat, concepts)
         t2 = time.perf_counter()

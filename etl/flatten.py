@@ -9,7 +9,7 @@ are imputed to the first day of their year or month, as the contract does for bi
 from __future__ import annotations
 
 from datetime import date
-from typing import Any, Callable, Iterable
+from typing import Any, Callable, Iterable, Mapping
 
 import pandas as pd
 
@@ -190,3 +190,14 @@ FLATTENERS: dict[str, Callable[[Iterable[Resource]], pd.DataFrame]] = {
     "Procedure": procedures, "Observation": observations, "AdverseEvent": adverse_events,
     "ResearchSubject": research_subjects, "ResearchStudy": research_studies,
 }
+
+
+OBSERVATION_COMPONENTS = "Observation.component"
+
+
+def flatten_all(resources_by_type: Mapping[str, Iterable[Resource]]) -> dict[str, pd.DataFrame]:
+    """Every table above, keyed by resource type, plus ``Observation.component`` (HRCT sub-scores)."""
+    materialised = {t: list(resources_by_type.get(t, [])) for t in FLATTENERS}
+    tables = {t: flatten(materialised[t]) for t, flatten in FLATTENERS.items()}
+    tables[OBSERVATION_COMPONENTS] = observation_components(materialised["Observation"])
+    return tables

@@ -452,6 +452,7 @@ class _PatientBuilder:
         elif plan == "lost_to_follow_up_before_12m":
             status, end = "on-study", None
         self.add(fb.research_subject(self._id("rs"), self.pid, RESEARCH_STUDY_ID, enrolled, status=status, end=end))
+        self.truth["enrolment_date"] = enrolled
         if plan == "combination" or plan == "pirfenidone_other_dose":
             per_dose, freq = (200, 3) if plan == "pirfenidone_other_dose" or rng.random() < 0.5 else (300, 3)
             if plan == "pirfenidone_other_dose":

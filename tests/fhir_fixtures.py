@@ -9,7 +9,7 @@ from analytics.cohort.concepts import load_concept_map
 from analytics.cohort.facts import build_facts
 from analytics.cohort.params import RuleParams
 from analytics.cohort.retrospective import RetrospectiveResult, derive_retrospective
-from etl.flatten import FLATTENERS
+from etl.flatten import flatten_all
 from synthetic import fhir_builders as fb
 from synthetic.fhir_builders import ICD10, LOCAL, LOINC, RXNORM
 
@@ -74,7 +74,7 @@ def derive(resources: list[dict], **params: Any) -> RetrospectiveResult:
     by_type: dict[str, list[dict]] = {}
     for r in resources:
         by_type.setdefault(r["resourceType"], []).append(r)
-    flat = {t: f(by_type.get(t, [])) for t, f in FLATTENERS.items()}
+    flat = flatten_all(by_type)
     params.setdefault("data_cutoff", date(2025, 1, 1))
     return derive_retrospective(build_facts(flat, load_concept_map()), RuleParams(**params))
 

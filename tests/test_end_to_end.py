@@ -84,20 +84,61 @@ def test_cohort_equals_the_truth_patient_by_patient_for_every_column(materialize
 
 def test_attrition_equals_the_truth(materialized, small_hospital):
     wh, _ = materialized
-    attrition = wh.read_table("cohort_attrition").set_index("reason")
+    attrition = wh.read_table("cohort_attrition")
+    retro = attrition[attrition["cohort"] == "retrospective"].set_index("reason")
     planned = pd.Series([t["retro_reason"] for t in small_hospital.truth]).value_counts()
     for reason, n in planned.items():
-        assert attrition.loc[reason, "n_excluded"] == n, reason
-    assert attrition["n_remaining"].iloc[-1] == len(wh.read_table("cohort"))
+        assert retro.loc[reason, "n_excluded"] == n, reason
+    assert retro["n_remaining"].iloc[-1] == len(wh.read_table("cohort"))
+    prosp = attrition[attrition["cohort"] == "prospective"].set_index("reason")
+    planned = pd.Series([t["prospective"] for t in small_hospital.truth if t["prospective"]]).value_counts()
+    assert prosp.loc["all_patients", "n_remaining"] == planned.sum()
+    for reason in ("enrolment_outside_window", "no_tacrolimus", "pirfenidone_other_dose", "withdrawn_before_12m",
+                   "lost_to_follow_up_before_12m"):
+        assert prosp.loc[reason, "n_excluded"] == planned.get(reason, 0), reason
+    assert prosp["n_remaining"].iloc[-1] == len(wh.read_table("prospective_cohort"))
+
+
+PROSPECTIVE_COMPARED = ["group", "index_date", "enrolment_date", "age", "sex", "diagnosis_subset",
+                        "initial_pred_mg_day", "followup_days", "death_event", "death_days", "relapse_event",
+                        "relapse_days", "resp_relapse_event", "resp_relapse_days"]
+
+
+def test_prospective_cohort_equals_the_truth_patient_by_patient(materialized, small_hospital):
+    wh, _ = materialized
+    got = wh.read_table("prospective_cohort").merge(wh.read_table("patient_xref"), on="patient_key")
+    truth = pd.DataFrame(small_hospital.truth)
+    truth = truth[truth["prospective"].isin(["combination", "tacrolimus"])].assign(group=lambda t: t["prospective"])
+    for frame in (got, truth):
+        for col in ("index_date", "enrolment_date"):
+            frame[col] = pd.to_datetime(frame[col]).dt.date
+    pd.testing.assert_frame_equal(got.set_index("fhir_patient_id").sort_index()[PROSPECTIVE_COMPARED],
+                                  truth.set_index("fhir_patient_id").sort_index()[PROSPECTIVE_COMPARED], check_dtype=False)
+    visits = wh.read_table("prospective_visits")
+    assert set(visits["patient_key"]) <= set(wh.read_table("prospective_cohort")["patient_key"])
+    assert {"6mwt", "hrct_score", "hrct_reticular", "gc_pred_mg_day"} <= set(visits["measure"])
+    assert not visits.duplicated(["patient_key", "measure", "visit_month"]).any()
+
+
+def test_safety_events_lie_within_follow_up(materialized):
+    wh, _ = materialized
+    events = wh.read_table("safety_events")
+    cohort = wh.read_table("cohort")[["patient_key", "followup_days"]]
+    retro = events[events["cohort"] == "retrospective"].merge(cohort, on="patient_key")
+    assert len(retro) > 0 and retro["day"].between(0, retro["followup_days"]).all()
+    assert set(events["category"]) <= {"infection", "opportunistic-infection", "glucose-metabolism", "electrolyte",
+                                       "gastrointestinal", "hepatic", "renal", "hematologic", "other"}
 
 
 def test_analysis_tables_hold_pseudonyms_only(materialized, small_hospital):
     wh, _ = materialized
     fhir_ids = {t["fhir_patient_id"] for t in small_hospital.truth}
-    for table in ("cohort", "iptw_weights", "relapse_detail"):
+    for table in ("cohort", "iptw_weights", "relapse_detail", "prospective_cohort", "prospective_visits",
+                  "safety_events", "drug_discontinuations"):
         frame = wh.read_table(table)
         assert "fhir_patient_id" not in frame.columns and "patient_id" not in frame.columns
         assert fhir_ids.isdisjoint(frame["patient_key"])
+        assert not frame.astype(str).apply(lambda col: col.str.contains("pt-0", regex=False)).any().any(), table
 
 
 def test_effect_estimates_are_finite_hazard_ratios_with_their_counts(materialized):

@@ -8,6 +8,8 @@ from datetime import date, timedelta
 
 import pandas as pd
 
+from etl.flatten import OBSERVATION_COMPONENTS
+
 from .concepts import ConceptMap
 
 IGNORED_CONDITION_VERIFICATION = {"refuted", "entered-in-error"}
@@ -29,8 +31,9 @@ class StudyFacts:
                                  # daily_dose_mg, pred_factor, stopped_for_adverse_event
     procedures: pd.DataFrame     # patient_id, concept, date
     observations: pd.DataFrame   # observation_id, patient_id, concept, date, value, value_code, value_boolean
+                                 # (HRCT components appear as their own concepts, e.g. hrct_reticular)
     adverse_events: pd.DataFrame  # event_id, patient_id, category, date, serious, suspect_references
-    enrolments: pd.DataFrame     # patient_id, study_id, status, start, end (study_id matched to the study)
+    enrolments: pd.DataFrame     # patient_id, study_id, study_identifiers ("system|value;..."), status, start, end
     contacts: pd.DataFrame       # patient_id, date: every clinical date on a counted resource
     quality: pd.DataFrame        # patient_id, issue: facts that could not be read
 
@@ -94,7 +97,7 @@ def exposure_intervals(statements: pd.DataFrame) -> pd.DataFrame:
 
 
 def build_facts(flat: dict[str, pd.DataFrame], concepts: ConceptMap) -> StudyFacts:
-    """From the flattened tables (keys as in ``etl.flatten.FLATTENERS``) to the study's facts."""
+    """From the flattened tables (``etl.flatten.flatten_all``) to the study's facts."""
     quality: list[dict[str, str]] = []
 
     pat = flat["Patient"]
@@ -138,7 +141,12 @@ def build_facts(flat: dict[str, pd.DataFrame], concepts: ConceptMap) -> StudyFac
     obs = obs.assign(value=values)
     bad_unit = obs["value_quantity"].notna() & obs["value"].isna()
     quality += [{"patient_id": p, "issue": "observation_unit_not_convertible"} for p in obs.loc[bad_unit, "patient_id"]]
-    observations = obs[["observation_id", "patient_id", "concept", "date", "value", "value_code", "value_boolean"]]
+    obs_columns = ["observation_id", "patient_id", "concept", "date", "value", "value_code", "value_boolean"]
+    comps = concepts.annotate("observations", flat[OBSERVATION_COMPONENTS])
+    comps = comps.merge(obs[["observation_id", "patient_id", "date"]].drop_duplicates("observation_id"), on="observation_id")
+    comps = comps.assign(value=[float(i) if i is not None and not pd.isna(i) else (float(q) if q is not None and not pd.isna(q) else None)
+                                for i, q in comps[["value_integer", "value_quantity"]].itertuples(index=False)])
+    observations = pd.concat([obs[obs_columns], comps[obs_columns]], ignore_index=True)
 
     ae_counted = flat["AdverseEvent"]
     ae_counted = ae_counted[(ae_counted["actuality"] == "actual") & ae_counted["date"].notna()]
@@ -147,7 +155,11 @@ def build_facts(flat: dict[str, pd.DataFrame], concepts: ConceptMap) -> StudyFac
     adverse_events = ae[["event_id", "patient_id", "category", "date", "serious", "suspect_references"]]
 
     rs = flat["ResearchSubject"]
-    enrolments = rs[["patient_id", "study_id", "status", "start", "end"]]
+    studies = flat["ResearchStudy"].dropna(subset=["identifier_value"])
+    identifiers = (studies.assign(identifier=studies["identifier_system"].fillna("") + "|" + studies["identifier_value"])
+                   .groupby("study_id")["identifier"].agg(";".join).rename("study_identifiers"))
+    enrolments = rs.merge(identifiers, left_on="study_id", right_index=True, how="left")[
+        ["patient_id", "study_id", "study_identifiers", "status", "start", "end"]]
 
     # Last contact: every clinical date on a resource not ignored by its status, mapped to a concept or not.
     contacts = pd.concat([

@@ -1,0 +1,44 @@
+"""Safety events of either cohort: adverse events during follow-up with their category,
+seriousness and suspected drug, and drugs stopped because of an adverse event."""
+from __future__ import annotations
+
+from datetime import timedelta
+
+import pandas as pd
+
+from .facts import StudyFacts
+
+# No FHIR resource ids in these tables: hospitals embed MRNs in them, and only patient_xref may hold FHIR ids.
+EVENT_COLUMNS = ["patient_id", "cohort", "group", "category", "serious", "day", "suspected_drug"]
+DISCONTINUATION_COLUMNS = ["patient_id", "cohort", "group", "drug", "day"]
+
+
+def _follow_up(cohort: pd.DataFrame) -> pd.DataFrame:
+    return cohort[["patient_id", "group", "index_date", "followup_days"]].assign(
+        end=[i + timedelta(days=int(f)) for i, f in zip(cohort["index_date"], cohort["followup_days"])])
+
+
+def safety_events(facts: StudyFacts, cohort: pd.DataFrame, cohort_name: str) -> pd.DataFrame:
+    """Adverse events dated index … index + follow-up (the contract's safety window), one row each.
+
+    ``suspected_drug`` names the concept of each suspected MedicationStatement (';'-joined);
+    a suspect given as a Medication, or a statement outside the concept map, is not named.
+    """
+    drug_of = facts.exposures.drop_duplicates("statement_id").set_index("statement_id")["concept"]
+    ae = facts.adverse_events.merge(_follow_up(cohort), on="patient_id")
+    ae = ae[(ae["date"] >= ae["index_date"]) & (ae["date"] <= ae["end"])]
+    suspects = [";".join(sorted({drug_of[ref.split("/", 1)[1]] for ref in (refs or "").split(";")
+                                 if ref.startswith("MedicationStatement/") and ref.split("/", 1)[1] in drug_of.index})) or None
+                for refs in ae["suspect_references"]]
+    out = ae.assign(cohort=cohort_name, day=[(d - i).days for d, i in zip(ae["date"], ae["index_date"])],
+                    suspected_drug=suspects, serious=ae["serious"].astype(int))
+    return out.sort_values(["patient_id", "day", "event_id"])[EVENT_COLUMNS].reset_index(drop=True)
+
+
+def drug_discontinuations(facts: StudyFacts, cohort: pd.DataFrame, cohort_name: str) -> pd.DataFrame:
+    """Statements stopped for an adverse event (statusReason adverse-event) ending during follow-up."""
+    stopped = facts.exposures[facts.exposures["stopped_for_adverse_event"]].rename(columns={"end": "stop", "concept": "drug"})
+    ex = stopped.merge(_follow_up(cohort), on="patient_id")
+    ex = ex[(ex["stop"] >= ex["index_date"]) & (ex["stop"] <= ex["end"])]
+    out = ex.assign(cohort=cohort_name, day=[(d - i).days for d, i in zip(ex["stop"], ex["index_date"])])
+    return out[DISCONTINUATION_COLUMNS].sort_values(["patient_id", "day"]).reset_index(drop=True)

@@ -1,0 +1,149 @@
+"""The prospective cohort rules of study-contract.md §3, and safety events, one fixture each."""
+from __future__ import annotations
+
+from datetime import date
+
+import pytest
+
+from analytics.cohort.concepts import load_concept_map
+from analytics.cohort.facts import build_facts
+from analytics.cohort.params import RuleParams
+from analytics.cohort.prospective import ProspectiveParams, derive_prospective
+from analytics.cohort.safety import drug_discontinuations, safety_events
+from etl.flatten import flatten_all
+from synthetic import fhir_builders as fb
+from synthetic.fhir_builders import LOCAL, RXNORM
+
+from .fhir_fixtures import PID, day, drug, new_id, reference_patient
+
+STUDY = fb.research_study("study")
+PIRFENIDONE = "1592254"
+
+
+def enrol(start: int = -3, status: str = "off-study", end: int | None = 365) -> dict:
+    return fb.research_subject(new_id("rs"), PID, "study", day(start), status=status, end=None if end is None else day(end))
+
+
+def pirfenidone(start: int, per_dose: float, times_a_day: int = 3) -> dict:
+    return fb.medication_statement(new_id("ms"), PID, RXNORM, PIRFENIDONE, day(start), day(365), dose=per_dose,
+                                   frequency=times_a_day)
+
+
+def scale(code: str, d: int, value: int) -> dict:
+    return fb.observation(new_id("obs"), PID, LOCAL, code, day(d), valueInteger=value)
+
+
+def facts_of(resources: list[dict]):
+    by_type: dict[str, list[dict]] = {}
+    for r in resources:
+        by_type.setdefault(r["resourceType"], []).append(r)
+    return build_facts(flatten_all(by_type), load_concept_map())
+
+
+def derive(resources: list[dict]):
+    return derive_prospective(facts_of([STUDY, *resources]), ProspectiveParams(rules=RuleParams(data_cutoff=date(2025, 1, 1))))
+
+
+def outcome(result) -> str:
+    if len(result.cohort):
+        return str(result.cohort["group"].iloc[0])
+    return str(result.exclusions["reason"].iloc[0])
+
+
+def params_2016() -> ProspectiveParams:
+    """The fixtures' index (2016) is before the contract's enrolment window: shift the window, not the data."""
+    return ProspectiveParams(rules=RuleParams(data_cutoff=date(2025, 1, 1)), enrolment_start=date(2016, 1, 1),
+                             enrolment_end=date(2016, 12, 31))
+
+
+def derive16(resources: list[dict]):
+    return derive_prospective(facts_of([STUDY, *resources]), params_2016())
+
+
+def test_enrolled_patient_on_tacrolimus_without_pirfenidone_is_in_the_tacrolimus_group():
+    result = derive16(reference_patient() + [enrol()])
+    row = result.cohort.iloc[0]
+    assert (row["group"], row["index_date"], row["enrolment_date"]) == ("tacrolimus", day(0), day(-3))
+
+
+def test_only_subjects_of_the_study_count():
+    other = fb.research_study("other")
+    other["identifier"][0]["value"] = "ChiCTR0000000000"
+    rs = enrol()
+    rs["study"] = {"reference": "ResearchStudy/other"}
+    result = derive_prospective(facts_of([STUDY, other, *reference_patient(), rs]), params_2016())
+    assert result.attrition.loc[0, "n_remaining"] == 0
+
+
+def test_enrolment_outside_the_window():
+    assert outcome(derive(reference_patient() + [enrol()])) == "enrolment_outside_window"
+
+
+def test_no_tacrolimus_after_enrolment():
+    assert outcome(derive16(reference_patient(agent="3002") + [enrol()])) == "no_tacrolimus"
+
+
+@pytest.mark.parametrize("per_dose, start, expected", [(200, 10, "combination"), (300, 90, "combination"),
+                                                       (600, 10, "pirfenidone_other_dose"),
+                                                       (300, 91, "pirfenidone_other_dose"),
+                                                       (150, 10, "pirfenidone_other_dose")])
+def test_low_dose_pirfenidone_started_within_90_days(per_dose, start, expected):
+    result = derive16(reference_patient() + [enrol(), pirfenidone(start, per_dose)])
+    assert outcome(result) == expected
+    if expected == "combination":
+        assert result.cohort["pirfenidone_mg_day"].iloc[0] == per_dose * 3
+
+
+def test_withdrawal_before_12_months_excludes_but_death_does_not():
+    assert outcome(derive16(reference_patient() + [enrol(status="withdrawn", end=200)])) == "withdrawn_before_12m"
+    died = derive16(reference_patient(deceased=day(200), last_contact=190) + [enrol(status="off-study", end=200)])
+    assert outcome(died) == "tacrolimus" and died.cohort["death_event"].iloc[0] == 1
+
+
+def test_lost_to_follow_up_when_alive_and_last_seen_before_12_months():
+    result = derive16(reference_patient(last_contact=300, gc=(-5, 250)) + [enrol(status="on-study", end=None)])
+    assert outcome(result) == "lost_to_follow_up_before_12m"
+
+
+def test_visit_value_is_the_closest_to_the_nominal_day_earlier_on_a_tie():
+    res = reference_patient() + [enrol(), scale("mmrc", 25, 3), scale("mmrc", 35, 2), scale("mmrc", 100, 1),
+                                 scale("mmrc", 80, 5), scale("mmrc", -20, 4)]
+    visits = derive16(res).visits
+    mmrc = visits[visits["measure"] == "mmrc"].set_index("visit_month")
+    assert mmrc.loc[1, "value"] == 3 and mmrc.loc[1, "day"] == 25      # 25 and 35 tie at 5 days from 30
+    assert mmrc.loc[3, "value"] == 5 and mmrc.loc[3, "day"] == 80      # days 80 and 100 tie at 10 from 90
+    assert 0 not in mmrc.index                                          # day -20 is outside -14 … 7
+
+
+def test_hrct_components_and_the_analysable_flag():
+    def hrct(d: int, total: int) -> dict:
+        obs = fb.observation(new_id("obs"), PID, LOCAL, "hrct-score", day(d), valueInteger=total)
+        obs["component"] = [{"code": fb.concept(LOCAL, "reticular"), "valueInteger": total // 2}]
+        return obs
+    result = derive16(reference_patient() + [enrol(), hrct(0, 18), hrct(360, 7)])
+    visits = result.visits.set_index(["measure", "visit_month"])["value"]
+    assert (visits["hrct_score", 0], visits["hrct_score", 12], visits["hrct_reticular", 12]) == (18, 7, 3)
+    assert result.cohort["hrct_analysable"].iloc[0] == 1
+
+
+def test_gc_dose_is_reported_only_for_visits_within_follow_up():
+    result = derive16(reference_patient(deceased=day(100), last_contact=90) + [enrol(end=100)])
+    gc = result.visits[result.visits["measure"] == "gc_pred_mg_day"]
+    assert list(gc["visit_month"]) == [0, 1, 3] and gc["value"].iloc[0] == 50
+
+
+def test_adverse_events_in_follow_up_with_suspected_drug_and_discontinuation():
+    res = reference_patient()
+    tac_id = res[3]["id"]
+    res += [fb.adverse_event(new_id("ae"), PID, "opportunistic-infection", day(40), serious=True, suspect=tac_id),
+            fb.adverse_event(new_id("ae"), PID, "infection", day(-10), serious=False),   # before index: not counted
+            drug(PIRFENIDONE, 1, 20, status="stopped", status_reason="adverse-event")]
+    facts = facts_of(res)
+    from analytics.cohort.retrospective import derive_retrospective
+
+    cohort = derive_retrospective(facts, RuleParams(data_cutoff=date(2025, 1, 1))).cohort
+    events = safety_events(facts, cohort, "retrospective")
+    assert events[["category", "serious", "day", "suspected_drug"]].values.tolist() == [
+        ["opportunistic-infection", 1, 40, "tacrolimus"]]
+    stops = drug_discontinuations(facts, cohort, "retrospective")
+    assert stops[["drug", "day"]].values.tolist() == [["pirfenidone", 20]]
