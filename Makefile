@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-stamp
 PYTEST_ARGS ?=
 
-.PHONY: venv demo test dev validate benchmark clean
+.PHONY: venv demo test dev validate docs clean
 
 venv: $(STAMP)
 
@@ -25,6 +25,9 @@ test: venv
 
 dev: venv
 	$(PY) -m synthetic.demo --ui
+
+docs: venv
+	$(PY) -m assets.dictionary
 
 validate: venv
 	$(VENV)/bin/dagster definitions validate -w workspace.yaml

@@ -85,3 +85,28 @@ DICTIONARY: dict[str, dict[str, str]] = {
         "drug": "Concept of the drug stopped", "day": "Days from index of its end",
     },
 }
+
+
+def render_markdown() -> str:
+    """The README's data dictionary section (kept in step by `make docs` and tests/test_readme.py)."""
+    parts = []
+    for table, columns in DICTIONARY.items():
+        rows = "\n".join(f"| `{c}` | {d.replace('|', '&#124;')} |" for c, d in columns.items())
+        parts.append(f"**`{table}`**\n\n| column | meaning |\n|---|---|\n{rows}\n")
+    return "\n".join(parts)
+
+
+BEGIN, END = "<!-- data-dictionary:begin -->", "<!-- data-dictionary:end -->"
+
+
+def update_readme(path: str = "README.md") -> None:
+    from pathlib import Path
+
+    text = Path(path).read_text()
+    head, rest = text.split(BEGIN, 1)
+    _, tail = rest.split(END, 1)
+    Path(path).write_text(f"{head}{BEGIN}\n{render_markdown()}{END}{tail}")
+
+
+if __name__ == "__main__":
+    update_readme()

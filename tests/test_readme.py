@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from assets.dictionary import DICTIONARY
+from assets.dictionary import BEGIN, DICTIONARY, END, render_markdown
 
 README = (Path(__file__).resolve().parent.parent / "README.md").read_text()
 
@@ -19,3 +19,8 @@ def test_every_dictionary_column_is_documented():
         assert f"**`{table}`**" in README, table
         for column in columns:
             assert f"| `{column}` |" in README, (table, column)
+
+
+def test_the_dictionary_section_is_the_rendered_dictionary():
+    section = README.split(BEGIN, 1)[1].split(END, 1)[0]
+    assert section == "\n" + render_markdown(), "run `make docs`"
