@@ -1,8 +1,13 @@
 """The one Definitions object of the service (loaded by workspace.yaml)."""
 from __future__ import annotations
 
+import os
+
 import dagster as dg
 
+from analytics.cohort.concepts import load_concept_map
+
+from .checks import all_checks
 from .raw import raw_assets
 from .resources import resources_from_env
 from .study import cohort, effect_estimates, iptw_weights_asset
@@ -12,4 +17,7 @@ all_assets = [*raw_assets, cohort, iptw_weights_asset, effect_estimates]
 study_job = dg.define_asset_job("study_job", selection=dg.AssetSelection.all(),
                                 description="Pull every FHIR resource type and rebuild all study tables.")
 
-defs = dg.Definitions(assets=all_assets, jobs=[study_job], resources=resources_from_env())
+# A malformed concept map stops the code location from loading, with the file and line in the error.
+load_concept_map(os.environ.get("CONCEPT_MAP_PATH") or None)
+
+defs = dg.Definitions(assets=all_assets, asset_checks=all_checks, jobs=[study_job], resources=resources_from_env())

@@ -1,6 +1,7 @@
 """The Definitions load, validate from workspace.yaml, and show the lineage users expect."""
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -33,3 +34,14 @@ def test_lineage_runs_from_raw_tables_to_effect_estimates():
 def test_every_asset_has_a_description():
     for spec in defs.resolve_all_asset_specs():
         assert spec.description, spec.key
+
+
+def test_a_malformed_concept_map_stops_start_up_naming_its_line(tmp_path):
+    bad = tmp_path / "hospital_map.yaml"
+    bad.write_text("conditions:\n  ild:\n    - {system: ICD10, code: J84.10, prefix: J84}\n")
+    dagster = Path(sys.executable).with_name("dagster")
+    env = {**os.environ, "CONCEPT_MAP_PATH": str(bad)}
+    done = subprocess.run([str(dagster), "definitions", "validate", "-w", "workspace.yaml"], cwd=ROOT, env=env,
+                          capture_output=True, text=True, timeout=300)
+    assert done.returncode != 0
+    assert f"{bad}:3: conditions.ild[0] needs a system and exactly one of code or prefix" in done.stdout + done.stderr

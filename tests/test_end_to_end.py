@@ -11,6 +11,7 @@ import dagster as dg
 import pandas as pd
 import pytest
 
+from assets.checks import all_checks
 from assets.definitions import all_assets
 from assets.resources import FhirServerResource, StudyResource, WarehouseResource
 from etl.warehouse import Warehouse
@@ -26,7 +27,7 @@ COMPARED = ["group", "conventional_agent", "index_date", "age", "sex", "diagnosi
 
 
 def _materialize(base_url: str, warehouse_url: str) -> dg.ExecuteInProcessResult:
-    return dg.materialize(all_assets, resources={
+    return dg.materialize([*all_assets, *all_checks], resources={
         "fhir": FhirServerResource(base_url=base_url, page_size=200),
         "warehouse": WarehouseResource(url=warehouse_url),
         "study": StudyResource(pseudonym_key=KEY, data_cutoff=CUTOFF),
@@ -53,6 +54,14 @@ def test_every_asset_materializes(materialized):
     keys = {event.asset_key.to_user_string() for event in result.get_asset_materialization_events()}
     assert {"raw_patient", "raw_observation", "cohort", "cohort_attrition", "patient_xref", "iptw_weights",
             "effect_estimates"} <= keys
+
+
+def test_every_expectation_gate_passes_on_the_synthetic_hospital(materialized):
+    _, result = materialized
+    evaluations = result.get_asset_check_evaluations()
+    assert len(evaluations) == len(all_checks)
+    failed = {e.check_name: e.metadata["failures"].value for e in evaluations if not e.passed}
+    assert failed == {}
 
 
 def test_nothing_is_lost_between_server_and_warehouse(materialized, small_hospital):
