@@ -6,7 +6,7 @@ from datetime import date, timedelta
 from typing import Any
 
 from analytics.cohort.concepts import load_concept_map
-from analytics.cohort.facts import build_facts
+from analytics.cohort.facts import StudyFacts, build_facts
 from analytics.cohort.params import RuleParams
 from analytics.cohort.retrospective import RetrospectiveResult, derive_retrospective
 from etl.flatten import flatten_all
@@ -15,7 +15,7 @@ from synthetic.fhir_builders import ICD10, LOCAL, LOINC, RXNORM
 
 INDEX = date(2016, 3, 1)
 PID = "p1"
-TACROLIMUS, CTX, MTX, PREDNISONE = "42316", "3002", "6851", "8640"
+TACROLIMUS, CTX, MTX, PREDNISONE, PREDNISOLONE = "42316", "3002", "6851", "8640", "8638"
 
 
 def day(d: int) -> date:
@@ -70,13 +70,16 @@ def reference_patient(*, birth: str = "1966-01-15", deceased: date | bool | None
     return res
 
 
-def derive(resources: list[dict], **params: Any) -> RetrospectiveResult:
+def facts_of(resources: list[dict]) -> StudyFacts:
     by_type: dict[str, list[dict]] = {}
     for r in resources:
         by_type.setdefault(r["resourceType"], []).append(r)
-    flat = flatten_all(by_type)
+    return build_facts(flatten_all(by_type), load_concept_map())
+
+
+def derive(resources: list[dict], **params: Any) -> RetrospectiveResult:
     params.setdefault("data_cutoff", date(2025, 1, 1))
-    return derive_retrospective(build_facts(flat, load_concept_map()), RuleParams(**params))
+    return derive_retrospective(facts_of(resources), RuleParams(**params))
 
 
 def only_row(result: RetrospectiveResult) -> dict:

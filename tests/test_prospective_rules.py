@@ -5,16 +5,13 @@ from datetime import date
 
 import pytest
 
-from analytics.cohort.concepts import load_concept_map
-from analytics.cohort.facts import build_facts
 from analytics.cohort.params import RuleParams
 from analytics.cohort.prospective import ProspectiveParams, derive_prospective
 from analytics.cohort.safety import drug_discontinuations, safety_events
-from etl.flatten import flatten_all
 from synthetic import fhir_builders as fb
 from synthetic.fhir_builders import LOCAL, RXNORM
 
-from .fhir_fixtures import PID, day, drug, new_id, reference_patient
+from .fhir_fixtures import PID, day, drug, facts_of, new_id, reference_patient
 
 STUDY = fb.research_study("study")
 PIRFENIDONE = "1592254"
@@ -31,13 +28,6 @@ def pirfenidone(start: int, per_dose: float, times_a_day: int = 3) -> dict:
 
 def scale(code: str, d: int, value: int) -> dict:
     return fb.observation(new_id("obs"), PID, LOCAL, code, day(d), valueInteger=value)
-
-
-def facts_of(resources: list[dict]):
-    by_type: dict[str, list[dict]] = {}
-    for r in resources:
-        by_type.setdefault(r["resourceType"], []).append(r)
-    return build_facts(flatten_all(by_type), load_concept_map())
 
 
 def derive(resources: list[dict]):

@@ -8,7 +8,7 @@ import pytest
 from synthetic import fhir_builders as fb
 from synthetic.fhir_builders import ICD10, LOCAL
 
-from .fhir_fixtures import (CTX, INDEX, MTX, PID, PREDNISONE, TACROLIMUS, day, derive, drug, exacerbation, new_id,
+from .fhir_fixtures import (CTX, INDEX, MTX, PID, PREDNISOLONE, PREDNISONE, TACROLIMUS, day, derive, drug, exacerbation, new_id,
                             obs_quantity, only_row, radiological, reason, reference_patient)
 
 
@@ -167,3 +167,78 @@ def test_attrition_counts_each_patient_once_at_its_first_failed_step():
     assert att.loc["no_ild_condition", "n_excluded"] == 1
     assert att.loc["no_glucocorticoid_at_index", "n_excluded"] == 0
     assert list(att["n_remaining"])[-1] == 0
+
+
+def test_relapse_by_esr_alone():
+    row = only_row(derive(reference_patient() + [exacerbation(200), obs_quantity("4537-7", 205, 61, "mm/h")]))
+    assert (row["relapse_event"], row["relapse_days"]) == (1, 200)
+
+
+def test_weight_in_pounds_is_converted_before_the_half_mg_per_kg_threshold():
+    # 150 lb = 68 kg: 35 mg/day is 0.51 mg/kg (relapse); read as kg it would be 0.23 (none).
+    res = reference_patient(gc=(-5, 27), weight=None) + [obs_quantity("29463-7", -3, 150, "[lb_av]"), exacerbation(80),
+                                                         drug(PREDNISONE, 75, 90, dose=35)]
+    assert only_row(derive(res))["relapse_event"] == 1
+
+
+def test_preliminary_result_is_superseded_by_the_final_one_of_the_same_day():
+    prelim = obs_quantity("2276-4", 100, 5000, "ng/mL")
+    prelim["status"] = "preliminary"
+    final = obs_quantity("2276-4", 100, 600, "ng/mL")
+    row = only_row(derive(reference_patient() + [exacerbation(100), prelim, final]))
+    assert row["relapse_event"] == 0
+
+
+def test_entered_in_error_observation_is_ignored():
+    wrong = obs_quantity("2276-4", 100, 5000, "ng/mL")
+    wrong["status"] = "entered-in-error"
+    assert only_row(derive(reference_patient() + [exacerbation(100), wrong]))["relapse_event"] == 0
+
+
+def test_a_procedure_that_was_not_completed_is_not_plasma_exchange():
+    res = reference_patient() + [fb.procedure(new_id("proc"), PID, fb.SNOMED, "127788007", day(3), status="not-done")]
+    assert only_row(derive(res))["plasma_exchange"] == 0
+
+
+@pytest.mark.parametrize("status, relapse", [("completed", 0), ("active", 1)])
+def test_effective_datetime_is_one_day_unless_active(status, relapse):
+    # Prednisone 40 mg by effectiveDateTime on day 60; on day 90 prednisolone 5 mg is added. Only if the
+    # prednisone is still running (active) does day 90 total 45 mg > 30 mg (0.5 mg/kg at 60 kg).
+    res = reference_patient(gc=(-5, 27)) + [drug(PREDNISONE, 60, None, dose=40, status=status, single_day=True),
+                                            drug(PREDNISOLONE, 90, 95, dose=5), exacerbation(90)]
+    assert only_row(derive(res))["relapse_event"] == relapse
+
+
+def test_an_ongoing_statement_ends_the_day_before_the_next_of_the_same_ingredient():
+    from analytics.cohort.facts import OPEN_END
+
+    from .fhir_fixtures import facts_of
+
+    res = reference_patient(gc=None) + [drug(PREDNISONE, 0, None, dose=60, status="active"),
+                                        drug(PREDNISONE, 100, None, dose=20, status="active"),
+                                        drug(PREDNISOLONE, 50, None, dose=5, status="active")]
+    ex = facts_of(res).exposures
+    gc = ex[ex["concept"] == "glucocorticoid"].set_index("start")["end"].to_dict()
+    assert gc == {day(0): day(99), day(100): OPEN_END, day(50): OPEN_END}  # prednisolone is another ingredient
+
+
+def test_death_after_day_365_is_not_an_event():
+    row = only_row(derive(reference_patient(deceased=day(366))))
+    assert (row["death_event"], row["followup_days"]) == (0, 365)
+
+
+def test_a_relapse_on_the_day_of_death_counts():
+    res = reference_patient(deceased=day(100), last_contact=90) + [exacerbation(100), radiological(100)]
+    row = only_row(derive(res))
+    assert (row["death_event"], row["relapse_event"], row["relapse_days"]) == (1, 1, 100)
+
+
+def test_exacerbation_on_index_day_and_criteria_before_day_1_do_not_count():
+    res = reference_patient() + [exacerbation(0), radiological(0), exacerbation(10), radiological(0),
+                                 obs_quantity("2276-4", 0, 5000, "ng/mL")]
+    assert only_row(derive(res))["relapse_event"] == 0
+
+
+def test_respiratory_relapse_needs_a_respiratory_exacerbation():
+    row = only_row(derive(reference_patient() + [exacerbation(50, "skin"), radiological(55)]))
+    assert (row["relapse_event"], row["resp_relapse_event"]) == (1, 0)

@@ -73,17 +73,19 @@ def exposure_intervals(statements: pd.DataFrame) -> pd.DataFrame:
     An explicit end is kept (explicit statements may overlap: their doses add). A statement
     without an end, or an ``active`` one given by effectiveDateTime, is ongoing until the day
     before the next statement of the same ingredient starts; a non-active effectiveDateTime
-    covers that single day.
+    covers that single day. The ingredient is the concept, except for glucocorticoids, where it
+    is the matched code (prednisone and methylprednisolone are different ingredients of one concept).
     """
     df = statements.copy()
+    df["ingredient"] = df["concept"].where(df["concept"] != "glucocorticoid", df["concept"] + ":" + df["code"].astype(str))
     ongoing = (df["effective_kind"] == "period") & df["end"].isna() | \
               (df["effective_kind"] == "datetime") & (df["status"] == "active")
     single_day = (df["effective_kind"] == "datetime") & ~ongoing
     df.loc[single_day, "end"] = df.loc[single_day, "start"]
     df["ongoing"] = ongoing
-    df = df.sort_values(["patient_id", "concept", "start", "statement_id"])
+    df = df.sort_values(["patient_id", "ingredient", "start", "statement_id"])
     next_start: list[date | None] = []
-    for _, grp in df.groupby(["patient_id", "concept"], sort=False):
+    for _, grp in df.groupby(["patient_id", "ingredient"], sort=False):
         starts = list(grp["start"])
         for i, s in enumerate(starts):
             later = next((t for t in starts[i + 1:] if t > s), None)
@@ -93,7 +95,7 @@ def exposure_intervals(statements: pd.DataFrame) -> pd.DataFrame:
         (ns - timedelta(days=1) if ns is not None else OPEN_END) if og else e
         for og, e, ns in zip(df["ongoing"], df["end"], df["next_start"])
     ]
-    return df.drop(columns=["ongoing", "next_start"])
+    return df.drop(columns=["ongoing", "next_start", "ingredient"])
 
 
 def build_facts(flat: dict[str, pd.DataFrame], concepts: ConceptMap) -> StudyFacts:
