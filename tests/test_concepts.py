@@ -70,6 +70,12 @@ def test_a_hospital_adds_its_own_codes_to_the_defaults(tmp_path):
     assert cm.digest != default.digest
 
 
+def test_a_hospital_file_may_use_the_default_system_names(tmp_path):
+    extra = tmp_path / "map.yaml"
+    extra.write_text("conditions:\n  ild: [{system: ICD10, code: J84.2}]\n")
+    assert {n for n, _ in load_concept_map(str(extra)).concepts("conditions", ICD10, "J84.2")} == {"ild"}
+
+
 def test_a_hospital_can_replace_the_defaults(tmp_path):
     own = tmp_path / "map.yaml"
     own.write_text("replace_defaults: true\nconditions:\n  ild: [{system: 'urn:hospital:dx', code: ILD-7}]\n")

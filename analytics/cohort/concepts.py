@@ -109,10 +109,10 @@ def _where(source: str, obj: Any, fallback: Any = None) -> str:
     return f"{source}:{line}" if line else source
 
 
-def _parse(data: Any, source: str) -> ConceptMap:
+def _parse(data: Any, source: str, known_systems: dict[str, str] | None = None) -> ConceptMap:
     if not isinstance(data, dict):
         raise ConceptMapError(f"{source}: expected a mapping at the top level")
-    systems = data.get("systems") or {}
+    systems = {**(known_systems or {}), **(data.get("systems") or {})}
     domains: dict[str, dict[str, tuple[CodeRule, ...]]] = {}
     for domain in DOMAINS:
         entries = data.get(domain) or {}
@@ -174,7 +174,7 @@ def load_concept_map(path: str | None = None) -> ConceptMap:
         if not file.is_file():
             raise ConceptMapError(f"concept map {file} does not exist (CONCEPT_MAP_PATH)")
         text, data = _read(file)
-        extra = _parse(data, str(file))
+        extra = _parse(data, str(file), known_systems=default_data.get("systems"))
         parsed = extra if isinstance(data, dict) and data.get("replace_defaults") else _merge(parsed, extra)
         digest.update(text.encode())
     return ConceptMap(parsed.domains, parsed.units, digest.hexdigest())
