@@ -4,7 +4,10 @@ A failed ``critical`` expectation makes the check fail with ERROR severity, whic
 assets downstream; ``warning`` expectations fail with WARN and do not block. The failing rows
 (by key) are in the check's metadata.
 """
+from typing import Callable
+
 import dagster as dg
+import pandas as pd
 
 from etl.flatten import FLATTENERS
 from expectations import suites
@@ -29,45 +32,32 @@ def _run(name: str, suite: suites.Suite) -> dg.AssetCheckResult:
     return check_result(run_suite(name, suite.frame, suite.expectations, suite.key_columns))
 
 
-@dg.asset_check(asset="cohort", blocking=True, description="Unique keys, allowed values, every patient with a group "
-                "and an index date in the window, age ≥ 18, event days within 0 … follow-up ≤ 365, non-negative doses.")
-def cohort_expectations(warehouse: WarehouseResource, study: StudyResource) -> dg.AssetCheckResult:
-    frame = warehouse.get().read_table("cohort")
-    return _run("cohort", suites.cohort(frame, (study.window_start, study.window_end)))
+# Table -> (suite built from the table and the study settings, what the check promises).
+TABLE_SUITES: dict[str, tuple[Callable[[pd.DataFrame, StudyResource], suites.Suite], str]] = {
+    "cohort": (lambda f, study: suites.cohort(f, (study.window_start, study.window_end)),
+               "Unique keys, allowed values, every patient with a group and an index date in the window, age ≥ 18, "
+               "event days within 0 … follow-up ≤ 365, non-negative doses."),
+    "cohort_attrition": (lambda f, _: suites.cohort_attrition(f), "Attrition counts add up step by step, per cohort."),
+    "prospective_cohort": (lambda f, _: suites.prospective_cohort(f),
+                           "Groups consistent with the pirfenidone dose (600–900 mg/day), dates present, flags 0/1."),
+    "prospective_visits": (lambda f, _: suites.prospective_visits(f),
+                           "One value per patient, measure and visit, taken inside that visit's window."),
+    "safety_events": (lambda f, _: suites.safety_events(f), "Known categories, events within follow-up."),
+    "iptw_weights": (lambda f, _: suites.iptw_weights(f),
+                     "Propensity scores strictly inside (0, 1), ATE weights ≥ 1; weights above 50 are flagged."),
+    "effect_estimates": (lambda f, _: suites.effect_estimates(f),
+                         "One row per analysis, comparison and outcome; CI around the HR; p in [0, 1]."),
+}
 
 
-@dg.asset_check(asset="cohort_attrition", blocking=True, description="Attrition counts add up step by step, per cohort.")
-def cohort_attrition_expectations(warehouse: WarehouseResource) -> dg.AssetCheckResult:
-    return _run("cohort_attrition", suites.cohort_attrition(warehouse.get().read_table("cohort_attrition")))
+def _table_check(table: str) -> dg.AssetChecksDefinition:
+    build, description = TABLE_SUITES[table]
 
+    @dg.asset_check(asset=table, name=f"{table}_expectations", blocking=True, description=description)
+    def _check(warehouse: WarehouseResource, study: StudyResource) -> dg.AssetCheckResult:
+        return _run(table, build(warehouse.get().read_table(table), study))
 
-@dg.asset_check(asset="prospective_cohort", blocking=True,
-                description="Groups consistent with the pirfenidone dose (600–900 mg/day), dates present, flags 0/1.")
-def prospective_cohort_expectations(warehouse: WarehouseResource) -> dg.AssetCheckResult:
-    return _run("prospective_cohort", suites.prospective_cohort(warehouse.get().read_table("prospective_cohort")))
-
-
-@dg.asset_check(asset="prospective_visits", blocking=True,
-                description="One value per patient, measure and visit, taken inside that visit's window.")
-def prospective_visits_expectations(warehouse: WarehouseResource) -> dg.AssetCheckResult:
-    return _run("prospective_visits", suites.prospective_visits(warehouse.get().read_table("prospective_visits")))
-
-
-@dg.asset_check(asset="safety_events", blocking=True, description="Known categories, events within follow-up.")
-def safety_events_expectations(warehouse: WarehouseResource) -> dg.AssetCheckResult:
-    return _run("safety_events", suites.safety_events(warehouse.get().read_table("safety_events")))
-
-
-@dg.asset_check(asset="iptw_weights", blocking=True,
-                description="Propensity scores strictly inside (0, 1), ATE weights ≥ 1; weights above 50 are flagged.")
-def iptw_weights_expectations(warehouse: WarehouseResource) -> dg.AssetCheckResult:
-    return _run("iptw_weights", suites.iptw_weights(warehouse.get().read_table("iptw_weights")))
-
-
-@dg.asset_check(asset="effect_estimates", blocking=True,
-                description="One row per analysis, comparison and outcome; CI around the HR; p in [0, 1].")
-def effect_estimates_expectations(warehouse: WarehouseResource) -> dg.AssetCheckResult:
-    return _run("effect_estimates", suites.effect_estimates(warehouse.get().read_table("effect_estimates")))
+    return _check
 
 
 def _raw_check(resource_type: str) -> dg.AssetChecksDefinition:
@@ -80,6 +70,5 @@ def _raw_check(resource_type: str) -> dg.AssetChecksDefinition:
     return _check
 
 
-all_checks = [cohort_expectations, cohort_attrition_expectations, prospective_cohort_expectations,
-              prospective_visits_expectations, safety_events_expectations, iptw_weights_expectations,
-              effect_estimates_expectations, *[_raw_check(t) for t in suites.RAW_SUITES]]
+table_checks = {table: _table_check(table) for table in TABLE_SUITES}
+all_checks = [*table_checks.values(), *[_raw_check(t) for t in suites.RAW_SUITES]]

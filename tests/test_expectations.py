@@ -7,7 +7,7 @@ import dagster as dg
 import pandas as pd
 import pytest
 
-from assets.checks import cohort_expectations
+from assets.checks import table_checks
 from assets.resources import StudyResource, WarehouseResource
 from etl.warehouse import Warehouse
 from expectations import suites
@@ -106,7 +106,7 @@ def test_a_failing_error_check_blocks_the_downstream_assets(tmp_path):
     def downstream() -> None:
         raise AssertionError("must not run after a failed blocking check")
 
-    result = dg.materialize([cohort_double, downstream, cohort_expectations], raise_on_error=False,
+    result = dg.materialize([cohort_double, downstream, table_checks["cohort"]], raise_on_error=False,
                             resources={"warehouse": WarehouseResource(url=url),
                                        "study": StudyResource(pseudonym_key="x" * 20)})
     evaluation = result.get_asset_check_evaluations()[0]
