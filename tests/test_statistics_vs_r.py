@@ -1,0 +1,68 @@
+"""The study statistics equal R's (survival 3.5, survey 4.1) on committed fixtures.
+
+Reference numbers come from tests/fixtures/stats/reference.R, run once; the suite needs no R.
+"""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from analytics.cox import fit_cox
+from analytics.km import weighted_km
+from analytics.logrank import iptw_logrank
+from analytics.propensity import fit_propensity, iptw_weights
+
+HERE = Path(__file__).resolve().parent / "fixtures" / "stats"
+REF = json.loads((HERE / "reference.json").read_text())
+TOL = 1e-6
+
+
+def assert_cox(time, event, treated, w, ref):
+    got = fit_cox(time, event, treated, w).summary()[0]
+    for key in ("coef", "robust_se", "hazard_ratio", "ci_lower", "ci_upper", "p_value"):
+        assert got[key] == pytest.approx(ref[key], abs=TOL, rel=TOL), key
+
+
+def assert_km(time, event, w, ref):
+    got = weighted_km(time, event, w)
+    assert list(got["time_days"]) == pytest.approx(ref["time"])
+    for col, key in (("survival", "surv"), ("ci_lower", "lower"), ("ci_upper", "upper"), ("n_at_risk", "n_risk"),
+                     ("n_events", "n_event"), ("std_err", "std_err")):
+        expected = np.array([np.nan if v in (None, "NA") else v for v in ref[key]], dtype=float)
+        np.testing.assert_allclose(got[col].to_numpy(dtype=float), expected, atol=TOL, rtol=TOL, err_msg=col)
+
+
+def test_small_dataset_with_heavy_ties():
+    d = pd.read_csv(HERE / "small.csv")
+    ref = REF["small"]
+    assert_cox(d.time, d.event, d.treated, d.w, ref["cox"])
+    assert iptw_logrank(d.time, d.event, d.treated, d.w).p_value == pytest.approx(ref["logrank_p"], abs=TOL)
+    for arm, flag in (("treated", 1), ("control", 0)):
+        g = d[d.treated == flag]
+        assert_km(g.time, g.event, g.w, ref["km"][arm])
+
+
+@pytest.mark.parametrize("comparison", ["tacrolimus_vs_conventional", "tacrolimus_vs_CTX", "tacrolimus_vs_MTX",
+                                        "tacrolimus_vs_AZA"])
+def test_paper_size_cohort(comparison):
+    paper = pd.read_csv(HERE / "paper.csv")
+    ref = REF["paper"][comparison]
+    agent = comparison.split("_vs_")[1]
+    d = paper if agent == "conventional" else paper[(paper.group == "tacrolimus") | (paper.conventional_agent == agent)]
+    d = d.set_index("id").loc[ref["ids"]]
+    treated = d.group.eq("tacrolimus")
+    ps = fit_propensity(d, treated).scores
+    np.testing.assert_allclose(ps.to_numpy(), ref["propensity_score"], atol=TOL, rtol=TOL)
+    w = iptw_weights(treated, ps)["weight"]
+    for outcome in ("death", "relapse", "resp_relapse"):
+        r = ref[outcome]
+        time, event = d[f"{outcome}_days"], d[f"{outcome}_event"]
+        assert_cox(time, event, treated.astype(int), w, r["cox"])
+        assert iptw_logrank(time, event, treated.astype(int), w).p_value == pytest.approx(r["logrank_p"], abs=TOL)
+        for arm, flag in (("treated", True), ("control", False)):
+            m = treated == flag
+            assert_km(time[m], event[m], w[m], r["km"][arm])
