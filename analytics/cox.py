@@ -31,11 +31,13 @@ class CoxFit:
     def robust_se(self) -> np.ndarray:
         return np.sqrt(np.diag(self.robust_var))
 
-    def summary(self, alpha: float = 0.05) -> list[dict[str, float]]:
+    def summary(self, alpha: float = 0.05, robust: bool = True) -> list[dict[str, float]]:
+        """HR, CI and Wald p per coefficient, on the robust (default) or the model-based variance."""
         z = stats.norm.ppf(1 - alpha / 2)
         out = []
-        for b, se in zip(self.coef, self.robust_se):
-            out.append({"coef": float(b), "robust_se": float(se), "hazard_ratio": float(np.exp(b)),
+        ses = self.robust_se if robust else np.sqrt(np.diag(self.naive_var))
+        for b, se in zip(self.coef, ses):
+            out.append({"coef": float(b), "robust_se" if robust else "se": float(se), "hazard_ratio": float(np.exp(b)),
                         "ci_lower": float(np.exp(b - z * se)), "ci_upper": float(np.exp(b + z * se)),
                         "p_value": float(2 * stats.norm.sf(abs(b / se)))})
         return out

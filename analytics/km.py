@@ -16,17 +16,21 @@ from scipy import stats
 CURVE_COLUMNS = ["time_days", "survival", "ci_lower", "ci_upper", "n_at_risk", "n_events", "std_err"]
 
 
-def weighted_km(time, event, weights=None, alpha: float = 0.05) -> pd.DataFrame:
+def weighted_km(time, event, weights=None, alpha: float = 0.05, variance: str = "robust") -> pd.DataFrame:
     """One row per distinct observed time (events or censorings), as R's survfit reports them.
 
-    ``n_at_risk`` and ``n_events`` are weighted counts; ``std_err`` is the robust standard error
-    of S(t) itself.
+    ``n_at_risk`` and ``n_events`` are weighted counts; ``std_err`` is the standard error of S(t):
+    robust (infinitesimal jackknife, for IPTW weights), or ``variance="greenwood"`` for unweighted
+    data (R's default there).
     """
+    if variance not in ("robust", "greenwood"):
+        raise ValueError(f"variance must be 'robust' or 'greenwood', not {variance!r}")
     t = np.asarray(time, dtype=float)
     d = np.asarray(event, dtype=int)
     w = np.ones(len(t)) if weights is None else np.asarray(weights, dtype=float)
     z = stats.norm.ppf(1 - alpha / 2)
     influence = np.zeros(len(t))  # d log S(t) / d w_i, accumulated over event times
+    greenwood = 0.0
     surv = 1.0
     rows = []
     for s in np.unique(t):
@@ -36,8 +40,10 @@ def weighted_km(time, event, weights=None, alpha: float = 0.05) -> pd.DataFrame:
         if dn > 0:
             h = dn / y
             influence -= (dies.astype(float) - h * at_risk) / y / (1 - h) if h < 1 else 0.0
+            greenwood += dn / (y * (y - dn)) if y > dn else np.inf
             surv *= 1 - h
-        se = surv * float(np.sqrt(np.sum((w * influence) ** 2)))
+        se_log = float(np.sqrt(np.sum((w * influence) ** 2))) if variance == "robust" else float(np.sqrt(greenwood))
+        se = surv * se_log if np.isfinite(se_log) else np.nan  # Greenwood is infinite once everyone has died
         if 0 < surv < 1 and se > 0:
             # log-log: CI for log(-log S) with se(log S) / |log S|.
             loglog, se_ll = np.log(-np.log(surv)), (se / surv) / abs(np.log(surv))

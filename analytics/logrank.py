@@ -53,3 +53,25 @@ def iptw_logrank(time, event, group, weights) -> LogrankResult:
     se = float(np.sqrt(n / (n - 1) * np.sum((contributions - total / n) ** 2)))
     z = total / se
     return LogrankResult(score=total, se=se, z=z, p_value=float(2 * stats.norm.sf(abs(z))))
+
+
+def logrank(time, event, group) -> LogrankResult:
+    """The classical (unweighted) log-rank test, as R's ``survdiff(Surv(t, e) ~ g)``: for the
+    prospective cohort, which is not weighted."""
+    t = np.asarray(time, dtype=float)
+    d = np.asarray(event, dtype=int)
+    g = np.asarray(group, dtype=int)
+    observed = expected = variance = 0.0
+    for s in np.unique(t[d == 1]):
+        risk = t >= s
+        n, n1 = risk.sum(), (risk & (g == 1)).sum()
+        dead = (t == s) & (d == 1)
+        k, k1 = dead.sum(), (dead & (g == 1)).sum()
+        observed += k1
+        expected += k * n1 / n
+        if n > 1:
+            variance += k * (n - k) * n1 * (n - n1) / (n ** 2 * (n - 1))
+    score = observed - expected
+    se = float(np.sqrt(variance))
+    z = score / se if se > 0 else float("nan")
+    return LogrankResult(score=float(score), se=se, z=z, p_value=float(2 * stats.norm.sf(abs(z))) if se > 0 else float("nan"))

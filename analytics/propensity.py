@@ -59,6 +59,32 @@ def fit_propensity(frame: pd.DataFrame, treated: pd.Series, covariates: tuple[st
                          coefficients=result.params, design_columns=list(X.columns))
 
 
+def c_statistic(treated: pd.Series, ps: pd.Series) -> float:
+    """Area under the ROC curve of the propensity score (Mann-Whitney form, ties count one half)."""
+    from scipy.stats import rankdata
+
+    t = treated.to_numpy(dtype=bool)
+    ranks = rankdata(ps.to_numpy())
+    n1, n0 = t.sum(), (~t).sum()
+    return float((ranks[t].sum() - n1 * (n1 + 1) / 2) / (n1 * n0))
+
+
+def overlap(treated: pd.Series, ps: pd.Series, bounds: tuple[float, float] = (0.025, 0.975)) -> dict[str, float]:
+    """Propensity range per group and the share of patients outside ``bounds`` (poor overlap)."""
+    t = treated.to_numpy(dtype=bool)
+    p = ps.to_numpy()
+    outside = (p < bounds[0]) | (p > bounds[1])
+    return {"ps_min_treated": float(p[t].min()), "ps_max_treated": float(p[t].max()),
+            "ps_min_control": float(p[~t].min()), "ps_max_control": float(p[~t].max()),
+            "share_outside_0.025_0.975": float(outside.mean())}
+
+
+def truncate(weights: pd.Series, lower_pct: float = 1, upper_pct: float = 99) -> pd.Series:
+    """Weights clipped at their percentiles (a sensitivity analysis for extreme weights)."""
+    lo, hi = np.percentile(weights.to_numpy(dtype=float), [lower_pct, upper_pct])
+    return weights.clip(lower=lo, upper=hi)
+
+
 def iptw_weights(treated: pd.Series, ps: pd.Series) -> pd.DataFrame:
     """ATE weights (the paper's) and stabilized weights, indexed like ``treated``."""
     t = treated.astype(bool)

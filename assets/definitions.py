@@ -10,9 +10,10 @@ from analytics.cohort.concepts import load_concept_map
 from .checks import all_checks
 from .raw import raw_assets
 from .resources import resources_from_env
-from .study import cohort, effect_estimates, iptw_weights_asset
+from .effects import comparative_effects
+from .study import cohort
 
-all_assets = [*raw_assets, cohort, iptw_weights_asset, effect_estimates]
+all_assets = [*raw_assets, cohort, comparative_effects]
 
 study_job = dg.define_asset_job("study_job", selection=dg.AssetSelection.all(),
                                 description="Pull every FHIR resource type and rebuild all study tables.")

@@ -37,20 +37,42 @@ DICTIONARY: dict[str, dict[str, str]] = {
         "ferritin_esr": "Criterion (i) fired", "radiological": "Criterion (ii) fired", "gc_increase": "Criterion (iii) fired",
     },
     "iptw_weights": {
-        "patient_key": "Pseudonym", "analysis": "primary = tacrolimus vs conventional",
+        "patient_key": "Pseudonym",
+        "analysis": "The comparison whose propensity model gave the weights: tacrolimus_vs_conventional, "
+                    "tacrolimus_vs_CTX, tacrolimus_vs_MTX or tacrolimus_vs_AZA (refit within each pair)",
         "propensity_score": "P(tacrolimus | covariates), logistic regression",
         "weight": "1/ps (tacrolimus) or 1/(1−ps) (comparator)",
         "stabilized_weight": "weight × marginal probability of the group received",
     },
     "effect_estimates": {
-        "analysis": "primary = the paper's IPTW Cox", "comparison": "e.g. tacrolimus_vs_conventional",
-        "outcome": "death | relapse | resp_relapse", "hazard_ratio": "exp(coef) of the weighted Cox model",
-        "ci_lower": "exp(coef − 1.96·robust SE)", "ci_upper": "exp(coef + 1.96·robust SE)",
-        "p_value": "Robust Wald p", "logrank_p": "IPTW-adjusted log-rank p (Xie & Liu 2005); NULL until implemented",
+        "analysis": "primary = the paper's ATE weights 1/ps, 1/(1−ps); stabilized; truncated_1_99 (weights clipped at "
+                    "their 1st and 99th percentiles). The prospective comparison is unweighted",
+        "comparison": "tacrolimus_vs_conventional | tacrolimus_vs_CTX | tacrolimus_vs_MTX | tacrolimus_vs_AZA | "
+                      "combination_vs_tacrolimus",
+        "outcome": "death | relapse | resp_relapse",
+        "hazard_ratio": "exp(coef) of the Cox model (Efron ties; IPTW case weights), = R coxph; NULL if not estimable",
+        "ci_lower": "exp(coef − 1.96·SE): robust SE when weighted, model-based when not",
+        "ci_upper": "exp(coef + 1.96·SE)",
+        "p_value": "Wald p on the same SE",
+        "logrank_p": "Weighted: design-based IPTW log-rank (= R survey::svylogrank); unweighted: R survdiff",
         "n_treated": "Patients in the treated group", "n_control": "Patients in the comparator group",
         "events_treated": "Unweighted events, treated", "events_control": "Unweighted events, comparator",
     },
     "patient_xref": {"patient_key": "Pseudonym", "fhir_patient_id": "FHIR Patient id (restricted table)"},
+    "covariate_balance": {
+        "analysis": "The comparison (as in iptw_weights)",
+        "covariate": "A propensity-model column: age, sex[male], diagnosis_subset[level] (vs DM), initial_pred_mg_day, "
+                     "plasma_exchange, ivig",
+        "smd_unweighted": "Standardized mean difference before weighting (pooled unweighted SD)",
+        "smd_weighted": "After IPTW, same denominator; |SMD| < 0.1 is balanced",
+    },
+    "survival_curves": {
+        "analysis": "primary", "comparison": "As in effect_estimates", "outcome": "death | relapse | resp_relapse",
+        "group": "tacrolimus, conventional or the agent; combination or tacrolimus (prospective)",
+        "time_days": "Each distinct observed time", "survival": "Kaplan-Meier estimate (IPTW-weighted, retrospective)",
+        "ci_lower": "Log-log 95% lower limit (robust IJ SE when weighted, Greenwood when not), = R survfit; NULL before the first event",
+        "ci_upper": "Log-log 95% upper limit", "n_at_risk": "Number at risk (weighted when weighted)",
+    },
     "prospective_cohort": {
         "patient_key": "Pseudonym",
         "group": "combination (pirfenidone 600–900 mg/day started ≤ 90 d after index) | tacrolimus (no pirfenidone)",

@@ -58,6 +58,10 @@ class StudyResource(dg.ConfigurableResource):
     concept_map_path: str = ""   # empty = the contract's default map
     window_start: str = "2014-01-01"
     window_end: str = "2020-09-30"
+    figures_dir: str = ""        # empty = <state dir>/figures
+
+    def figures_directory(self) -> str:
+        return self.figures_dir or str(STATE_DIR / "figures")
 
     def concepts(self) -> ConceptMap:
         return load_concept_map(self.concept_map_path or None)
@@ -81,5 +85,6 @@ def resources_from_env() -> dict[str, dg.ConfigurableResource]:
         "warehouse": WarehouseResource(url=_env_or("WAREHOUSE_URL", DEFAULT_WAREHOUSE_URL)),
         "study": StudyResource(pseudonym_key=dg.EnvVar("PSEUDONYM_KEY"),
                                data_cutoff=os.environ.get("DATA_CUTOFF", ""),
-                               concept_map_path=os.environ.get("CONCEPT_MAP_PATH", "")),
+                               concept_map_path=os.environ.get("CONCEPT_MAP_PATH", ""),
+                               figures_dir=os.environ.get("FIGURES_DIR", "")),
     }

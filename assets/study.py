@@ -11,8 +11,6 @@ from analytics.cohort.facts import build_facts
 from analytics.cohort.prospective import ProspectiveParams, derive_prospective
 from analytics.cohort.retrospective import derive_retrospective
 from analytics.cohort.safety import drug_discontinuations, safety_events
-from analytics.propensity import fit_propensity, iptw_weights
-from analytics.weighted_cox import weighted_cox
 from etl.flatten import FLATTENERS, flatten_all
 from etl.pseudonym import pseudonymise
 
@@ -22,9 +20,6 @@ from .raw import RESOURCE_TYPES, raw_asset_key
 from .resources import StudyResource, WarehouseResource
 
 STUDY_GROUP = "study"
-OUTCOMES = ("death", "relapse", "resp_relapse")
-PRIMARY = "primary"
-PRIMARY_COMPARISON = "tacrolimus_vs_conventional"
 
 _COHORT_TABLES = {
     "cohort": "The retrospective IPTW cohort (study-contract.md §2): one row per patient with group, covariates, "
@@ -91,52 +86,3 @@ def cohort(context: dg.AssetExecutionContext, warehouse: WarehouseResource, stud
         if name == "cohort_attrition":
             meta["attrition"] = dg.MetadataValue.md(frame.to_markdown(index=False))
         yield dg.MaterializeResult(asset_key=name, metadata=meta)
-
-
-@dg.asset(name="iptw_weights", group_name=STUDY_GROUP, kinds={"sql", "statsmodels"}, deps=["cohort"])
-def iptw_weights_asset(context: dg.AssetExecutionContext, warehouse: WarehouseResource) -> dg.MaterializeResult:
-    """Propensity scores (logistic regression on age, sex, diagnosis subset, initial prednisolone-equivalent
-    dose, plasma exchange and IVIg) and the paper's ATE weights, 1/ps for tacrolimus and 1/(1−ps) for the
-    conventional group, with stabilized weights beside them."""
-    wh = warehouse.get()
-    frame = wh.read_table("cohort")
-    treated = frame["group"].eq("tacrolimus")
-    fit = fit_propensity(frame, treated)
-    weights = iptw_weights(treated, fit.scores)
-    table = pd.concat([frame[["patient_key"]], weights], axis=1).assign(analysis=PRIMARY)[
-        ["patient_key", "analysis", "propensity_score", "weight", "stabilized_weight"]]
-    wh.replace_table("iptw_weights", table, ["patient_key", "analysis"])
-    context.log.info(f"propensity model coefficients: {fit.coefficients.round(4).to_dict()}")
-    summary = table.groupby(frame["group"])["weight"].describe()[["count", "mean", "min", "max"]]
-    return dg.MaterializeResult(metadata={
-        **table_metadata(table, preview=True, descriptions=DICTIONARY["iptw_weights"]),
-        "propensity_coefficients": dg.MetadataValue.md(fit.coefficients.to_frame("coef").to_markdown(floatfmt=".4f")),
-        "weights_by_group": dg.MetadataValue.md(summary.to_markdown(floatfmt=".3f")),
-    })
-
-
-def primary_effect_estimates(frame: pd.DataFrame) -> pd.DataFrame:
-    """IPTW Cox for each outcome, tacrolimus vs conventional, from cohort rows joined to their weights."""
-    treated = frame["group"].eq("tacrolimus")
-    rows = []
-    for outcome in OUTCOMES:
-        est = weighted_cox(frame[f"{outcome}_days"], frame[f"{outcome}_event"], treated, frame["weight"])
-        rows.append({"analysis": PRIMARY, "comparison": PRIMARY_COMPARISON, "outcome": outcome,
-                     "hazard_ratio": est.hazard_ratio, "ci_lower": est.ci_lower, "ci_upper": est.ci_upper,
-                     "p_value": est.p_value, "logrank_p": None, "n_treated": est.n_treated, "n_control": est.n_control,
-                     "events_treated": est.events_treated, "events_control": est.events_control})
-    return pd.DataFrame(rows, columns=list(DICTIONARY["effect_estimates"]))
-
-
-@dg.asset(group_name=STUDY_GROUP, kinds={"sql", "lifelines"}, deps=["cohort", "iptw_weights"])
-def effect_estimates(warehouse: WarehouseResource) -> dg.MaterializeResult:
-    """IPTW-weighted Cox hazard ratios with robust 95% CIs and Wald p, tacrolimus vs conventional, for death,
-    relapse and respiratory relapse (the paper's primary analysis)."""
-    wh = warehouse.get()
-    weights = wh.read_table("iptw_weights")
-    frame = wh.read_table("cohort").merge(weights[weights["analysis"] == PRIMARY], on="patient_key", how="inner")
-    table = primary_effect_estimates(frame)
-    wh.replace_table("effect_estimates", table, ["analysis", "comparison", "outcome"])
-    return dg.MaterializeResult(metadata={
-        **table_metadata(table, preview=True, descriptions=DICTIONARY["effect_estimates"]),
-    })

@@ -48,6 +48,7 @@ def dagster_home(path: Path) -> Path:
 def headline(warehouse: Warehouse) -> str:
     cohort = warehouse.read_table("cohort")
     effects = warehouse.read_table("effect_estimates")
+    effects = effects[(effects["analysis"] == "primary") & (effects["comparison"] == "tacrolimus_vs_conventional")]
     attrition = warehouse.read_table("cohort_attrition")
     n_all = int(attrition.loc[attrition["step"] == 0, "n_remaining"].iloc[0])
     groups = cohort["group"].value_counts()
@@ -56,13 +57,14 @@ def headline(warehouse: Warehouse) -> str:
         f"cohort {len(cohort)} of {n_all} patients: tacrolimus n={groups.get('tacrolimus', 0)}, "
         f"conventional n={groups.get('conventional', 0)}",
         "",
-        f"{'outcome':<13} {'events tac':>11} {'events conv':>12}   {'HR (95% CI, robust)':<24} {'p':>8}",
+        f"{'outcome':<13} {'events tac':>11} {'events conv':>12}   {'HR (95% CI, robust)':<24} {'p':>8} {'log-rank p':>11}",
     ]
     for row in effects.itertuples(index=False):
         hr = "not estimable" if pd.isna(row.hazard_ratio) else f"{row.hazard_ratio:.3f} ({row.ci_lower:.3f}-{row.ci_upper:.3f})"
         p = "" if pd.isna(row.p_value) else f"{row.p_value:.4f}"
+        lr = "" if pd.isna(row.logrank_p) else f"{row.logrank_p:.4f}"
         lines.append(f"{row.outcome:<13} {row.events_treated:>5}/{row.n_treated:<5} {row.events_control:>6}/{row.n_control:<5}"
-                     f"   {hr:<24} {p:>8}")
+                     f"   {hr:<24} {p:>8} {lr:>11}")
     return "\n".join(lines)
 
 

@@ -24,11 +24,12 @@ def test_lineage_runs_from_raw_tables_to_effect_estimates():
     graph = defs.resolve_asset_graph()
     key = dg.AssetKey
     assert key("raw_condition") in graph.get(key("cohort")).parent_keys
-    assert graph.get(key("effect_estimates")).parent_keys == {key("cohort"), key("iptw_weights")}
+    assert graph.get(key("effect_estimates")).parent_keys == {key("cohort"), key("prospective_cohort")}
     assert {k.to_user_string() for k in graph.get_all_asset_keys()} >= {
         "raw_patient", "raw_condition", "raw_medicationstatement", "raw_procedure", "raw_observation",
         "raw_adverseevent", "raw_researchstudy", "raw_researchsubject", "cohort", "cohort_attrition",
-        "cohort_data_quality", "relapse_detail", "patient_xref", "iptw_weights", "effect_estimates"}
+        "cohort_data_quality", "relapse_detail", "patient_xref", "iptw_weights", "effect_estimates",
+        "covariate_balance", "survival_curves"}
 
 
 def test_every_asset_has_a_description():

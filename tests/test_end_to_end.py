@@ -152,17 +152,25 @@ def test_analysis_tables_hold_pseudonyms_only(materialized, small_hospital):
 
 def test_effect_estimates_are_finite_hazard_ratios_with_their_counts(materialized):
     wh, _ = materialized
-    effects = wh.read_table("effect_estimates").set_index("outcome")
+    effects = wh.read_table("effect_estimates")
+    effects = effects[(effects["analysis"] == "primary") & (effects["comparison"] == "tacrolimus_vs_conventional")]
+    effects = effects.set_index("outcome")
     cohort = wh.read_table("cohort")
     for outcome in ("death", "relapse"):
         row = effects.loc[outcome]
         assert 0 < row["ci_lower"] < row["hazard_ratio"] < row["ci_upper"]
-        assert 0 <= row["p_value"] <= 1
+        assert 0 <= row["p_value"] <= 1 and 0 <= row["logrank_p"] <= 1
         tac = cohort["group"] == "tacrolimus"
         assert row["events_treated"] == cohort.loc[tac, f"{outcome}_event"].sum()
         assert row["n_treated"] + row["n_control"] == len(cohort)
     weights = wh.read_table("iptw_weights")
-    assert len(weights) == len(cohort) and (weights["weight"] >= 1).all()
+    primary = weights[weights["analysis"] == "tacrolimus_vs_conventional"]
+    assert len(primary) == len(cohort) and (weights["weight"] >= 1).all()
+    comparisons = set(wh.read_table("effect_estimates")["comparison"])
+    assert comparisons == {"tacrolimus_vs_conventional", "tacrolimus_vs_CTX", "tacrolimus_vs_MTX", "tacrolimus_vs_AZA",
+                           "combination_vs_tacrolimus"}
+    curves = wh.read_table("survival_curves")
+    assert curves["survival"].between(0, 1).all() and (curves["n_at_risk"] > 0).all()
 
 
 def test_a_second_run_writes_identical_tables(materialized, sandbox, tmp_path):

@@ -40,9 +40,12 @@ def test_one_empty_group_is_a_clear_error():
         fit_propensity(frame, treated, covariates=("sex",))
 
 
-def test_weighted_cox_reports_not_estimable_without_events_in_a_group():
-    from analytics.weighted_cox import weighted_cox
+def test_a_comparison_without_events_in_a_group_is_reported_not_estimable():
+    from analytics.comparisons import prospective_comparison
 
-    est = weighted_cox(pd.Series([10, 20, 30, 40]), pd.Series([0, 0, 1, 1]), pd.Series([1, 1, 0, 0]),
-                       pd.Series([1.0, 1.0, 1.0, 1.0]))
-    assert np.isnan(est.hazard_ratio) and (est.events_treated, est.events_control) == (0, 2)
+    cohort = pd.DataFrame({"group": ["combination", "combination", "tacrolimus", "tacrolimus"],
+                           **{f"{o}_days": [10, 20, 30, 40] for o in ("death", "relapse", "resp_relapse")},
+                           **{f"{o}_event": [0, 0, 1, 1] for o in ("death", "relapse", "resp_relapse")}})
+    row = prospective_comparison(cohort).effect_estimates.iloc[0]
+    assert np.isnan(row["hazard_ratio"]) and np.isnan(row["logrank_p"])
+    assert (row["n_treated"], row["events_treated"], row["events_control"]) == (2, 0, 2)

@@ -13,7 +13,7 @@ import pytest
 
 from analytics.cox import fit_cox
 from analytics.km import weighted_km
-from analytics.logrank import iptw_logrank
+from analytics.logrank import iptw_logrank, logrank
 from analytics.propensity import fit_propensity, iptw_weights
 
 HERE = Path(__file__).resolve().parent / "fixtures" / "stats"
@@ -27,8 +27,8 @@ def assert_cox(time, event, treated, w, ref):
         assert got[key] == pytest.approx(ref[key], abs=TOL, rel=TOL), key
 
 
-def assert_km(time, event, w, ref):
-    got = weighted_km(time, event, w)
+def assert_km(time, event, w, ref, variance="robust"):
+    got = weighted_km(time, event, w, variance=variance)
     assert list(got["time_days"]) == pytest.approx(ref["time"])
     for col, key in (("survival", "surv"), ("ci_lower", "lower"), ("ci_upper", "upper"), ("n_at_risk", "n_risk"),
                      ("n_events", "n_event"), ("std_err", "std_err")):
@@ -44,6 +44,16 @@ def test_small_dataset_with_heavy_ties():
     for arm, flag in (("treated", 1), ("control", 0)):
         g = d[d.treated == flag]
         assert_km(g.time, g.event, g.w, ref["km"][arm])
+
+
+def test_unweighted_cox_and_classical_logrank():
+    d = pd.read_csv(HERE / "small.csv")
+    ref = REF["small_unweighted"]
+    got = fit_cox(d.time, d.event, d.treated).summary(robust=False)[0]
+    assert (got["coef"], got["se"], got["p_value"]) == pytest.approx((ref["coef"], ref["se"], ref["p_value"]), abs=TOL)
+    assert logrank(d.time, d.event, d.treated).p_value == pytest.approx(ref["logrank_p"], abs=TOL)
+    g = d[d.treated == 1]
+    assert_km(g.time, g.event, None, ref["km_treated"], variance="greenwood")
 
 
 @pytest.mark.parametrize("comparison", ["tacrolimus_vs_conventional", "tacrolimus_vs_CTX", "tacrolimus_vs_MTX",

@@ -48,7 +48,7 @@ def webserver(tmp_path_factory):
 def test_the_ui_shows_the_study_assets_and_their_lineage(webserver):
     nodes = httpx.post(webserver, json={"query": QUERY}, timeout=30).json()["data"]["assetNodes"]
     graph = {"/".join(n["assetKey"]["path"]): {"/".join(d["path"]) for d in n["dependencyKeys"]} for n in nodes}
-    assert graph["effect_estimates"] == {"cohort", "iptw_weights"}
-    assert graph["iptw_weights"] == {"cohort"}
+    assert graph["effect_estimates"] == {"cohort", "prospective_cohort"}
+    assert graph["survival_curves"] == {"cohort", "prospective_cohort"}
     assert {"raw_patient", "raw_condition", "raw_observation"} <= graph["cohort"]
     assert all(n["description"] for n in nodes)
