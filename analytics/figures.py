@@ -95,3 +95,22 @@ def ps_overlap(ps: pd.Series, treated: pd.Series, title: str) -> bytes:
     ax.set_title(title)
     ax.legend()
     return _png(fig)
+
+
+def scale_boxplots(visits: pd.DataFrame, scales: list[str], title: str) -> bytes:
+    """One small box plot per scale across the visits (the paper's Figure 2)."""
+    cols = 4
+    rows = int(np.ceil(len(scales) / cols))
+    fig, axes = plt.subplots(rows, cols, figsize=(3.2 * cols, 2.6 * rows), squeeze=False)
+    for ax, scale in zip(axes.flat, scales):
+        s = visits[visits["measure"] == scale]
+        months = sorted(s["visit_month"].unique())
+        ax.boxplot([s.loc[s["visit_month"] == m, "value"].to_numpy() for m in months], showfliers=False)
+        ax.set_xticks(range(1, len(months) + 1))
+        ax.set_xticklabels([f"M{m}" for m in months], fontsize=8)
+        ax.set_title(scale, fontsize=9)
+    for ax in list(axes.flat)[len(scales):]:
+        ax.axis("off")
+    fig.suptitle(title)
+    fig.tight_layout()
+    return _png(fig)

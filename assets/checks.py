@@ -47,6 +47,12 @@ TABLE_SUITES: dict[str, tuple[Callable[[pd.DataFrame, StudyResource], suites.Sui
                      "Propensity scores strictly inside (0, 1), ATE weights ≥ 1; weights above 50 are flagged."),
     "effect_estimates": (lambda f, _: suites.effect_estimates(f),
                          "One row per analysis, comparison and outcome; CI around the HR; p in [0, 1]."),
+    "scale_changes": (lambda f, _: suites.probabilities(f, ["p_vs_baseline", "p_adjusted", "p_between_groups"],
+                                                        ("scale", "group", "visit_month")), "p-values within [0, 1]."),
+    "hrct_changes": (lambda f, _: suites.probabilities(f, ["p_within", "p_between_delta"], ("measure", "group")),
+                     "p-values within [0, 1]."),
+    "safety_summary": (lambda f, _: suites.probabilities(f, ["p_value"], ("cohort", "group", "category")),
+                       "Percentages within 0-100, p-values within [0, 1]."),
 }
 
 

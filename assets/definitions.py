@@ -12,8 +12,9 @@ from .raw import raw_assets
 from .resources import resources_from_env
 from .effects import comparative_effects
 from .study import cohort
+from .summaries import descriptive_tables
 
-all_assets = [*raw_assets, cohort, comparative_effects]
+all_assets = [*raw_assets, cohort, comparative_effects, descriptive_tables]
 
 study_job = dg.define_asset_job("study_job", selection=dg.AssetSelection.all(),
                                 description="Pull every FHIR resource type and rebuild all study tables.")

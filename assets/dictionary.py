@@ -59,6 +59,35 @@ DICTIONARY: dict[str, dict[str, str]] = {
         "events_treated": "Unweighted events, treated", "events_control": "Unweighted events, comparator",
     },
     "patient_xref": {"patient_key": "Pseudonym", "fhir_patient_id": "FHIR Patient id (restricted table)"},
+    "baseline_characteristics": {
+        "cohort": "retrospective | prospective", "variable": "age, sex, diagnosis_subset, initial_pred_mg_day, ..., n",
+        "level": "Category level (categorical variables)", "group": "The cohort's groups",
+        "summary": "mean ± SD, median [Q1-Q3] or n (%)",
+        "p_value": "Welch t-test (both groups normal by Shapiro-Wilk), Mann-Whitney, chi-square (Yates for 2x2) or "
+                   "Fisher's exact (2x2 with an expected count < 5), as R's t.test, wilcox.test, chisq.test, fisher.test",
+        "test": "welch_t | mann_whitney | chi_square | fisher | none", "smd": "Standardized mean difference",
+    },
+    "scale_changes": {
+        "scale": "6mwt, mmrc, patient_global_activity, mmt8, myoact, mitax, mdi, cat, hama, hamd, gc_pred_mg_day",
+        "group": "all | combination | tacrolimus", "visit_month": "0, 1, 3, 6, 12", "n": "Patients with a value",
+        "median": "Median (R quantile type 7)", "q1": "First quartile", "q3": "Third quartile",
+        "p_vs_baseline": "Paired Wilcoxon signed-rank vs baseline (= R wilcox.test(paired = TRUE))",
+        "p_adjusted": "Bonferroni over the scale's follow-up visits",
+        "p_between_groups": "Mann-Whitney on the change from baseline, combination vs tacrolimus",
+    },
+    "hrct_changes": {
+        "measure": "hrct_score and its components", "group": "combination | tacrolimus",
+        "n": "Survivors with a baseline and a 12-month score", "baseline_median": "Median at baseline",
+        "month12_median": "Median at 12 months", "p_within": "Paired Wilcoxon, baseline vs 12 months",
+        "p_between_delta": "Mann-Whitney on the change, combination vs tacrolimus",
+    },
+    "safety_summary": {
+        "cohort": "retrospective | prospective", "group": "The cohort's groups", "category": "any or an AE category",
+        "n_patients_with_event": "Patients with at least one such event in follow-up", "n_patients": "Patients in the group",
+        "percent": "100 × n_patients_with_event / n_patients", "serious_events": "Serious events (events, not patients)",
+        "p_value": "Fisher's exact test, patients with vs without (= R fisher.test)",
+        "odds_ratio": "Conditional MLE odds ratio, first group vs second (as R reports it)",
+    },
     "covariate_balance": {
         "analysis": "The comparison (as in iptw_weights)",
         "covariate": "A propensity-model column: age, sex[male], diagnosis_subset[level] (vs DM), initial_pred_mg_day, "

@@ -160,6 +160,15 @@ def effect_estimates(frame: pd.DataFrame) -> Suite:
     return Suite(frame, ex, ("analysis", "comparison", "outcome"))
 
 
+def probabilities(frame: pd.DataFrame, columns: list[str], keys: tuple[str, ...]) -> Suite:
+    """Result tables of tests: every p-value (and percentage) within its range."""
+    e = _gx()
+    ex = [e.ExpectColumnValuesToBeBetween(column=c, min_value=0, max_value=1, severity=CRITICAL) for c in columns]
+    if "percent" in frame.columns:
+        ex.append(e.ExpectColumnValuesToBeBetween(column="percent", min_value=0, max_value=100, severity=CRITICAL))
+    return Suite(frame, ex, keys)
+
+
 # -- raw tables (flattened: code sets and values that fhir.resources does not enforce) -------------
 
 def raw_patient(frame: pd.DataFrame, concepts: ConceptMap) -> Suite:

@@ -29,7 +29,8 @@ def test_lineage_runs_from_raw_tables_to_effect_estimates():
         "raw_patient", "raw_condition", "raw_medicationstatement", "raw_procedure", "raw_observation",
         "raw_adverseevent", "raw_researchstudy", "raw_researchsubject", "cohort", "cohort_attrition",
         "cohort_data_quality", "relapse_detail", "patient_xref", "iptw_weights", "effect_estimates",
-        "covariate_balance", "survival_curves"}
+        "covariate_balance", "survival_curves", "baseline_characteristics", "scale_changes", "hrct_changes",
+        "safety_summary"}
 
 
 def test_every_asset_has_a_description():

@@ -173,6 +173,24 @@ def test_effect_estimates_are_finite_hazard_ratios_with_their_counts(materialize
     assert curves["survival"].between(0, 1).all() and (curves["n_at_risk"] > 0).all()
 
 
+def test_descriptive_tables_are_filled(materialized):
+    wh, _ = materialized
+    baseline = wh.read_table("baseline_characteristics")
+    assert {"retrospective", "prospective"} == set(baseline["cohort"])
+    n = baseline[(baseline["variable"] == "n") & (baseline["cohort"] == "retrospective")].set_index("group")["summary"]
+    cohort = wh.read_table("cohort")
+    assert int(n["tacrolimus"]) == (cohort["group"] == "tacrolimus").sum()
+    scales = wh.read_table("scale_changes")
+    assert set(scales["group"]) == {"all", "combination", "tacrolimus"} and scales["p_vs_baseline"].notna().any()
+    safety = wh.read_table("safety_summary")
+    any_retro = safety[(safety["cohort"] == "retrospective") & (safety["category"] == "any")].set_index("group")
+    events = wh.read_table("safety_events")
+    retro_events = events[events["cohort"] == "retrospective"]
+    assert any_retro.loc["tacrolimus", "n_patients_with_event"] == retro_events[
+        retro_events["group"] == "tacrolimus"]["patient_key"].nunique()
+    assert len(wh.read_table("hrct_changes")) == 10
+
+
 def test_a_second_run_writes_identical_tables(materialized, sandbox, tmp_path):
     wh, _ = materialized
     url = f"sqlite:///{tmp_path / 'again.sqlite'}"
