@@ -12,10 +12,12 @@ import math
 from dataclasses import dataclass, field
 from typing import Any
 
+import numpy as np
 import pandas as pd
 
 from .balance import kish_ess, standardized_differences
 from .cox import CoxConvergenceError, fit_cox
+from .extras import aalen_johansen, e_value, rmst_difference
 from .km import weighted_km
 from .logrank import iptw_logrank, logrank
 from .propensity import (PropensityModelError, c_statistic, design_matrix, fit_propensity, iptw_weights, overlap,
@@ -32,6 +34,11 @@ CURVE_COLUMNS = ["analysis", "comparison", "outcome", "group", "time_days", "sur
                  "n_at_risk"]
 WEIGHT_COLUMNS = ["patient_key", "analysis", "propensity_score", "weight", "stabilized_weight"]
 BALANCE_COLUMNS = ["analysis", "covariate", "smd_unweighted", "smd_weighted"]
+RMST_COLUMNS = ["comparison", "outcome", "tau_days", "rmst_treated", "rmst_control", "difference", "ci_lower",
+                "ci_upper", "p_value"]
+E_VALUE_COLUMNS = ["analysis", "comparison", "outcome", "hazard_ratio", "e_value_point", "e_value_ci", "common_outcome"]
+CIF_COLUMNS = ["comparison", "group", "time_days", "cif_relapse", "cif_death_without_relapse", "n_at_risk"]
+COMMON_OUTCOME = 0.15  # VanderWeele & Ding: above this cumulative incidence the HR is converted to a risk ratio
 
 
 @dataclass
@@ -41,6 +48,9 @@ class StudyResults:
     effect_estimates: pd.DataFrame
     survival_curves: pd.DataFrame
     diagnostics: dict[str, dict[str, Any]] = field(default_factory=dict)
+    rmst_differences: pd.DataFrame = field(default_factory=lambda: pd.DataFrame(columns=RMST_COLUMNS))
+    e_values: pd.DataFrame = field(default_factory=lambda: pd.DataFrame(columns=E_VALUE_COLUMNS))
+    cumulative_incidence: pd.DataFrame = field(default_factory=lambda: pd.DataFrame(columns=CIF_COLUMNS))
 
 
 def _not_estimable(analysis: str, comparison: str, outcome: str, frame: pd.DataFrame, treated: pd.Series) -> dict[str, Any]:
@@ -81,7 +91,70 @@ def _curves(analysis: str, comparison: str, outcome: str, frame: pd.DataFrame, t
     return pd.concat(parts, ignore_index=True)[CURVE_COLUMNS] if parts else pd.DataFrame(columns=CURVE_COLUMNS)
 
 
-def retrospective_comparison(cohort: pd.DataFrame, comparison: str, agent: str | None) -> StudyResults:
+def bootstrap_rows(comparison: str, frame: pd.DataFrame, treated: pd.Series, primary: pd.DataFrame,
+                   replicates: int, seed: int) -> tuple[list[dict[str, Any]], dict[str, int]]:
+    """PS-refit bootstrap: resample patients, refit the propensity model and the weighted Cox, and take the
+    2.5th and 97.5th percentiles of the hazard ratios (analysis ``bootstrap``; the point estimate is the
+    primary one, and there is no p-value)."""
+    rng = np.random.default_rng(seed)
+    ratios: dict[str, list[float]] = {o: [] for o in OUTCOMES}
+    for _ in range(replicates):
+        idx = rng.integers(0, len(frame), len(frame))
+        f, t = frame.iloc[idx].reset_index(drop=True), treated.iloc[idx].reset_index(drop=True)
+        try:
+            w = iptw_weights(t, fit_propensity(f, t).scores)["weight"]
+        except PropensityModelError:
+            continue
+        for outcome in OUTCOMES:
+            event = f[f"{outcome}_event"]
+            if event[t].sum() == 0 or event[~t].sum() == 0:
+                continue
+            try:
+                ratios[outcome].append(float(np.exp(fit_cox(f[f"{outcome}_days"], event, t.astype(int), w,
+                                                             robust=False).coef[0])))
+            except (CoxConvergenceError, np.linalg.LinAlgError):
+                continue
+    rows = []
+    for outcome in OUTCOMES:
+        row = {**primary.set_index("outcome").loc[outcome].to_dict(), "outcome": outcome, "analysis": "bootstrap",
+               "p_value": math.nan, "logrank_p": math.nan}
+        row["ci_lower"], row["ci_upper"] = (np.percentile(ratios[outcome], [2.5, 97.5]) if len(ratios[outcome]) >= 20
+                                            else (math.nan, math.nan))
+        rows.append(row)
+    return rows, {f"bootstrap_replicates_{o}": len(v) for o, v in ratios.items()}
+
+
+def _competing_cause(frame: pd.DataFrame) -> tuple[pd.Series, pd.Series]:
+    """Time and cause for relapse with death as a competing risk: 1 relapse, 2 death before relapse, 0 censored."""
+    death_first = (frame["relapse_event"] == 0) & (frame["death_event"] == 1) & (frame["death_days"] == frame["relapse_days"])
+    cause = np.where(frame["relapse_event"] == 1, 1, np.where(death_first, 2, 0))
+    return frame["relapse_days"], pd.Series(cause, index=frame.index)
+
+
+def _extras(comparison: str, frame: pd.DataFrame, treated: pd.Series, effects: pd.DataFrame, labels: tuple[str, str],
+            weights: pd.Series | None) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame]:
+    rmst_rows, e_rows, cif_parts = [], [], []
+    for outcome in OUTCOMES:
+        rmst_rows.append({"comparison": comparison, "outcome": outcome, "tau_days": 365,
+                          **rmst_difference(frame[f"{outcome}_days"], frame[f"{outcome}_event"], treated, weights)})
+    common = {o: frame[f"{o}_event"].mean() > COMMON_OUTCOME for o in OUTCOMES}
+    for row in effects.itertuples(index=False):
+        point, ci = e_value(row.hazard_ratio, row.ci_lower, row.ci_upper, common[row.outcome])
+        e_rows.append({"analysis": row.analysis, "comparison": comparison, "outcome": row.outcome,
+                       "hazard_ratio": row.hazard_ratio, "e_value_point": point, "e_value_ci": ci,
+                       "common_outcome": int(common[row.outcome])})
+    time, cause = _competing_cause(frame)
+    for flag, label in ((True, labels[0]), (False, labels[1])):
+        m = treated == flag
+        aj = aalen_johansen(time[m], cause[m], None if weights is None else weights[m])
+        cif_parts.append(aj.rename(columns={"cif_cause1": "cif_relapse", "cif_cause2": "cif_death_without_relapse"})
+                         .assign(comparison=comparison, group=label))
+    return (pd.DataFrame(rmst_rows, columns=RMST_COLUMNS), pd.DataFrame(e_rows, columns=E_VALUE_COLUMNS),
+            pd.concat(cif_parts, ignore_index=True)[CIF_COLUMNS])
+
+
+def retrospective_comparison(cohort: pd.DataFrame, comparison: str, agent: str | None, bootstrap_replicates: int = 0,
+                             seed: int = 20210214) -> StudyResults:
     frame = cohort if agent is None else cohort[(cohort["group"] == "tacrolimus") | (cohort["conventional_agent"] == agent)]
     frame = frame.reset_index(drop=True)
     treated = frame["group"].eq("tacrolimus")
@@ -97,8 +170,13 @@ def retrospective_comparison(cohort: pd.DataFrame, comparison: str, agent: str |
         return empty
     w = iptw_weights(treated, fit.scores)
     analyses = {"primary": w["weight"], "stabilized": w["stabilized_weight"], "truncated_1_99": truncate(w["weight"])}
-    effects = [_effect_row(name, comparison, outcome, frame, treated, weights)
-               for name, weights in analyses.items() for outcome in OUTCOMES]
+    effects = pd.DataFrame([_effect_row(name, comparison, outcome, frame, treated, weights)
+                            for name, weights in analyses.items() for outcome in OUTCOMES], columns=EFFECT_COLUMNS)
+    boot_info: dict[str, int] = {}
+    if bootstrap_replicates:
+        boot, boot_info = bootstrap_rows(comparison, frame, treated, effects[effects["analysis"] == "primary"],
+                                         bootstrap_replicates, seed)
+        effects = pd.concat([effects, pd.DataFrame(boot, columns=EFFECT_COLUMNS)], ignore_index=True)
     curves = pd.concat([_curves("primary", comparison, outcome, frame, treated, ("tacrolimus", control_label),
                                 w["weight"]) for outcome in OUTCOMES], ignore_index=True)
     balance = standardized_differences(design_matrix(frame), treated, w["weight"]).assign(analysis=comparison)
@@ -107,10 +185,11 @@ def retrospective_comparison(cohort: pd.DataFrame, comparison: str, agent: str |
                                   "stabilized_weight": w["stabilized_weight"]})
     diagnostics = {"c_statistic": c_statistic(treated, fit.scores), **overlap(treated, fit.scores),
                    "ess_treated": kish_ess(w.loc[treated, "weight"]), "ess_control": kish_ess(w.loc[~treated, "weight"]),
-                   "max_weight": float(w["weight"].max()),
+                   "max_weight": float(w["weight"].max()), **boot_info,
                    "coefficients": {k: float(v) for k, v in fit.coefficients.items()}}
-    return StudyResults(weights_table[WEIGHT_COLUMNS], balance[BALANCE_COLUMNS], pd.DataFrame(effects, columns=EFFECT_COLUMNS),
-                        curves, {comparison: diagnostics})
+    rmst_table, e_table, cif = _extras(comparison, frame, treated, effects, ("tacrolimus", control_label), w["weight"])
+    return StudyResults(weights_table[WEIGHT_COLUMNS], balance[BALANCE_COLUMNS], effects, curves,
+                        {comparison: diagnostics}, rmst_table, e_table, cif)
 
 
 def prospective_comparison(cohort: pd.DataFrame) -> StudyResults:
@@ -118,13 +197,20 @@ def prospective_comparison(cohort: pd.DataFrame) -> StudyResults:
     effects = [_effect_row("primary", PROSPECTIVE_COMPARISON, o, cohort, treated, None) for o in OUTCOMES]
     curves = pd.concat([_curves("primary", PROSPECTIVE_COMPARISON, o, cohort, treated, ("combination", "tacrolimus"), None)
                         for o in OUTCOMES], ignore_index=True)
-    return StudyResults(pd.DataFrame(columns=WEIGHT_COLUMNS), pd.DataFrame(columns=BALANCE_COLUMNS),
-                        pd.DataFrame(effects, columns=EFFECT_COLUMNS), curves)
+    effects_table = pd.DataFrame(effects, columns=EFFECT_COLUMNS)
+    rmst_table, e_table, cif = _extras(PROSPECTIVE_COMPARISON, cohort, treated, effects_table, ("combination", "tacrolimus"),
+                                       None)
+    return StudyResults(pd.DataFrame(columns=WEIGHT_COLUMNS), pd.DataFrame(columns=BALANCE_COLUMNS), effects_table,
+                        curves, {}, rmst_table, e_table, cif)
 
 
-def study_results(cohort: pd.DataFrame, prospective_cohort: pd.DataFrame | None = None) -> StudyResults:
-    """Every comparison of the contract, stacked into the four result tables."""
-    parts = [retrospective_comparison(cohort, name, agent) for name, agent in RETROSPECTIVE_COMPARISONS.items()]
+def study_results(cohort: pd.DataFrame, prospective_cohort: pd.DataFrame | None = None,
+                  bootstrap_replicates: int = 0, seed: int = 20210214) -> StudyResults:
+    """Every comparison of the contract, stacked into the result tables. The bootstrap (if asked for) is run
+    for the primary comparison only."""
+    parts = [retrospective_comparison(cohort, name, agent,
+                                      bootstrap_replicates if name == "tacrolimus_vs_conventional" else 0, seed)
+             for name, agent in RETROSPECTIVE_COMPARISONS.items()]
     if prospective_cohort is not None and len(prospective_cohort):
         parts.append(prospective_comparison(prospective_cohort))
 
@@ -136,4 +222,6 @@ def study_results(cohort: pd.DataFrame, prospective_cohort: pd.DataFrame | None 
     for p in parts:
         diagnostics.update(p.diagnostics)
     return StudyResults(stack("iptw_weights", WEIGHT_COLUMNS), stack("covariate_balance", BALANCE_COLUMNS),
-                        stack("effect_estimates", EFFECT_COLUMNS), stack("survival_curves", CURVE_COLUMNS), diagnostics)
+                        stack("effect_estimates", EFFECT_COLUMNS), stack("survival_curves", CURVE_COLUMNS), diagnostics,
+                        stack("rmst_differences", RMST_COLUMNS), stack("e_values", E_VALUE_COLUMNS),
+                        stack("cumulative_incidence", CIF_COLUMNS))

@@ -59,6 +59,12 @@ def _tie_groups(time_sorted: np.ndarray) -> list[tuple[int, int]]:
 
 def _loglik_score_info(beta: np.ndarray, t: np.ndarray, d: np.ndarray, x: np.ndarray, w: np.ndarray,
                        groups: list[tuple[int, int]]) -> tuple[float, np.ndarray, np.ndarray]:
+    with np.errstate(over="ignore", invalid="ignore", divide="ignore"):  # an overshooting step is halved by the caller
+        return _loglik_score_info_unguarded(beta, t, d, x, w, groups)
+
+
+def _loglik_score_info_unguarded(beta: np.ndarray, t: np.ndarray, d: np.ndarray, x: np.ndarray, w: np.ndarray,
+                                 groups: list[tuple[int, int]]) -> tuple[float, np.ndarray, np.ndarray]:
     p = x.shape[1]
     eta = x @ beta
     r = w * np.exp(eta)
@@ -142,7 +148,7 @@ def _score_residuals(beta: np.ndarray, t: np.ndarray, d: np.ndarray, x: np.ndarr
     return resid
 
 
-def fit_cox(time, event, x, weights=None, *, max_iter: int = 50, tol: float = 1e-9) -> CoxFit:
+def fit_cox(time, event, x, weights=None, *, max_iter: int = 50, tol: float = 1e-9, robust: bool = True) -> CoxFit:
     """Newton-Raphson on the Efron partial likelihood with case weights (R's defaults: eps 1e-9, 20+ iterations)."""
     t = np.asarray(time, dtype=float)
     e = np.asarray(event, dtype=int)
@@ -158,9 +164,12 @@ def fit_cox(time, event, x, weights=None, *, max_iter: int = 50, tol: float = 1e
         step = np.linalg.solve(info, score)
         new_beta = beta + step
         new_loglik, new_score, new_info = _loglik_score_info(new_beta, ts, ds, xs, ws, groups)
-        if not np.isfinite(new_loglik):
-            raise CoxConvergenceError("partial likelihood is not finite")
-        while new_loglik < loglik - 1e-12:  # step halving, as R does when the likelihood gets worse
+        halvings = 0
+        # Step halving, as R does when the likelihood gets worse or overflows.
+        while not np.isfinite(new_loglik) or new_loglik < loglik - 1e-12:
+            halvings += 1
+            if halvings > 30:
+                raise CoxConvergenceError("partial likelihood does not improve (a group without events?)")
             step /= 2
             new_beta = beta + step
             new_loglik, new_score, new_info = _loglik_score_info(new_beta, ts, ds, xs, ws, groups)
@@ -173,7 +182,9 @@ def fit_cox(time, event, x, weights=None, *, max_iter: int = 50, tol: float = 1e
     if np.any(np.abs(beta) > 30):
         raise CoxConvergenceError(f"coefficient diverges ({beta}): a group without events?")
     naive = np.linalg.inv(info)
-    resid = _score_residuals(beta, ts, ds, xs, ws, groups)
-    dfbeta = (resid * ws[:, None]) @ naive
-    robust = dfbeta.T @ dfbeta
-    return CoxFit(coef=beta, naive_var=naive, robust_var=robust, loglik=float(loglik), iterations=iteration)
+    if robust:  # the score-residual pass is the costly part: skipped when only the coefficient is needed
+        dfbeta = (_score_residuals(beta, ts, ds, xs, ws, groups) * ws[:, None]) @ naive
+        robust_var = dfbeta.T @ dfbeta
+    else:
+        robust_var = np.full_like(naive, np.nan)
+    return CoxFit(coef=beta, naive_var=naive, robust_var=robust_var, loglik=float(loglik), iterations=iteration)

@@ -88,6 +88,24 @@ DICTIONARY: dict[str, dict[str, str]] = {
         "p_value": "Fisher's exact test, patients with vs without (= R fisher.test)",
         "odds_ratio": "Conditional MLE odds ratio, first group vs second (as R reports it)",
     },
+    "rmst_differences": {
+        "comparison": "As in effect_estimates", "outcome": "death | relapse | resp_relapse", "tau_days": "365",
+        "rmst_treated": "Restricted mean event-free days to tau, first group (= R summary(survfit, rmean = tau))",
+        "rmst_control": "The same, second group", "difference": "rmst_treated − rmst_control (days)",
+        "ci_lower": "95% CI, infinitesimal-jackknife SE", "ci_upper": "95% CI upper limit", "p_value": "Wald p",
+    },
+    "e_values": {
+        "analysis": "As in effect_estimates", "comparison": "As in effect_estimates", "outcome": "As in effect_estimates",
+        "hazard_ratio": "The estimate", "e_value_point": "E-value of the estimate (VanderWeele & Ding 2017)",
+        "e_value_ci": "E-value of the CI limit closest to 1 (1 when the CI crosses 1)",
+        "common_outcome": "1 if more than 15% had the outcome: the HR was converted to a risk ratio first",
+    },
+    "cumulative_incidence": {
+        "comparison": "As in effect_estimates", "group": "As in survival_curves", "time_days": "Each distinct time",
+        "cif_relapse": "Cumulative incidence of relapse (IPTW Aalen-Johansen; = R multi-state survfit pstate)",
+        "cif_death_without_relapse": "Cumulative incidence of death before relapse (the competing risk)",
+        "n_at_risk": "Number at risk (weighted when weighted)",
+    },
     "covariate_balance": {
         "analysis": "The comparison (as in iptw_weights)",
         "covariate": "A propensity-model column: age, sex[male], diagnosis_subset[level] (vs DM), initial_pred_mg_day, "

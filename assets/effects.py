@@ -25,6 +25,10 @@ _TABLES = {
                         "comparison, outcome and weighting analysis; the prospective comparison unweighted.",
     "survival_curves": "Kaplan-Meier curves (IPTW-weighted for the retrospective comparisons) with log-log 95% CIs "
                        "and weighted numbers at risk.",
+    "rmst_differences": "Restricted mean survival time to day 365 per group and its difference with a 95% CI.",
+    "e_values": "E-values for every hazard ratio: how strong unmeasured confounding would have to be to explain it away.",
+    "cumulative_incidence": "IPTW Aalen-Johansen cumulative incidence of relapse, with death before relapse as a "
+                            "competing risk.",
 }
 
 
@@ -37,9 +41,12 @@ def _image(png: bytes, alt: str) -> str:
 def comparative_effects(context: dg.AssetExecutionContext, warehouse: WarehouseResource, study: StudyResource):
     wh = warehouse.get()
     cohort = wh.read_table("cohort")
-    results = study_results(cohort, wh.read_table("prospective_cohort"))
+    results = study_results(cohort, wh.read_table("prospective_cohort"), bootstrap_replicates=study.bootstrap_replicates,
+                            seed=study.seed)
     tables = {"iptw_weights": results.iptw_weights, "covariate_balance": results.covariate_balance,
-              "effect_estimates": results.effect_estimates, "survival_curves": results.survival_curves}
+              "effect_estimates": results.effect_estimates, "survival_curves": results.survival_curves,
+              "rmst_differences": results.rmst_differences, "e_values": results.e_values,
+              "cumulative_incidence": results.cumulative_incidence}
     keys = {"iptw_weights": ["patient_key", "analysis"], "covariate_balance": ["analysis", "covariate"],
             "effect_estimates": ["analysis", "comparison", "outcome"]}
     for name, frame in tables.items():
@@ -83,9 +90,10 @@ def comparative_effects(context: dg.AssetExecutionContext, warehouse: WarehouseR
         "effect_estimates": {"primary_estimates": dg.MetadataValue.md(
             primary.drop(columns=["analysis"]).to_markdown(index=False, floatfmt=".4g"))},
         "survival_curves": {"kaplan_meier": dg.MetadataValue.md("\n\n".join(km_md)), **paths},
+        "rmst_differences": {}, "e_values": {}, "cumulative_incidence": {},
     }
     for name, frame in tables.items():
-        preview = name != "survival_curves"
+        preview = name not in ("survival_curves", "cumulative_incidence")
         yield dg.MaterializeResult(asset_key=name, metadata={
             **table_metadata(frame, preview=preview, descriptions=DICTIONARY.get(name)), **extra[name]})
 

@@ -59,6 +59,8 @@ class StudyResource(dg.ConfigurableResource):
     window_start: str = "2014-01-01"
     window_end: str = "2020-09-30"
     figures_dir: str = ""        # empty = <state dir>/figures
+    bootstrap_replicates: int = 1000  # PS-refit bootstrap of the primary comparison; 0 = off
+    seed: int = 20210214
 
     def figures_directory(self) -> str:
         return self.figures_dir or str(STATE_DIR / "figures")
@@ -86,5 +88,6 @@ def resources_from_env() -> dict[str, dg.ConfigurableResource]:
         "study": StudyResource(pseudonym_key=dg.EnvVar("PSEUDONYM_KEY"),
                                data_cutoff=os.environ.get("DATA_CUTOFF", ""),
                                concept_map_path=os.environ.get("CONCEPT_MAP_PATH", ""),
-                               figures_dir=os.environ.get("FIGURES_DIR", "")),
+                               figures_dir=os.environ.get("FIGURES_DIR", ""),
+                               bootstrap_replicates=int(os.environ.get("BOOTSTRAP_REPLICATES", "1000"))),
     }

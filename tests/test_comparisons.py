@@ -51,6 +51,25 @@ def test_weights_balance_and_curves_cover_every_comparison(results):
     assert results.diagnostics["tacrolimus_vs_conventional"]["c_statistic"] > 0.5
 
 
+def test_bootstrap_is_seeded_and_surrounds_the_estimate():
+    cohort = pd.read_csv(HERE / "paper.csv").rename(columns={"id": "patient_key"})
+    a = study_results(cohort, bootstrap_replicates=30, seed=1).effect_estimates
+    b = study_results(cohort, bootstrap_replicates=30, seed=1).effect_estimates
+    boot = a[a["analysis"] == "bootstrap"]
+    pd.testing.assert_frame_equal(boot, b[b["analysis"] == "bootstrap"])
+    assert set(boot["comparison"]) == {"tacrolimus_vs_conventional"}
+    assert (boot["ci_lower"] < boot["hazard_ratio"]).all() and (boot["hazard_ratio"] < boot["ci_upper"]).all()
+
+
+def test_extras_tables(results):
+    rmst = results.rmst_differences.set_index(["comparison", "outcome"])
+    assert rmst.loc[("tacrolimus_vs_conventional", "death"), "difference"] > 0  # tacrolimus patients live longer
+    e = results.e_values
+    assert (e.loc[e["hazard_ratio"].notna(), "e_value_point"] >= 1).all()
+    cif = results.cumulative_incidence
+    assert ((cif["cif_relapse"] + cif["cif_death_without_relapse"]) <= 1 + 1e-12).all()
+
+
 def test_smd_uses_the_unweighted_pooled_sd_for_both_columns():
     design = pd.DataFrame({"const": 1.0, "age": [40.0, 50.0, 60.0, 70.0], "ivig": [1.0, 0.0, 1.0, 1.0]})
     treated = pd.Series([True, True, False, False])

@@ -30,7 +30,7 @@ def _materialize(base_url: str, warehouse_url: str) -> dg.ExecuteInProcessResult
     return dg.materialize([*all_assets, *all_checks], resources={
         "fhir": FhirServerResource(base_url=base_url, page_size=200),
         "warehouse": WarehouseResource(url=warehouse_url),
-        "study": StudyResource(pseudonym_key=KEY, data_cutoff=CUTOFF),
+        "study": StudyResource(pseudonym_key=KEY, data_cutoff=CUTOFF, bootstrap_replicates=40),
     })
 
 
@@ -206,7 +206,7 @@ def test_the_operators_command_materializes_everything(sandbox, small_hospital, 
     home = tmp_path / "dagster_home"
     home.mkdir()
     env = {**os.environ, "FHIR_BASE_URL": sandbox.base_url, "WAREHOUSE_URL": url, "PSEUDONYM_KEY": KEY,
-           "DATA_CUTOFF": CUTOFF, "DAGSTER_HOME": str(home)}
+           "DATA_CUTOFF": CUTOFF, "DAGSTER_HOME": str(home), "BOOTSTRAP_REPLICATES": "40"}
     dagster = Path(sys.executable).with_name("dagster")
     done = subprocess.run([str(dagster), "asset", "materialize", "-w", "workspace.yaml", "--select", "*"], cwd=ROOT,
                           env=env, capture_output=True, text=True, timeout=600)
