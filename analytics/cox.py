@@ -132,19 +132,18 @@ def _score_residuals(beta: np.ndarray, t: np.ndarray, d: np.ndarray, x: np.ndarr
     for a, b, h_total, hx_total, hs, xbars in reversed(terms):
         cum_h += h_total
         cum_hx = cum_hx + hx_total
-        for i in range(a, b):
-            # Everyone with time t_i is at risk at all death times <= t_i (cum sums include this time).
-            resid[i] -= risk[i] * (x[i] * cum_h - cum_hx)
+        # Everyone with time t_i is at risk at all death times <= t_i (the cumulative sums include this time).
+        resid[a:b] -= risk[a:b, None] * (x[a:b] * cum_h - cum_hx[None, :])
         if hs.size:
-            ndead = hs.size
-            fracs = np.arange(ndead) / ndead
-            for i in range(a, b):
-                if d[i] != 1:
-                    continue
-                # Undo the full-risk contribution at this time and apply Efron's (1 - k/d) share.
-                resid[i] += risk[i] * (x[i] * h_total - hx_total)
-                resid[i] -= risk[i] * ((1 - fracs) @ (hs[:, None] * (x[i][None, :] - xbars)))
-                resid[i] += x[i] - xbars.mean(axis=0)
+            dead = np.flatnonzero(d[a:b] == 1) + a
+            fracs = np.arange(hs.size) / hs.size
+            xd, rd = x[dead], risk[dead][:, None]
+            # Undo the full-risk contribution at this time for the deaths, and apply Efron's (1 - k/d) share:
+            # sum_k (1 - k/d) h_k (x_i - xbar_k) = x_i * sum_k (1-k/d) h_k - sum_k (1-k/d) h_k xbar_k.
+            share = (1 - fracs) * hs
+            resid[dead] += rd * (xd * h_total - hx_total[None, :])
+            resid[dead] -= rd * (xd * share.sum() - (share @ xbars)[None, :])
+            resid[dead] += xd - xbars.mean(axis=0)[None, :]
     return resid
 
 
