@@ -19,7 +19,7 @@ from .balance import kish_ess, standardized_differences
 from .cox import CoxConvergenceError, fit_cox
 from .extras import aalen_johansen, e_value, rmst_difference
 from .km import weighted_km
-from .logrank import iptw_logrank, logrank
+from .logrank import iptw_logrank, logrank, xie_liu_logrank
 from .propensity import (PropensityModelError, c_statistic, design_matrix, fit_propensity, iptw_weights, overlap,
                          truncate)
 
@@ -29,7 +29,7 @@ RETROSPECTIVE_COMPARISONS: dict[str, str | None] = {
     "tacrolimus_vs_AZA": "AZA"}
 PROSPECTIVE_COMPARISON = "combination_vs_tacrolimus"
 EFFECT_COLUMNS = ["analysis", "comparison", "outcome", "hazard_ratio", "ci_lower", "ci_upper", "p_value", "logrank_p",
-                  "n_treated", "n_control", "events_treated", "events_control"]
+                  "n_treated", "n_control", "events_treated", "events_control", "logrank_p_svy"]
 CURVE_COLUMNS = ["analysis", "comparison", "outcome", "group", "time_days", "survival", "ci_lower", "ci_upper",
                  "n_at_risk"]
 WEIGHT_COLUMNS = ["patient_key", "analysis", "propensity_score", "weight", "stabilized_weight"]
@@ -59,7 +59,7 @@ def _not_estimable(analysis: str, comparison: str, outcome: str, frame: pd.DataF
             "n_treated": int(treated.sum()), "n_control": int((~treated).sum()),
             "events_treated": int(event[treated].sum()), "events_control": int(event[~treated].sum()),
             "hazard_ratio": math.nan, "ci_lower": math.nan, "ci_upper": math.nan, "p_value": math.nan,
-            "logrank_p": math.nan}
+            "logrank_p": math.nan, "logrank_p_svy": math.nan}
 
 
 def _effect_row(analysis: str, comparison: str, outcome: str, frame: pd.DataFrame, treated: pd.Series,
@@ -73,8 +73,12 @@ def _effect_row(analysis: str, comparison: str, outcome: str, frame: pd.DataFram
     except (CoxConvergenceError, ValueError):
         return row
     row.update({k: fit[k] for k in ("hazard_ratio", "ci_lower", "ci_upper", "p_value")})
-    row["logrank_p"] = (iptw_logrank(time, event, treated.astype(int), weights).p_value if weights is not None
-                        else logrank(time, event, treated.astype(int)).p_value)
+    group = treated.astype(int)
+    if weights is None:  # the prospective cohort: the classical log-rank (= Xie & Liu with unit weights)
+        row["logrank_p"] = logrank(time, event, group).p_value
+    else:
+        row["logrank_p"] = xie_liu_logrank(time, event, group, weights).p_value
+        row["logrank_p_svy"] = iptw_logrank(time, event, group, weights).p_value
     return row
 
 
@@ -117,7 +121,7 @@ def bootstrap_rows(comparison: str, frame: pd.DataFrame, treated: pd.Series, pri
     rows = []
     for outcome in OUTCOMES:
         row = {**primary.set_index("outcome").loc[outcome].to_dict(), "outcome": outcome, "analysis": "bootstrap",
-               "p_value": math.nan, "logrank_p": math.nan}
+               "p_value": math.nan, "logrank_p": math.nan, "logrank_p_svy": math.nan}
         row["ci_lower"], row["ci_upper"] = (np.percentile(ratios[outcome], [2.5, 97.5]) if len(ratios[outcome]) >= 20
                                             else (math.nan, math.nan))
         rows.append(row)

@@ -54,9 +54,11 @@ DICTIONARY: dict[str, dict[str, str]] = {
         "ci_lower": "exp(coef − 1.96·SE): robust SE when weighted, model-based when not",
         "ci_upper": "exp(coef + 1.96·SE)",
         "p_value": "Wald p on the same SE",
-        "logrank_p": "Weighted: design-based IPTW log-rank (= R survey::svylogrank); unweighted: R survdiff",
+        "logrank_p": "Weighted: the IPTW-adjusted log-rank test of Xie & Liu 2005; unweighted: the classical log-rank "
+                     "test (= R survdiff)",
         "n_treated": "Patients in the treated group", "n_control": "Patients in the comparator group",
         "events_treated": "Unweighted events, treated", "events_control": "Unweighted events, comparator",
+        "logrank_p_svy": "Weighted: the design-based IPTW log-rank test (= R survey::svylogrank); NULL unweighted",
     },
     "patient_xref": {"patient_key": "Pseudonym", "fhir_patient_id": "FHIR Patient id (restricted table)"},
     "baseline_characteristics": {

@@ -53,7 +53,8 @@ def headline(warehouse: Warehouse) -> str:
     n_all = int(attrition.loc[attrition["step"] == 0, "n_remaining"].iloc[0])
     groups = cohort["group"].value_counts()
     lines = [
-        "IIM-ILD retrospective cohort: IPTW-weighted Cox, tacrolimus vs conventional immunosuppressants",
+        "IIM-ILD retrospective cohort: IPTW-weighted Cox (robust CI), IPTW log-rank (Xie & Liu),",
+        "tacrolimus vs conventional immunosuppressants",
         f"cohort {len(cohort)} of {n_all} patients: tacrolimus n={groups.get('tacrolimus', 0)}, "
         f"conventional n={groups.get('conventional', 0)}",
         "",

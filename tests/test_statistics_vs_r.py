@@ -13,7 +13,7 @@ import pytest
 
 from analytics.cox import fit_cox
 from analytics.km import weighted_km
-from analytics.logrank import iptw_logrank, logrank
+from analytics.logrank import iptw_logrank, logrank, xie_liu_logrank
 from analytics.propensity import fit_propensity, iptw_weights
 
 HERE = Path(__file__).resolve().parent / "fixtures" / "stats"
@@ -41,6 +41,7 @@ def test_small_dataset_with_heavy_ties():
     ref = REF["small"]
     assert_cox(d.time, d.event, d.treated, d.w, ref["cox"])
     assert iptw_logrank(d.time, d.event, d.treated, d.w).p_value == pytest.approx(ref["logrank_p"], abs=TOL)
+    assert xie_liu_logrank(d.time, d.event, d.treated, d.w).p_value == pytest.approx(ref["xie_liu_p"], abs=TOL)
     for arm, flag in (("treated", 1), ("control", 0)):
         g = d[d.treated == flag]
         assert_km(g.time, g.event, g.w, ref["km"][arm])
@@ -52,6 +53,9 @@ def test_unweighted_cox_and_classical_logrank():
     got = fit_cox(d.time, d.event, d.treated).summary(robust=False)[0]
     assert (got["coef"], got["se"], got["p_value"]) == pytest.approx((ref["coef"], ref["se"], ref["p_value"]), abs=TOL)
     assert logrank(d.time, d.event, d.treated).p_value == pytest.approx(ref["logrank_p"], abs=TOL)
+    # With unit weights Xie & Liu's test is the classical log-rank test.
+    ones = pd.Series(1.0, index=d.index)
+    assert xie_liu_logrank(d.time, d.event, d.treated, ones).p_value == pytest.approx(ref["logrank_p"], abs=TOL)
     g = d[d.treated == 1]
     assert_km(g.time, g.event, None, ref["km_treated"], variance="greenwood")
 
@@ -73,6 +77,7 @@ def test_paper_size_cohort(comparison):
         time, event = d[f"{outcome}_days"], d[f"{outcome}_event"]
         assert_cox(time, event, treated.astype(int), w, r["cox"])
         assert iptw_logrank(time, event, treated.astype(int), w).p_value == pytest.approx(r["logrank_p"], abs=TOL)
+        assert xie_liu_logrank(time, event, treated.astype(int), w).p_value == pytest.approx(r["xie_liu_p"], abs=TOL)
         for arm, flag in (("treated", True), ("control", False)):
             m = treated == flag
             assert_km(time[m], event[m], w[m], r["km"][arm])
