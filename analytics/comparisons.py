@@ -189,6 +189,9 @@ def retrospective_comparison(cohort: pd.DataFrame, comparison: str, agent: str |
                                   "stabilized_weight": w["stabilized_weight"]})
     diagnostics = {"c_statistic": c_statistic(treated, fit.scores), **overlap(treated, fit.scores),
                    "ess_treated": kish_ess(w.loc[treated, "weight"]), "ess_control": kish_ess(w.loc[~treated, "weight"]),
+                   **{f"weight_{q}_{arm}": float(np.percentile(w.loc[mask, "weight"], pct))
+                      for arm, mask in (("treated", treated), ("control", ~treated))
+                      for q, pct in (("min", 0), ("median", 50), ("p99", 99), ("max", 100))},
                    "max_weight": float(w["weight"].max()), **boot_info,
                    "coefficients": {k: float(v) for k, v in fit.coefficients.items()}}
     rmst_table, e_table, cif = _extras(comparison, frame, treated, effects, ("tacrolimus", control_label), w["weight"])

@@ -49,7 +49,10 @@ def test_weights_balance_and_curves_cover_every_comparison(results):
     assert (balance["smd_unweighted"].abs().max() > 0.1)  # which were imbalanced: the generator confounds them
     curves = results.survival_curves
     assert set(curves["group"]) == {"tacrolimus", "conventional", "CTX", "MTX", "AZA"}
-    assert results.diagnostics["tacrolimus_vs_conventional"]["c_statistic"] > 0.5
+    diag = results.diagnostics["tacrolimus_vs_conventional"]
+    assert diag["c_statistic"] > 0.5
+    assert 1 <= diag["weight_min_treated"] <= diag["weight_median_treated"] <= diag["weight_max_treated"]
+    assert 0 < diag["ess_treated"] <= (results.iptw_weights["analysis"] == "tacrolimus_vs_conventional").sum()
 
 
 def test_bootstrap_is_seeded_and_surrounds_the_estimate():
