@@ -5,7 +5,7 @@ from pathlib import Path
 import dagster as dg
 import pandas as pd
 
-from analytics.comparisons import PROSPECTIVE_COMPARISON, RETROSPECTIVE_COMPARISONS, study_results
+from analytics.comparisons import PROSPECTIVE_COMPARISON, study_results
 from analytics.figures import km_plot, love_plot, ps_overlap
 
 from .dictionary import DICTIONARY
@@ -97,5 +97,3 @@ def comparative_effects(context: dg.AssetExecutionContext, warehouse: WarehouseR
         yield dg.MaterializeResult(asset_key=name, metadata={
             **table_metadata(frame, preview=preview, descriptions=DICTIONARY.get(name)), **extra[name]})
 
-
-__all__ = ["comparative_effects", "RETROSPECTIVE_COMPARISONS"]

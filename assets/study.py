@@ -1,6 +1,6 @@
-"""The study tables: cohort (with attrition, data quality and the pseudonym cross-reference),
-IPTW weights and effect estimates. Thin: each asset reads the warehouse, calls ``analytics``
-and writes the result back."""
+"""The cohort tables, derived in one pass over the study facts: both cohorts, their attrition and
+data quality, relapse detail, prospective visits, safety events and the pseudonym cross-reference.
+Thin: reads the warehouse's raw tables, calls ``analytics.cohort`` and writes the results back."""
 
 from datetime import datetime, timezone
 
