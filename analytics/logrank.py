@@ -2,7 +2,7 @@
 
 The statistic is the weighted total of each patient's log-rank score residual under the null
 (a weighted Cox model at beta = 0, Efron ties), and its variance is the with-replacement design
-variance of that total, so it is valid for IPTW weights. lifelines' ``logrank_test(weights_...)``
+variance of that total, so it is valid for IPTW weights. lifelines' weighted logrank_test (weights_A, weights_B)
 treats weights as frequencies and is not. Equal to ``svylogrank(Surv(t, e) ~ g,
 svydesign(ids = ~1, weights = ~w))`` with its default method.
 """
