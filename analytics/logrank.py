@@ -1,10 +1,15 @@
-"""IPTW-adjusted log-rank test: the design-based score test of R's ``survey::svylogrank``.
+"""Log-rank tests for IPTW-weighted and unweighted comparisons.
 
-The statistic is the weighted total of each patient's log-rank score residual under the null
-(a weighted Cox model at beta = 0, Efron ties), and its variance is the with-replacement design
-variance of that total, so it is valid for IPTW weights. lifelines' weighted logrank_test (weights_A, weights_B)
-treats weights as frequencies and is not. Equal to ``svylogrank(Surv(t, e) ~ g,
-svydesign(ids = ~1, weights = ~w))`` with its default method.
+- ``xie_liu_logrank``: the IPTW-adjusted log-rank test of Xie & Liu (2005), the contract's ``logrank_p``.
+- ``iptw_logrank``: the design-based score test of R's ``survey::svylogrank`` (``logrank_p_svy``): the
+  weighted total of each patient's log-rank score residual under the null (weighted Cox at beta = 0,
+  Efron ties) with its with-replacement design variance. Equal to ``svylogrank(Surv(t, e) ~ g,
+  svydesign(ids = ~1, weights = ~w))`` with its default method.
+- ``logrank``: the classical test (R's ``survdiff``), for the unweighted prospective comparison.
+
+The two weighted tests are different statistics and can disagree markedly in small comparisons (see
+the README). lifelines' weighted logrank_test (weights_A, weights_B) treats weights as frequencies and
+is used for neither.
 """
 from __future__ import annotations
 
