@@ -242,3 +242,13 @@ def test_exacerbation_on_index_day_and_criteria_before_day_1_do_not_count():
 def test_respiratory_relapse_needs_a_respiratory_exacerbation():
     row = only_row(derive(reference_patient() + [exacerbation(50, "skin"), radiological(55)]))
     assert (row["relapse_event"], row["resp_relapse_event"]) == (1, 0)
+
+
+def test_facts_about_absent_or_missing_patients_are_counted_not_dropped():
+    orphan = fb.condition(new_id(), "ghost", ICD10, "J84.10", day(0))
+    nobody = fb.condition(new_id(), PID, ICD10, "J84.10", day(0))
+    del nobody["subject"]
+    result = derive(reference_patient() + [orphan, nobody])
+    issues = result.data_quality.set_index("issue")["n_patients"]
+    assert issues["reference_to_absent_patient"] == 1 and issues["resource_without_patient_subject"] == 1
+    assert only_row(result)["group"] == "tacrolimus"

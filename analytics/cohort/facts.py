@@ -103,6 +103,16 @@ def build_facts(flat: dict[str, pd.DataFrame], concepts: ConceptMap) -> StudyFac
     quality: list[dict[str, str]] = []
 
     pat = flat["Patient"]
+    # Facts that cannot be attached to a patient are counted, never dropped silently: no subject at all, or
+    # a subject that is not a Patient on the server (the id is counted as the "patient" in data quality).
+    known = set(pat["patient_id"])
+    for rtype in ("Condition", "MedicationStatement", "Procedure", "Observation", "AdverseEvent", "ResearchSubject"):
+        frame = flat[rtype]
+        id_col = frame.columns[0]
+        missing = frame[frame["patient_id"].isna()][id_col].unique()
+        quality += [{"patient_id": f"{rtype}/{rid}", "issue": "resource_without_patient_subject"} for rid in missing]
+        orphans = set(frame["patient_id"].dropna()) - known
+        quality += [{"patient_id": pid, "issue": "reference_to_absent_patient"} for pid in orphans]
     patients = pd.DataFrame({
         "patient_id": pat["patient_id"], "sex": pat["gender"],
         "birth_date": [impute_birth_date(v) for v in pat["birth_date"]],
