@@ -81,3 +81,18 @@ def test_paper_size_cohort(comparison):
         for arm, flag in (("treated", True), ("control", False)):
             m = treated == flag
             assert_km(time[m], event[m], w[m], r["km"][arm])
+
+
+def test_lifelines_gives_the_same_coefficient_but_not_the_same_robust_se_with_ties():
+    """Why analytics/cox.py exists: lifelines' weighted coefficient equals R's, its robust SE does not with ties."""
+    import warnings
+
+    from lifelines import CoxPHFitter
+
+    d = pd.read_csv(HERE / "small.csv")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        fit = CoxPHFitter().fit(d[["time", "event", "treated", "w"]], "time", "event", weights_col="w", robust=True)
+    ref = REF["small"]["cox"]
+    assert fit.params_["treated"] == pytest.approx(ref["coef"], abs=1e-5)
+    assert abs(fit.standard_errors_["treated"] - ref["robust_se"]) > 0.01
