@@ -15,12 +15,11 @@ from typing import Any, Callable
 import pandas as pd
 
 from analytics.cohort.concepts import ConceptMap
+from analytics.cohort.prospective import VISITS
 
 from .runner import CRITICAL, WARNING
 
 SEXES = ["male", "female", "other", "unknown"]
-AE_CATEGORIES = ["infection", "opportunistic-infection", "glucose-metabolism", "electrolyte", "gastrointestinal",
-                 "hepatic", "renal", "hematologic", "other"]
 
 
 @dataclass(frozen=True)
@@ -94,7 +93,7 @@ def prospective_cohort(frame: pd.DataFrame, low_high: tuple[float, float] = (600
 
 def prospective_visits(frame: pd.DataFrame) -> Suite:
     e = _gx()
-    windows = {0: (-14, 7), 1: (15, 45), 3: (60, 120), 6: (150, 210), 12: (330, 400)}
+    windows = VISITS  # month -> (first day, last day, nominal day): the cohort rule's own table
     in_window = [windows[m][0] <= d <= windows[m][1] if m in windows else False
                  for m, d in zip(frame["visit_month"], frame["day"])]
     frame = frame.assign(day_in_visit_window=pd.Series(in_window, index=frame.index, dtype=int))
@@ -122,10 +121,11 @@ def cohort_attrition(frame: pd.DataFrame) -> Suite:
     return Suite(frame, ex, ("cohort", "step", "reason"))
 
 
-def safety_events(frame: pd.DataFrame) -> Suite:
+def safety_events(frame: pd.DataFrame, categories: list[str]) -> Suite:
+    """``categories``: the concept map's adverse-event categories (a hospital may add its own)."""
     e = _gx()
     ex = [
-        e.ExpectColumnValuesToBeInSet(column="category", value_set=AE_CATEGORIES, severity=CRITICAL),
+        e.ExpectColumnValuesToBeInSet(column="category", value_set=categories, severity=CRITICAL),
         e.ExpectColumnValuesToBeBetween(column="day", min_value=0, max_value=365, severity=CRITICAL),
         *_binary(e, "serious"),
     ]

@@ -8,7 +8,7 @@ from datetime import date, timedelta
 
 import pandas as pd
 
-from etl.flatten import OBSERVATION_COMPONENTS
+from etl.flatten import OBSERVATION_COMPONENTS, clinical_date
 
 from .concepts import ConceptMap
 
@@ -16,7 +16,7 @@ IGNORED_CONDITION_VERIFICATION = {"refuted", "entered-in-error"}
 IGNORED_MEDICATION_STATUS = {"entered-in-error", "not-taken"}
 IGNORED_OBSERVATION_STATUS = {"entered-in-error", "cancelled"}
 FINAL_OBSERVATION_STATUS = {"final", "amended", "corrected"}
-MASS_TO_MG = {"mg": 1.0, "g": 1000.0, "ug": 0.001, "mcg": 0.001, "ug_": 0.001}
+MASS_TO_MG = {"mg": 1.0, "g": 1000.0, "ug": 0.001, "mcg": 0.001}
 PERIOD_UNIT_DAYS = {"s": 1 / 86400, "min": 1 / 1440, "h": 1 / 24, "d": 1.0, "wk": 7.0, "mo": 30.0, "a": 365.0}
 IMMUNOSUPPRESSANTS = ("tacrolimus", "CTX", "MTX", "AZA", "MMF", "CsA")
 CONVENTIONAL = ("CTX", "MTX", "AZA", "MMF", "CsA")  # also the tie-break order for conventional_agent
@@ -36,17 +36,6 @@ class StudyFacts:
     enrolments: pd.DataFrame     # patient_id, study_id, study_identifiers ("system|value;..."), status, start, end
     contacts: pd.DataFrame       # patient_id, date: every clinical date on a counted resource
     quality: pd.DataFrame        # patient_id, issue: facts that could not be read
-
-
-def impute_birth_date(value: str | None) -> date | None:
-    """Year-only and year-month birth dates are imputed to the first day of that year or month."""
-    if not value:
-        return None
-    if len(value) == 4:
-        return date(int(value), 1, 1)
-    if len(value) == 7:
-        return date(int(value[:4]), int(value[5:7]), 1)
-    return date.fromisoformat(value[:10])
 
 
 def daily_dose_mg(dose_value: float | None, unit: str | None, frequency: float | None, period: float | None,
@@ -115,7 +104,8 @@ def build_facts(flat: dict[str, pd.DataFrame], concepts: ConceptMap) -> StudyFac
         quality += [{"patient_id": pid, "issue": "reference_to_absent_patient"} for pid in orphans]
     patients = pd.DataFrame({
         "patient_id": pat["patient_id"], "sex": pat["gender"],
-        "birth_date": [impute_birth_date(v) for v in pat["birth_date"]],
+        # Year-only and year-month birth dates are imputed to the first day, as every partial date.
+        "birth_date": [clinical_date(v) for v in pat["birth_date"]],
         "deceased": pat["deceased"].astype(bool), "deceased_date": pat["deceased_date"],
     })
 

@@ -78,11 +78,14 @@ class PatientRecord:
                 "initial_pred_mg_day": float(self.gc_daily(index, index)[0]), "plasma_exchange": int(pe),
                 "ivig": int(ivig), "conventional_agent": agent}
 
-    # -- follow-up and events ----------------------------------------------------------------
+    # -- follow-up and events ------------------------------------------------------------------
+    def last_contact(self, default: date) -> date:
+        """The latest clinical date on any counted resource (facts.contacts), ``default`` when there is none."""
+        return max(self.contacts["date"]) if not self.contacts.empty else default
+
     def followup(self, index: date) -> dict[str, int]:
         p = self.p
-        last_contact = max(self.contacts["date"]) if not self.contacts.empty else index
-        end = min(p.followup_days, (last_contact - index).days, (p.data_cutoff - index).days)
+        end = min(p.followup_days, (self.last_contact(index) - index).days, (p.data_cutoff - index).days)
         death_day = (self.row.deceased_date - index).days if self.row.deceased_date is not None and not pd.isna(self.row.deceased_date) else None
         death = death_day is not None and death_day <= min(p.followup_days, (p.data_cutoff - index).days)
         followup = max(death_day, 0) if death else max(end, 0)

@@ -84,8 +84,7 @@ def _select(patient: PatientRecord, enrolment: pd.DataFrame, pp: ProspectivePara
     closed = enrolment[enrolment["status"].isin(pp.withdrawal_statuses) & enrolment["end"].notna()]
     if not died_in_year and (closed["end"] < horizon).any():
         return "withdrawn_before_12m", info
-    last_contact = max(patient.contacts["date"]) if not patient.contacts.empty else index
-    if not died_in_year and last_contact < horizon:
+    if not died_in_year and patient.last_contact(index) < horizon:
         return "lost_to_follow_up_before_12m", info
     return None, info
 
