@@ -13,8 +13,6 @@ from .dictionary import DICTIONARY
 from .metadata import table_metadata
 from .resources import StudyResource, WarehouseResource
 
-AE_CATEGORIES = ["infection", "opportunistic-infection", "glucose-metabolism", "electrolyte", "gastrointestinal",
-                 "hepatic", "renal", "hematologic", "other"]
 BASELINE_LABS = ["ferritin", "esr", "crp", "creatine_kinase", "hrct_score"]
 _TABLES = {
     "baseline_characteristics": "Table 1 (retrospective) and Table 2 (prospective): mean ± SD or median [IQR], n (%), "
@@ -41,6 +39,7 @@ def descriptive_tables(context: dg.AssetExecutionContext, warehouse: WarehouseRe
     wh = warehouse.get()
     retro, prosp = wh.read_table("cohort"), wh.read_table("prospective_cohort")
     visits, events = wh.read_table("prospective_visits"), wh.read_table("safety_events")
+    categories = list(study.concepts().domains["adverse_event_categories"])
     tables = {
         "baseline_characteristics": pd.concat([
             summaries.baseline_characteristics("retrospective", retro, ("tacrolimus", "conventional"),
@@ -53,8 +52,8 @@ def descriptive_tables(context: dg.AssetExecutionContext, warehouse: WarehouseRe
         "scale_changes": summaries.scale_changes(prosp, visits),
         "hrct_changes": summaries.hrct_changes(prosp, visits),
         "safety_summary": pd.concat([
-            summaries.safety_summary("retrospective", retro, events, ("tacrolimus", "conventional"), AE_CATEGORIES),
-            summaries.safety_summary("prospective", prosp, events, ("combination", "tacrolimus"), AE_CATEGORIES),
+            summaries.safety_summary("retrospective", retro, events, ("tacrolimus", "conventional"), categories),
+            summaries.safety_summary("prospective", prosp, events, ("combination", "tacrolimus"), categories),
         ], ignore_index=True),
     }
     for name, frame in tables.items():
