@@ -21,6 +21,8 @@ import numpy as np
 import pandas as pd
 from scipy import stats
 
+from .km import km_steps
+
 
 @dataclass(frozen=True)
 class Rmst:
@@ -29,26 +31,16 @@ class Rmst:
 
 
 def rmst(time, event, weights=None, tau: float = 365.0) -> Rmst:
-    t = np.asarray(time, dtype=float)
-    d = np.asarray(event, dtype=int)
-    w = np.ones(len(t)) if weights is None else np.asarray(weights, dtype=float)
+    w = np.ones(len(np.asarray(time))) if weights is None else np.asarray(weights, dtype=float)
     surv, last, area = 1.0, 0.0, 0.0
-    influence_log = np.zeros(len(t))   # d log S / d w_i at the current time
-    influence_area = np.zeros(len(t))  # d RMST / d w_i accumulated
-    for s in np.unique(t):
-        if s > tau:
+    influence_log = np.zeros(len(w))   # d log S / d w_i on the current step of the curve
+    influence_area = np.zeros(len(w))  # d RMST / d w_i accumulated: S(t) d log S / d w_i, integrated
+    for step in km_steps(time, event, w):
+        if step.time > tau:
             break
-        area += surv * (s - last)
-        influence_area += surv * influence_log * (s - last)
-        last = s
-        at_risk, dies = t >= s, (t == s) & (d == 1)
-        y, dn = w[at_risk].sum(), w[dies].sum()
-        if dn > 0 and dn < y:
-            h = dn / y
-            influence_log -= (dies.astype(float) - h * at_risk) / y / (1 - h)
-            surv *= 1 - h
-        elif dn >= y:
-            surv = 0.0
+        area += surv * (step.time - last)
+        influence_area += surv * influence_log * (step.time - last)
+        last, surv, influence_log = step.time, step.survival, step.influence
     area += surv * (tau - last)
     influence_area += surv * influence_log * (tau - last)
     return Rmst(rmst=float(area), se=float(np.sqrt(np.sum((w * influence_area) ** 2))))

@@ -9,11 +9,45 @@ confidence interval is R's ``conf.type = "log-log"`` on that standard error.
 """
 from __future__ import annotations
 
+from dataclasses import dataclass
+from typing import Iterator
+
 import numpy as np
 import pandas as pd
 from scipy import stats
 
 CURVE_COLUMNS = ["time_days", "survival", "ci_lower", "ci_upper", "n_at_risk", "n_events", "std_err"]
+
+
+@dataclass(frozen=True)
+class KmStep:
+    time: float
+    n_at_risk: float          # weighted
+    n_events: float           # weighted
+    survival: float           # S just after ``time``
+    influence: np.ndarray     # d log S / d w_i just after ``time`` (a fresh array each step)
+    greenwood: float          # sum of d / (Y (Y - d)) so far
+
+
+def km_steps(time, event, weights=None) -> Iterator[KmStep]:
+    """The weighted product-limit recursion, one step per distinct observed time, with each patient's
+    influence on log S: the one place the curve, its robust variance and the RMST come from."""
+    t = np.asarray(time, dtype=float)
+    d = np.asarray(event, dtype=int)
+    w = np.ones(len(t)) if weights is None else np.asarray(weights, dtype=float)
+    influence = np.zeros(len(t))
+    greenwood, surv = 0.0, 1.0
+    for s in np.unique(t):
+        at_risk = t >= s
+        dies = (t == s) & (d == 1)
+        y, dn = float(w[at_risk].sum()), float(w[dies].sum())
+        if dn > 0:
+            h = dn / y
+            if h < 1:
+                influence = influence - (dies.astype(float) - h * at_risk) / y / (1 - h)
+            greenwood += dn / (y * (y - dn)) if y > dn else np.inf
+            surv *= 1 - h
+        yield KmStep(float(s), y, dn, surv, influence, greenwood)
 
 
 def weighted_km(time, event, weights=None, alpha: float = 0.05, variance: str = "robust") -> pd.DataFrame:
@@ -25,24 +59,13 @@ def weighted_km(time, event, weights=None, alpha: float = 0.05, variance: str = 
     """
     if variance not in ("robust", "greenwood"):
         raise ValueError(f"variance must be 'robust' or 'greenwood', not {variance!r}")
-    t = np.asarray(time, dtype=float)
-    d = np.asarray(event, dtype=int)
-    w = np.ones(len(t)) if weights is None else np.asarray(weights, dtype=float)
+    w = np.ones(len(np.asarray(time))) if weights is None else np.asarray(weights, dtype=float)
     z = stats.norm.ppf(1 - alpha / 2)
-    influence = np.zeros(len(t))  # d log S(t) / d w_i, accumulated over event times
-    greenwood = 0.0
-    surv = 1.0
     rows = []
-    for s in np.unique(t):
-        at_risk = t >= s
-        dies = (t == s) & (d == 1)
-        y, dn = w[at_risk].sum(), w[dies].sum()
-        if dn > 0:
-            h = dn / y
-            influence -= (dies.astype(float) - h * at_risk) / y / (1 - h) if h < 1 else 0.0
-            greenwood += dn / (y * (y - dn)) if y > dn else np.inf
-            surv *= 1 - h
-        se_log = float(np.sqrt(np.sum((w * influence) ** 2))) if variance == "robust" else float(np.sqrt(greenwood))
+    for step in km_steps(time, event, w):
+        surv = step.survival
+        se_log = (float(np.sqrt(np.sum((w * step.influence) ** 2))) if variance == "robust"
+                  else float(np.sqrt(step.greenwood)))
         se = surv * se_log if np.isfinite(se_log) else np.nan  # Greenwood is infinite once everyone has died
         if 0 < surv < 1 and se > 0:
             # log-log: CI for log(-log S) with se(log S) / |log S|.
@@ -50,6 +73,6 @@ def weighted_km(time, event, weights=None, alpha: float = 0.05, variance: str = 
             lower, upper = np.exp(-np.exp(loglog + z * se_ll)), np.exp(-np.exp(loglog - z * se_ll))
         else:  # no event yet, or no survivors: R reports no interval
             lower, upper = np.nan, np.nan
-        rows.append({"time_days": s, "survival": surv, "ci_lower": lower, "ci_upper": upper, "n_at_risk": y,
-                     "n_events": dn, "std_err": se})
+        rows.append({"time_days": step.time, "survival": surv, "ci_lower": lower, "ci_upper": upper,
+                     "n_at_risk": step.n_at_risk, "n_events": step.n_events, "std_err": se})
     return pd.DataFrame(rows, columns=CURVE_COLUMNS)
