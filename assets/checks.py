@@ -13,7 +13,7 @@ from etl.flatten import FLATTENERS
 from expectations import suites
 from expectations.runner import SuiteOutcome, run_suite
 
-from .raw import raw_asset_key
+from .raw import RESOURCE_TYPES, raw_asset_key
 from .resources import StudyResource, WarehouseResource
 
 
@@ -77,5 +77,29 @@ def _raw_check(resource_type: str) -> dg.AssetChecksDefinition:
     return _check
 
 
+def _count_check(resource_type: str) -> dg.AssetChecksDefinition:
+    @dg.asset_check(asset=raw_asset_key(resource_type), name=f"raw_{resource_type.lower()}_count_matches_server",
+                    blocking=True, description=(f"The server's count of {resource_type} equals the warehouse's current "
+                                                 f"rows plus the ids whose latest version is in quarantine."))
+    def _check(warehouse: WarehouseResource) -> dg.AssetCheckResult:
+        counts = warehouse.get().counts(resource_type)
+        if counts is None:
+            return dg.AssetCheckResult(passed=False, description="no count recorded: the type was never pulled")
+        expected = counts["server_count"]
+        held = counts["warehouse_count"] + counts["quarantined_current"]
+        meta = {"server_count": expected if expected is not None else "unknown", "warehouse_count": counts["warehouse_count"],
+                "quarantined_current": counts["quarantined_current"], "scope": counts["scope"]}
+        if expected is None:
+            return dg.AssetCheckResult(passed=False, severity=dg.AssetCheckSeverity.WARN, metadata=meta,
+                                       description="the server gave no count for this scope; nothing to compare")
+        return dg.AssetCheckResult(passed=expected == held, metadata={**meta, "difference": held - expected},
+                                   description=None if expected == held else
+                                   f"server holds {expected}, warehouse accounts for {held}: run the reconciliation job "
+                                   f"(full_refresh or reconcile) and read the ingestion logs")
+
+    return _check
+
+
 table_checks = {table: _table_check(table) for table in TABLE_SUITES}
-all_checks = [*table_checks.values(), *[_raw_check(t) for t in suites.RAW_SUITES]]
+all_checks = [*table_checks.values(), *[_raw_check(t) for t in suites.RAW_SUITES],
+              *[_count_check(t) for t in RESOURCE_TYPES]]

@@ -1,37 +1,79 @@
-"""One asset per FHIR resource type: a full, validated pull into the warehouse's raw tables."""
+"""Ingestion: one asset per FHIR resource type, materialized together by one multi-asset so that a
+Bulk export or a cohort-first pull can serve every selected type in one pass.
+
+How the server is read is a deployment setting (``FHIR_SYNC_MODE``): incremental REST search,
+Bulk $export, cohort-first, or an NDJSON directory. Selecting a subset of the raw assets pulls
+only those types (that is how a single type is backfilled).
+"""
 
 import dagster as dg
 
-from etl.ingest import ingest_resource_type
+from analytics.cohort.scope import candidate_searches
+from etl.bulk import sync_bulk
+from etl.ndjson import sync_ndjson_directory
+from etl.scoped import Seed, sync_cohort_first
+from etl.sync import TypeReport, sync_rest
 from etl.warehouse import raw_table_name
 
-from .resources import FhirServerResource, WarehouseResource
+from .resources import FhirServerResource, StudyResource, WarehouseResource
 
 RESOURCE_TYPES = ("Patient", "Condition", "MedicationStatement", "Procedure", "Observation", "AdverseEvent",
                   "ResearchStudy", "ResearchSubject")
 RAW_GROUP = "fhir_raw"
 
-NETWORK_RETRY = dg.RetryPolicy(max_retries=3, delay=30, backoff=dg.Backoff.EXPONENTIAL, jitter=dg.Jitter.FULL)
+NETWORK_RETRY = dg.RetryPolicy(max_retries=3, delay=30, backoff=dg.Backoff.EXPONENTIAL, jitter=dg.Jitter.PLUS_MINUS)
 
 
 def raw_asset_key(resource_type: str) -> dg.AssetKey:
     return dg.AssetKey(raw_table_name(resource_type))
 
 
-def _raw_asset(resource_type: str) -> dg.AssetsDefinition:
-    @dg.asset(
-        key=raw_asset_key(resource_type), group_name=RAW_GROUP, kinds={"fhir", "sql"}, retry_policy=NETWORK_RETRY,
-        description=(f"Every {resource_type} on the FHIR server, validated against the R4 model, as raw JSON with "
-                     f"id, versionId and lastUpdated. Invalid resources go to the `quarantine` table with their errors."),
-    )
-    def _pull(context: dg.AssetExecutionContext, fhir: FhirServerResource, warehouse: WarehouseResource) -> dg.MaterializeResult:
-        with fhir.client() as client:
-            report = ingest_resource_type(client, warehouse.get(), resource_type)
-        context.log.info(f"{resource_type}: {report.received} received, {report.loaded} loaded, "
-                         f"{report.quarantined} quarantined in {report.search.requests} requests")
-        return dg.MaterializeResult(metadata={"dagster/row_count": report.loaded, **report.as_metadata()})
-
-    return _pull
+class IngestConfig(dg.Config):
+    full_refresh: bool = False  # ignore the watermarks and pull everything again
+    reconcile: bool = False     # compare every id with the server (deletes on servers without _history)
 
 
-raw_assets = [_raw_asset(t) for t in RESOURCE_TYPES]
+def _spec(resource_type: str) -> dg.AssetSpec:
+    return dg.AssetSpec(
+        raw_asset_key(resource_type), group_name=RAW_GROUP, kinds={"fhir", "sql"}, skippable=True,
+        description=(f"The current version of every {resource_type} on the FHIR server, validated against the R4 "
+                     f"model and plausibility rules, as raw JSON with id, versionId and lastUpdated. Every version "
+                     f"is kept in `raw_history`; invalid resources are in `quarantine` with their errors."))
+
+
+def _run_sync(context: dg.AssetExecutionContext, config: IngestConfig, fhir: FhirServerResource,
+              warehouse: WarehouseResource, study: StudyResource, types: list[str]) -> dict[str, TypeReport]:
+    wh = warehouse.get()
+    progress = context.log.info
+    if fhir.sync_mode == "ndjson":
+        return sync_ndjson_directory(wh, fhir.ndjson_dir, types)
+    with fhir.client() as client:
+        if fhir.sync_mode == "bulk":
+            report, reports = sync_bulk(client, wh, types, level=fhir.bulk_level, group_id=fhir.bulk_group_id or None,
+                                        type_filters=fhir.type_filters(), full=config.full_refresh, progress=progress)
+            context.log.info(f"bulk export {'resumed' if report.resumed else 'done'}: {report.polls} polls, "
+                             f"transactionTime {report.transaction_time}")
+            return reports
+        if fhir.sync_mode == "cohort-first":
+            seeds = [Seed(t, p) for t, p in candidate_searches(study.concepts())]
+            return sync_cohort_first(client, wh, types, seeds, workers=fhir.max_concurrency, progress=progress)
+        return sync_rest(client, wh, types, full=config.full_refresh, reconcile=config.reconcile, progress=progress)
+
+
+@dg.multi_asset(specs=[_spec(t) for t in RESOURCE_TYPES], name="fhir_ingest", can_subset=True,
+                retry_policy=NETWORK_RETRY)
+def fhir_ingest(context: dg.AssetExecutionContext, config: IngestConfig, fhir: FhirServerResource,
+                warehouse: WarehouseResource, study: StudyResource):
+    types = [t for t in RESOURCE_TYPES if raw_asset_key(t) in context.selected_asset_keys]
+    reports = _run_sync(context, config, fhir, warehouse, study, types)
+    for resource_type in types:
+        report = reports[resource_type]
+        load = report.load
+        context.log.info(f"{resource_type} ({report.mode}): {load.received} received, {load.applied.inserted} new, "
+                         f"{load.applied.updated} updated, {load.applied.deleted} deleted, {load.quarantined_seen} "
+                         f"quarantined, {report.search.requests} requests")
+        yield dg.MaterializeResult(asset_key=raw_asset_key(resource_type),
+                                   metadata={"dagster/row_count": report.warehouse_count or 0, **report.as_metadata()})
+
+
+raw_assets = [fhir_ingest]

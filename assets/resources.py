@@ -12,6 +12,7 @@ import dagster as dg
 
 from analytics.cohort.concepts import ConceptMap, load_concept_map
 from analytics.cohort.params import RuleParams
+from etl.auth import Auth, BearerTokenAuth, NoAuth, SmartBackendAuth
 from etl.fhir_client import FhirClient
 from etl.warehouse import Warehouse
 
@@ -21,18 +22,47 @@ DEFAULT_WAREHOUSE_URL = f"sqlite:///{STATE_DIR / 'warehouse.sqlite'}"
 
 
 class FhirServerResource(dg.ConfigurableResource):
-    """The hospital's FHIR R4 server. The bearer token is read from the variable named in
-    ``bearer_token_env`` at request time, so it never appears in run config or metadata."""
+    """The hospital's FHIR R4 server and how to read it.
 
-    base_url: str
+    Secrets (a bearer token, a SMART private key) are read from the environment variables named
+    here when a request is made, so they never appear in run config, metadata or logs."""
+
+    base_url: str = ""
+    auth: str = "none"                      # none | bearer | smart
     bearer_token_env: str = "FHIR_BEARER_TOKEN"
+    smart_client_id: str = ""
+    smart_private_key_env: str = "FHIR_SMART_PRIVATE_KEY"  # PEM text or a path to a PEM file
+    smart_kid: str = ""
+    smart_algorithm: str = "RS384"          # RS384 | ES384
+    smart_scope: str = "system/*.read"
+    smart_token_url: str = ""               # empty = discovered from .well-known/smart-configuration
+    sync_mode: str = "incremental"          # incremental | bulk | cohort-first | ndjson
+    ndjson_dir: str = ""
+    bulk_level: str = "system"              # system | patient | group
+    bulk_group_id: str = ""
+    bulk_type_filter: str = ""              # comma-separated _typeFilter queries
+    max_concurrency: int = 4
     page_size: int = 500
     timeout_s: float = 60.0
 
+    def type_filters(self) -> tuple[str, ...]:
+        return tuple(f for f in self.bulk_type_filter.split(",") if f)
+
+    def _auth(self) -> Auth:
+        if self.auth == "none":
+            return NoAuth()
+        if self.auth == "bearer":
+            return BearerTokenAuth(self.bearer_token_env)
+        if self.auth == "smart":
+            return SmartBackendAuth(self.base_url, self.smart_client_id, self.smart_private_key_env, self.smart_kid,
+                                    self.smart_algorithm, self.smart_scope, self.smart_token_url or None)
+        raise ValueError(f"FHIR_AUTH must be none, bearer or smart, not {self.auth!r}")
+
     @contextmanager
     def client(self) -> Iterator[FhirClient]:
-        client = FhirClient(self.base_url, bearer_token_env=self.bearer_token_env, page_size=self.page_size,
-                            timeout_s=self.timeout_s)
+        if not self.base_url:
+            raise ValueError(f"FHIR_SYNC_MODE={self.sync_mode} needs FHIR_BASE_URL")
+        client = FhirClient(self.base_url, auth=self._auth(), page_size=self.page_size, timeout_s=self.timeout_s)
         try:
             yield client
         finally:
@@ -79,11 +109,24 @@ def _env_or(name: str, default: str) -> str | dg.EnvVar:
     return dg.EnvVar(name) if os.environ.get(name) else default
 
 
+def env(name: str, default: str) -> str:
+    return os.environ.get(name) or default
+
+
 def resources_from_env() -> dict[str, dg.ConfigurableResource]:
     return {
-        "fhir": FhirServerResource(base_url=dg.EnvVar("FHIR_BASE_URL"),
-                                   bearer_token_env=os.environ.get("FHIR_BEARER_TOKEN_ENV", "FHIR_BEARER_TOKEN"),
-                                   page_size=int(os.environ.get("FHIR_PAGE_SIZE", "500"))),
+        "fhir": FhirServerResource(
+            base_url=_env_or("FHIR_BASE_URL", ""),
+            auth=env("FHIR_AUTH", "bearer" if os.environ.get("FHIR_BEARER_TOKEN_ENV") else "none"),
+            bearer_token_env=env("FHIR_BEARER_TOKEN_ENV", "FHIR_BEARER_TOKEN"),
+            smart_client_id=env("FHIR_SMART_CLIENT_ID", ""),
+            smart_private_key_env=env("FHIR_SMART_PRIVATE_KEY_ENV", "FHIR_SMART_PRIVATE_KEY"),
+            smart_kid=env("FHIR_SMART_KID", ""), smart_algorithm=env("FHIR_SMART_ALG", "RS384"),
+            smart_scope=env("FHIR_SMART_SCOPE", "system/*.read"), smart_token_url=env("FHIR_SMART_TOKEN_URL", ""),
+            sync_mode=env("FHIR_SYNC_MODE", "incremental"), ndjson_dir=env("FHIR_NDJSON_DIR", ""),
+            bulk_level=env("FHIR_BULK_LEVEL", "system"), bulk_group_id=env("FHIR_BULK_GROUP_ID", ""),
+            bulk_type_filter=env("FHIR_BULK_TYPE_FILTER", ""),
+            max_concurrency=int(env("FHIR_CONCURRENCY", "4")), page_size=int(env("FHIR_PAGE_SIZE", "500"))),
         "warehouse": WarehouseResource(url=_env_or("WAREHOUSE_URL", DEFAULT_WAREHOUSE_URL)),
         "study": StudyResource(pseudonym_key=dg.EnvVar("PSEUDONYM_KEY"),
                                data_cutoff=os.environ.get("DATA_CUTOFF", ""),

@@ -1,15 +1,20 @@
-"""A small, study-agnostic FHIR R4 REST client: search paging, bearer auth, polite retries.
+"""A small, study-agnostic FHIR R4 REST client: search paging, history, counts, auth, polite retries.
 
 Paging follows ``Bundle.link[relation=next]`` exactly as the server gives it: ``_count`` is only
 a hint that servers cap silently and ``Bundle.total`` is optional, so neither is ever used to
 decide when to stop. Entries that are not search matches (``search.mode`` ``include`` or
-``outcome``) are not resources of the searched type and are skipped.
+``outcome``) are not resources of the searched type and are skipped; outcome issues are kept in
+the stats, because that is where a server says it ignored a search parameter.
+
+A page link can expire mid-pull (HTTP 410 or 404 on a ``next`` URL). When the search is sorted
+by ``_lastUpdated`` the client restarts that window from the last ``lastUpdated`` it saw
+(inclusive) instead of starting the whole pull again; the caller de-duplicates on
+(type, id, versionId), so overlap is harmless.
 """
 from __future__ import annotations
 
 import email.utils
 import logging
-import os
 import random
 import time
 from dataclasses import dataclass, field
@@ -18,22 +23,47 @@ from typing import Any, Iterator
 import httpx
 import orjson
 
+from .auth import Auth, BearerTokenAuth, NoAuth
+
 log = logging.getLogger(__name__)
 
 RETRY_STATUSES = {429, 502, 503, 504}
+GONE_STATUSES = {404, 410}
+TRANSIENT_ERRORS = (httpx.TimeoutException, httpx.NetworkError, httpx.RemoteProtocolError)
 
 
 class FhirError(RuntimeError):
     """A FHIR request that failed for good; the message carries the server's OperationOutcome text."""
+
+    def __init__(self, message: str, status: int | None = None) -> None:
+        super().__init__(message)
+        self.status = status
 
 
 @dataclass
 class SearchStats:
     requests: int = 0
     retries: int = 0
-    retry_after_s: float = 0.0
+    throttled: int = 0           # 429 answers
+    retry_after_s: float = 0.0   # total time the server asked us to wait
     pages: int = 0
+    restarts: int = 0            # expired page links that restarted their _lastUpdated window
     skipped_entries: dict[str, int] = field(default_factory=dict)
+    outcome_issues: list[str] = field(default_factory=list)
+    server_time: str | None = None  # Bundle.meta.lastUpdated of the first page: the server's clock
+    first_total: int | None = None  # Bundle.total of the first page, when the server gives one
+    max_last_updated: str | None = None  # the latest meta.lastUpdated among matches
+
+    def add(self, other: "SearchStats") -> None:
+        self.requests += other.requests
+        self.retries += other.retries
+        self.throttled += other.throttled
+        self.retry_after_s += other.retry_after_s
+        self.pages += other.pages
+        self.restarts += other.restarts
+        for mode, n in other.skipped_entries.items():
+            self.skipped_entries[mode] = self.skipped_entries.get(mode, 0) + n
+        self.outcome_issues.extend(other.outcome_issues)
 
 
 @dataclass(frozen=True)
@@ -42,7 +72,18 @@ class SearchEntry:
     source: str  # the page URL it came from, for quarantine and lineage
 
 
-def _operation_outcome_text(response: httpx.Response) -> str:
+@dataclass(frozen=True)
+class HistoryEntry:
+    resource_type: str
+    id: str
+    version_id: str | None
+    deleted: bool
+    resource: dict[str, Any] | None
+    last_updated: str | None
+    source: str
+
+
+def operation_outcome_text(response: httpx.Response) -> str:
     try:
         body = response.json()
     except ValueError:
@@ -53,39 +94,48 @@ def _operation_outcome_text(response: httpx.Response) -> str:
     return response.text[:500]
 
 
-def _retry_after_seconds(value: str | None, cap_s: float) -> float | None:
+def retry_after_seconds(value: str | None, cap_s: float) -> float | None:
     """Retry-After is either delta-seconds or an HTTP date; hospitals have sent hours, so it is capped."""
     if not value:
         return None
     try:
         return min(cap_s, max(0.0, float(value)))
     except ValueError:
-        parsed = email.utils.parsedate_to_datetime(value)
+        try:
+            parsed = email.utils.parsedate_to_datetime(value)
+        except (TypeError, ValueError):
+            return None
         if parsed is None:
             return None
         return min(cap_s, max(0.0, parsed.timestamp() - time.time()))
 
 
-class FhirClient:
-    """Synchronous client for one FHIR base URL.
+def _etag_version(etag: str | None) -> str | None:
+    if not etag:
+        return None
+    return etag.removeprefix("W/").strip('"') or None
 
-    The bearer token is read from an environment variable by name, so it never passes through
-    Dagster config, run metadata or exception text.
+
+class FhirClient:
+    """Synchronous client for one FHIR base URL (thread-safe: one httpx connection pool).
+
+    TLS verification is always on for https. Credentials come from an :class:`~etl.auth.Auth`
+    that reads them from environment variables when a request is made.
     """
 
-    def __init__(self, base_url: str, *, bearer_token_env: str | None = None, page_size: int = 500,
-                 timeout_s: float = 60.0, max_retries: int = 5, backoff_s: float = 0.5, retry_after_cap_s: float = 300.0,
-                 transport: httpx.BaseTransport | None = None) -> None:
+    def __init__(self, base_url: str, *, auth: Auth | None = None, bearer_token_env: str | None = None,
+                 page_size: int = 500, timeout_s: float = 60.0, max_retries: int = 6, backoff_s: float = 0.5,
+                 retry_after_cap_s: float = 300.0, transport: httpx.BaseTransport | None = None) -> None:
         self.base_url = base_url.rstrip("/")
         self.page_size = page_size
         self.max_retries = max_retries
         self.backoff_s = backoff_s
         self.retry_after_cap_s = retry_after_cap_s
-        headers = {"Accept": "application/fhir+json"}
-        token = os.environ.get(bearer_token_env) if bearer_token_env else None
-        if token:
-            headers["Authorization"] = f"Bearer {token}"
-        self._http = httpx.Client(headers=headers, timeout=timeout_s, transport=transport, follow_redirects=True)
+        if auth is None:
+            auth = BearerTokenAuth(bearer_token_env) if bearer_token_env and _env_set(bearer_token_env) else NoAuth()
+        self.auth = auth
+        self._http = httpx.Client(headers={"Accept": "application/fhir+json"}, timeout=timeout_s,
+                                  transport=transport, follow_redirects=True, verify=True)
 
     def close(self) -> None:
         self._http.close()
@@ -96,54 +146,144 @@ class FhirClient:
     def __exit__(self, *exc: object) -> None:
         self.close()
 
-    def _get(self, url: str, params: dict[str, str] | None, stats: SearchStats) -> dict[str, Any]:
-        attempt = 0
+    def _sleep_before_retry(self, attempt: int, wait: float | None) -> None:
+        # Exponential back-off with full jitter unless the server said how long to wait.
+        time.sleep(wait if wait is not None else random.uniform(0, self.backoff_s * 2 ** attempt))
+
+    def send(self, method: str, url: str, stats: SearchStats, *, params: dict[str, str] | None = None,
+             headers: dict[str, str] | None = None, with_auth: bool = True, ok: tuple[int, ...] = (200,),
+             parse_json: bool = True) -> httpx.Response:
+        """One request with retries: 429/502/503/504, timeouts, resets and unreadable bodies are retried;
+        a 401 refreshes the credential once; any other status outside ``ok`` fails fast."""
+        attempt, reauthed = 0, False
         while True:
             stats.requests += 1
+            wait: float | None = None
             try:
-                response = self._http.get(url, params=params)
-            except (httpx.TimeoutException, httpx.NetworkError, httpx.RemoteProtocolError) as exc:
+                request_headers = {**(self.auth.headers(self._http) if with_auth else {}), **(headers or {})}
+                response = self._http.request(method, url, params=params, headers=request_headers)
+                if response.status_code in ok:
+                    if parse_json and response.content:
+                        orjson.loads(response.content)  # a truncated body is a transient failure
+                    return response
+            except TRANSIENT_ERRORS as exc:
                 if attempt >= self.max_retries:
-                    raise FhirError(f"GET {url} failed after {attempt + 1} attempts: {exc.__class__.__name__}") from None
-                wait = None
+                    raise FhirError(f"{method} {url} failed after {attempt + 1} attempts: {exc.__class__.__name__}") from None
+            except orjson.JSONDecodeError:
+                if attempt >= self.max_retries:
+                    raise FhirError(f"{method} {url}: response body is not valid JSON") from None
             else:
-                if response.status_code == 200:
-                    try:
-                        return orjson.loads(response.content)
-                    except orjson.JSONDecodeError:
-                        if attempt >= self.max_retries:
-                            raise FhirError(f"GET {url}: response body is not valid JSON") from None
-                        wait = None
-                elif response.status_code in RETRY_STATUSES and attempt < self.max_retries:
-                    wait = _retry_after_seconds(response.headers.get("Retry-After"), self.retry_after_cap_s)
-                    if wait is not None:
-                        stats.retry_after_s += wait
-                else:
-                    raise FhirError(f"GET {url} -> HTTP {response.status_code}: {_operation_outcome_text(response)}")
+                status = response.status_code
+                if status == 401 and with_auth and not reauthed:
+                    reauthed = True
+                    self.auth.invalidate()
+                    continue
+                if status not in RETRY_STATUSES or attempt >= self.max_retries:
+                    raise FhirError(f"{method} {url} -> HTTP {status}: {operation_outcome_text(response)}", status)
+                if status == 429:
+                    stats.throttled += 1
+                wait = retry_after_seconds(response.headers.get("Retry-After"), self.retry_after_cap_s)
+                if wait is not None:
+                    stats.retry_after_s += wait
             attempt += 1
             stats.retries += 1
-            # Exponential back-off with full jitter unless the server said how long to wait.
-            time.sleep(wait if wait is not None else random.uniform(0, self.backoff_s * 2 ** attempt))
+            self._sleep_before_retry(attempt, wait)
+
+    def _bundle(self, url: str, params: dict[str, str] | None, stats: SearchStats) -> dict[str, Any]:
+        bundle = orjson.loads(self.send("GET", url, stats, params=params).content)
+        if not isinstance(bundle, dict) or bundle.get("resourceType") != "Bundle":
+            kind = bundle.get("resourceType") if isinstance(bundle, dict) else type(bundle).__name__
+            raise FhirError(f"GET {url} returned a {kind!r}, not a Bundle")
+        if stats.pages == 0:
+            stats.server_time = (bundle.get("meta") or {}).get("lastUpdated")
+            stats.first_total = bundle.get("total") if isinstance(bundle.get("total"), int) else None
+        stats.pages += 1
+        return bundle
+
+    @staticmethod
+    def _next_link(bundle: dict[str, Any]) -> str | None:
+        return next((link.get("url") for link in bundle.get("link") or [] if link.get("relation") == "next"), None)
 
     def search(self, resource_type: str, params: dict[str, str] | None = None,
                stats: SearchStats | None = None) -> Iterator[SearchEntry]:
         """Yield every match of a type-level search, page by page."""
         stats = stats if stats is not None else SearchStats()
+        base_query = {"_count": str(self.page_size), **(params or {})}
+        restartable = base_query.get("_sort") == "_lastUpdated"
         url: str | None = f"{self.base_url}/{resource_type}"
-        query: dict[str, str] | None = {"_count": str(self.page_size), **(params or {})}
+        query: dict[str, str] | None = base_query
+        last_seen: str | None = None
         while url:
-            bundle = self._get(url, query, stats)
-            stats.pages += 1
-            if bundle.get("resourceType") != "Bundle":
-                raise FhirError(f"GET {url} returned a {bundle.get('resourceType')!r}, not a Bundle")
+            try:
+                bundle = self._bundle(url, query, stats)
+            except FhirError as exc:
+                if not (exc.status in GONE_STATUSES and query is None and restartable and last_seen):
+                    raise
+                stats.restarts += 1
+                log.warning("page link %s expired (HTTP %s); restarting from _lastUpdated=ge%s", url, exc.status, last_seen)
+                url, query = f"{self.base_url}/{resource_type}", {**base_query, "_lastUpdated": f"ge{last_seen}"}
+                continue
             for entry in bundle.get("entry") or []:
                 mode = (entry.get("search") or {}).get("mode", "match")
                 resource = entry.get("resource")
                 if mode != "match" or resource is None:
                     stats.skipped_entries[mode] = stats.skipped_entries.get(mode, 0) + 1
-                    if mode == "outcome" and resource:
-                        log.warning("search outcome from %s: %s", url, resource.get("issue"))
+                    if mode == "outcome" and isinstance(resource, dict):
+                        for issue in resource.get("issue") or []:
+                            text = issue.get("diagnostics") or (issue.get("details") or {}).get("text") or issue.get("code", "")
+                            stats.outcome_issues.append(str(text))
+                            log.warning("search outcome from %s: %s", url, text)
                     continue
+                if isinstance(resource, dict) and isinstance(resource.get("meta"), dict):
+                    updated = resource["meta"].get("lastUpdated")
+                    if isinstance(updated, str) and updated > (last_seen or ""):
+                        last_seen = updated
+                        if updated > (stats.max_last_updated or ""):
+                            stats.max_last_updated = updated
                 yield SearchEntry(resource, url)
-            url = next((link.get("url") for link in bundle.get("link") or [] if link.get("relation") == "next"), None)
+            url = self._next_link(bundle)
             query = None  # the next link carries its own query, used exactly as given
+
+    def count(self, resource_type: str, params: dict[str, str] | None = None,
+              stats: SearchStats | None = None) -> int:
+        """The server's count of matches (``_summary=count``); fails when the server gives no total."""
+        stats = stats if stats is not None else SearchStats()
+        bundle = self._bundle(f"{self.base_url}/{resource_type}", {**(params or {}), "_summary": "count"}, stats)
+        if not isinstance(bundle.get("total"), int):
+            raise FhirError(f"{resource_type}?_summary=count returned no Bundle.total")
+        return int(bundle["total"])
+
+    def history(self, since: str, resource_type: str | None = None, stats: SearchStats | None = None,
+                page_size: int = 1000) -> Iterator[HistoryEntry]:
+        """Every version written since ``since`` (system or type level ``_history``), deletes included."""
+        stats = stats if stats is not None else SearchStats()
+        url: str | None = f"{self.base_url}/{resource_type + '/' if resource_type else ''}_history"
+        query: dict[str, str] | None = {"_since": since, "_count": str(page_size)}
+        while url:
+            bundle = self._bundle(url, query, stats)
+            for entry in bundle.get("entry") or []:
+                request = entry.get("request") or {}
+                response = entry.get("response") or {}
+                resource = entry.get("resource")
+                target = (request.get("url") or entry.get("fullUrl") or "").split("?")[0]
+                parts = [p for p in target.split("/") if p]
+                if isinstance(resource, dict):
+                    rtype, rid = resource.get("resourceType"), resource.get("id")
+                elif len(parts) >= 2:
+                    rtype, rid = parts[-2], parts[-1]
+                else:
+                    continue
+                if not rtype or not rid:
+                    continue
+                meta = (resource or {}).get("meta") or {}
+                yield HistoryEntry(rtype, rid, meta.get("versionId") or _etag_version(response.get("etag")),
+                                   request.get("method") == "DELETE", resource if isinstance(resource, dict) else None,
+                                   meta.get("lastUpdated") or response.get("lastModified"), url)
+            url = self._next_link(bundle)
+            query = None
+
+
+def _env_set(name: str) -> bool:
+    import os
+
+    return bool(os.environ.get(name))

@@ -1,24 +1,44 @@
 """The SQL warehouse behind every table this service writes (SQLAlchemy 2; SQLite or PostgreSQL).
 
-Raw tables hold each FHIR resource's JSON with its id, versionId and lastUpdated, one table per
-resource type. A full pull replaces a type's raw rows and its quarantine rows in one transaction,
-so a crash mid-load leaves the previous pull intact, and re-running a pull is idempotent.
+Raw FHIR data lives in three layers, all written in one transaction per batch:
+
+* ``raw_<type>``: the current version of every resource (id, versionId, lastUpdated, JSON);
+* ``raw_history``: every version and tombstone ever loaded, keyed by (type, id, version);
+* typed child tables (``fhir_coding``, ``fhir_observation_component``, ``fhir_dosage``).
+
+Loads are upserts keyed by (type, id): a version that is already stored is skipped, an older one
+never overwrites a newer one, so replaying any batch (a crash and a re-run, a page served twice,
+an overlapping ``_lastUpdated`` window) leaves the same tables. Invalid resources go to
+``quarantine``, keyed by their content fingerprint, with the first and last time they were seen;
+``current`` says whether that bad version is still the server's latest for its id.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+import hashlib
+from dataclasses import dataclass, field
 from datetime import datetime, timezone
-from typing import Any, Iterable
+from typing import Any, Iterable, Sequence
 
 import orjson
 import pandas as pd
 import sqlalchemy as sa
 
+from .children import CHILD_TABLES, CODING, COMPONENT, DOSAGE, child_rows
+
 QUARANTINE = "quarantine"
+HISTORY = "raw_history"
+SYNC_STATE = "sync_state"
+INGEST_COUNTS = "ingest_counts"
+BULK_JOBS = "bulk_jobs"
+_IN_CHUNK = 500  # ids per IN (...) list: well under SQLite's variable limit
 
 
 def raw_table_name(resource_type: str) -> str:
     return f"raw_{resource_type.lower()}"
+
+
+def content_hash(resource: Any) -> str:
+    return hashlib.sha256(orjson.dumps(resource, option=orjson.OPT_SORT_KEYS)).hexdigest()
 
 
 @dataclass(frozen=True)
@@ -29,6 +49,19 @@ class RawRow:
     resource: dict[str, Any]
     source: str
 
+    @staticmethod
+    def of(resource: dict[str, Any], source: str) -> "RawRow":
+        meta = resource.get("meta") or {}
+        return RawRow(resource["id"], meta.get("versionId"), meta.get("lastUpdated"), resource, source)
+
+
+@dataclass(frozen=True)
+class Tombstone:
+    id: str
+    version_id: str | None
+    last_updated: str | None
+    source: str
+
 
 @dataclass(frozen=True)
 class QuarantineRow:
@@ -37,6 +70,76 @@ class QuarantineRow:
     raw: str
     errors: list[str]
     source: str
+    version_id: str | None = None
+    may_supersede: bool = True  # False for a conflicting copy: the stored version stays current
+
+
+@dataclass
+class ApplyResult:
+    inserted: int = 0
+    updated: int = 0
+    unchanged: int = 0
+    stale: int = 0       # older than the stored version: not applied
+    deleted: int = 0
+    quarantined: int = 0  # quarantine rows first seen in this batch
+    conflicts: int = 0    # same id and version as another copy, different content: quarantined
+
+    def add(self, other: "ApplyResult") -> None:
+        for name in self.__dataclass_fields__:
+            setattr(self, name, getattr(self, name) + getattr(other, name))
+
+    @property
+    def writes(self) -> int:
+        return self.inserted + self.updated + self.deleted + self.quarantined
+
+
+def _version_number(version_id: str | None) -> int | None:
+    try:
+        return int(version_id) if version_id is not None else None
+    except ValueError:
+        return None
+
+
+def is_newer(incoming: tuple[str | None, str | None], stored: tuple[str | None, str | None]) -> bool:
+    """Whether (versionId, lastUpdated) ``incoming`` supersedes ``stored``.
+
+    Numeric versionIds compare as numbers; otherwise lastUpdated decides; with neither, the later
+    arrival wins (a server that sends no meta gives us nothing better)."""
+    a, b = _version_number(incoming[0]), _version_number(stored[0])
+    if a is not None and b is not None and a != b:
+        return a > b
+    if incoming[1] and stored[1] and incoming[1] != stored[1]:
+        return incoming[1] > stored[1]
+    return a is None or b is None or a == b
+
+
+def _same_version(row: RawRow, version_id: str | None, last_updated: str | None) -> bool:
+    return row.version_id is not None and row.version_id == version_id and row.last_updated == last_updated
+
+
+def _conflict(resource_type: str, row: RawRow) -> QuarantineRow:
+    return QuarantineRow(resource_type, row.id, orjson.dumps(row.resource).decode(),
+                         [f"duplicate: id {row.id!r} version {row.version_id!r} arrived again with different content; "
+                          "the first copy is kept"], row.source, row.version_id, may_supersede=False)
+
+
+def _supersedes(q: QuarantineRow, stored: "_Stored") -> bool:
+    """An invalid version replaces the stored valid one only when it is strictly newer (or unversioned)."""
+    if not q.may_supersede:
+        return False
+    a, b = _version_number(q.version_id), _version_number(stored.version_id)
+    return a is None or b is None or a > b
+
+
+def _version_key(version_id: str | None, last_updated: str | None, digest: str) -> str:
+    return version_id or last_updated or digest[:32]
+
+
+@dataclass
+class _Stored:
+    version_id: str | None
+    last_updated: str | None
+    digest: str
 
 
 class Warehouse:
@@ -44,66 +147,341 @@ class Warehouse:
         self.url = url
         self.engine = sa.create_engine(url, future=True)
         self.metadata = sa.MetaData()
+        self._define_shared_tables()
+
+    # ------------------------------------------------------------------ schema
+
+    def _define_shared_tables(self) -> None:
+        m = self.metadata
+        ts = sa.DateTime(timezone=True)
+        sa.Table(HISTORY, m,
+                 sa.Column("resource_type", sa.String(64), primary_key=True),
+                 sa.Column("id", sa.String(64), primary_key=True),
+                 sa.Column("version_key", sa.String(64), primary_key=True),
+                 sa.Column("version_id", sa.String(64)), sa.Column("last_updated", sa.String(40)),
+                 sa.Column("deleted", sa.Boolean, nullable=False), sa.Column("resource", sa.Text),
+                 sa.Column("source", sa.Text, nullable=False), sa.Column("loaded_at", ts, nullable=False))
+        sa.Table(QUARANTINE, m,
+                 sa.Column("resource_type", sa.String(64), primary_key=True),
+                 sa.Column("fingerprint", sa.String(64), primary_key=True),
+                 sa.Column("resource_id", sa.String(256), index=True), sa.Column("version_id", sa.String(64)),
+                 sa.Column("raw", sa.Text, nullable=False), sa.Column("errors", sa.Text, nullable=False),
+                 sa.Column("source", sa.Text, nullable=False), sa.Column("first_seen", ts, nullable=False),
+                 sa.Column("last_seen", ts, nullable=False), sa.Column("current", sa.Boolean, nullable=False))
+        sa.Table(SYNC_STATE, m,
+                 sa.Column("resource_type", sa.String(64), primary_key=True),
+                 sa.Column("watermark", sa.String(40)), sa.Column("watermark_source", sa.String(32)),
+                 sa.Column("mode", sa.String(32)), sa.Column("checked_at", ts, nullable=False),
+                 sa.Column("last_full_sync", ts))
+        sa.Table(INGEST_COUNTS, m,
+                 sa.Column("resource_type", sa.String(64), primary_key=True),
+                 sa.Column("scope", sa.Text, nullable=False), sa.Column("server_count", sa.Integer),
+                 sa.Column("warehouse_count", sa.Integer, nullable=False),
+                 sa.Column("quarantined_current", sa.Integer, nullable=False), sa.Column("checked_at", ts, nullable=False))
+        sa.Table(BULK_JOBS, m,
+                 sa.Column("status_url", sa.Text, primary_key=True), sa.Column("request", sa.Text, nullable=False),
+                 sa.Column("state", sa.String(16), nullable=False), sa.Column("kicked_off_at", ts, nullable=False),
+                 sa.Column("transaction_time", sa.String(40)), sa.Column("finished_at", ts))
+        sa.Table(CODING, m,
+                 sa.Column("resource_type", sa.String(64), nullable=False), sa.Column("resource_id", sa.String(64), nullable=False),
+                 sa.Column("path", sa.String(200), nullable=False), sa.Column("system", sa.Text), sa.Column("code", sa.String(200)),
+                 sa.Column("display", sa.Text),
+                 sa.Index("ix_fhir_coding_resource", "resource_type", "resource_id"), sa.Index("ix_fhir_coding_code", "code"))
+        sa.Table(COMPONENT, m,
+                 sa.Column("observation_id", sa.String(64), primary_key=True), sa.Column("position", sa.Integer, primary_key=True),
+                 sa.Column("system", sa.Text), sa.Column("code", sa.String(200)), sa.Column("value", sa.Float),
+                 sa.Column("unit", sa.String(64)), sa.Column("value_string", sa.Text))
+        sa.Table(DOSAGE, m,
+                 sa.Column("statement_id", sa.String(64), primary_key=True), sa.Column("position", sa.Integer, primary_key=True),
+                 sa.Column("dose_value", sa.Float), sa.Column("dose_unit", sa.String(64)), sa.Column("frequency", sa.Integer),
+                 sa.Column("period", sa.Float), sa.Column("period_unit", sa.String(16)), sa.Column("text", sa.Text))
+
+    def table(self, name: str) -> sa.Table:
+        return self.metadata.tables[name]
 
     def _raw_table(self, resource_type: str) -> sa.Table:
         name = raw_table_name(resource_type)
         if name not in self.metadata.tables:
-            sa.Table(
-                name, self.metadata,
-                sa.Column("id", sa.String(64), primary_key=True),
-                sa.Column("version_id", sa.String(64)),
-                sa.Column("last_updated", sa.String(40)),
-                sa.Column("resource", sa.Text, nullable=False),
-                sa.Column("source", sa.Text, nullable=False),
-                sa.Column("loaded_at", sa.DateTime(timezone=True), nullable=False),
-            )
+            sa.Table(name, self.metadata,
+                     sa.Column("id", sa.String(64), primary_key=True),
+                     sa.Column("version_id", sa.String(64)), sa.Column("last_updated", sa.String(40), index=True),
+                     sa.Column("content_hash", sa.String(64), nullable=False),
+                     sa.Column("resource", sa.Text, nullable=False), sa.Column("source", sa.Text, nullable=False),
+                     sa.Column("loaded_at", sa.DateTime(timezone=True), nullable=False))
         return self.metadata.tables[name]
 
-    def _quarantine_table(self) -> sa.Table:
-        if QUARANTINE not in self.metadata.tables:
-            sa.Table(
-                QUARANTINE, self.metadata,
-                sa.Column("resource_type", sa.String(64), nullable=False, index=True),
-                sa.Column("resource_id", sa.String(64)),
-                sa.Column("raw", sa.Text, nullable=False),
-                sa.Column("errors", sa.Text, nullable=False),
-                sa.Column("source", sa.Text, nullable=False),
-                sa.Column("seen_at", sa.DateTime(timezone=True), nullable=False),
-            )
-        return self.metadata.tables[QUARANTINE]
+    def ensure_schema(self, resource_types: Iterable[str] = ()) -> None:
+        tables = [self._raw_table(t) for t in resource_types]
+        self.metadata.create_all(self.engine, tables=[*self._shared_tables(), *tables])
 
-    def replace_raw(self, resource_type: str, rows: Iterable[RawRow], quarantined: Iterable[QuarantineRow]) -> None:
-        """Make the warehouse hold exactly this pull of ``resource_type``, atomically."""
-        raw, quarantine = self._raw_table(resource_type), self._quarantine_table()
+    def _shared_tables(self) -> list[sa.Table]:
+        return [self.metadata.tables[n] for n in (HISTORY, QUARANTINE, SYNC_STATE, INGEST_COUNTS, BULK_JOBS, *CHILD_TABLES)]
+
+    # ------------------------------------------------------------------ loading
+
+    def _stored(self, conn: sa.Connection, raw: sa.Table, ids: Sequence[str]) -> dict[str, _Stored]:
+        out: dict[str, _Stored] = {}
+        for i in range(0, len(ids), _IN_CHUNK):
+            chunk = ids[i:i + _IN_CHUNK]
+            query = sa.select(raw.c.id, raw.c.version_id, raw.c.last_updated, raw.c.content_hash).where(raw.c.id.in_(chunk))
+            for rid, vid, lu, digest in conn.execute(query):
+                out[rid] = _Stored(vid, lu, digest)
+        return out
+
+    def _delete_current(self, conn: sa.Connection, resource_type: str, raw: sa.Table, ids: Sequence[str]) -> None:
+        coding, component, dosage = (self.metadata.tables[n] for n in CHILD_TABLES)
+        for i in range(0, len(ids), _IN_CHUNK):
+            chunk = ids[i:i + _IN_CHUNK]
+            conn.execute(raw.delete().where(raw.c.id.in_(chunk)))
+            conn.execute(coding.delete().where(coding.c.resource_type == resource_type, coding.c.resource_id.in_(chunk)))
+            if resource_type == "Observation":
+                conn.execute(component.delete().where(component.c.observation_id.in_(chunk)))
+            if resource_type == "MedicationStatement":
+                conn.execute(dosage.delete().where(dosage.c.statement_id.in_(chunk)))
+
+    def _history_keys(self, conn: sa.Connection, resource_type: str, keys: set[tuple[str, str]]) -> set[tuple[str, str]]:
+        history = self.metadata.tables[HISTORY]
+        found: set[tuple[str, str]] = set()
+        ids = sorted({k[0] for k in keys})
+        for i in range(0, len(ids), _IN_CHUNK):
+            query = sa.select(history.c.id, history.c.version_key).where(
+                history.c.resource_type == resource_type, history.c.id.in_(ids[i:i + _IN_CHUNK]))
+            found.update((rid, vk) for rid, vk in conn.execute(query) if (rid, vk) in keys)
+        return found
+
+    def apply(self, resource_type: str, rows: Sequence[RawRow] = (), tombstones: Sequence[Tombstone] = (),
+              quarantined: Sequence[QuarantineRow] = ()) -> ApplyResult:
+        """Upsert one batch of valid resources, deletes and quarantine rows in a single transaction.
+
+        Within a batch, the newest version of each id wins. Nothing is written for a resource
+        whose version is already stored, so an unchanged re-run writes no rows at all."""
+        result = ApplyResult()
+        raw, history, quarantine = self._raw_table(resource_type), self.metadata.tables[HISTORY], self.metadata.tables[QUARANTINE]
+        latest: dict[str, RawRow] = {}
+        quarantined = list(quarantined)
+        for row in rows:
+            prev = latest.get(row.id)
+            if prev is not None and _same_version(row, prev.version_id, prev.last_updated) \
+                    and content_hash(row.resource) != content_hash(prev.resource):
+                quarantined.append(_conflict(resource_type, row))
+                result.conflicts += 1
+                continue
+            if prev is None or is_newer((row.version_id, row.last_updated), (prev.version_id, prev.last_updated)):
+                latest[row.id] = row
+        deletes = {t.id: t for t in tombstones}
         now = datetime.now(timezone.utc)
         with self.engine.begin() as conn:
-            self.metadata.create_all(conn, tables=[raw, quarantine])
-            conn.execute(raw.delete())
-            conn.execute(quarantine.delete().where(quarantine.c.resource_type == resource_type))
-            batch = [{"id": r.id, "version_id": r.version_id, "last_updated": r.last_updated,
-                      "resource": orjson.dumps(r.resource).decode(), "source": r.source, "loaded_at": now} for r in rows]
-            if batch:
-                conn.execute(raw.insert(), batch)
-            qbatch = [{"resource_type": q.resource_type, "resource_id": q.resource_id, "raw": q.raw,
-                       "errors": orjson.dumps(q.errors).decode(), "source": q.source, "seen_at": now} for q in quarantined]
-            if qbatch:
-                conn.execute(quarantine.insert(), qbatch)
+            ids = sorted({*latest, *deletes, *(q.resource_id for q in quarantined if q.resource_id)})
+            stored = self._stored(conn, raw, ids)
+            changed: list[tuple[RawRow, str]] = []
+            for rid, row in latest.items():
+                digest = content_hash(row.resource)
+                old = stored.get(rid)
+                if old is not None and old.digest != digest and _same_version(row, old.version_id, old.last_updated):
+                    quarantined.append(_conflict(resource_type, row))
+                    result.conflicts += 1
+                    continue
+                if old is not None and (old.digest == digest or not is_newer((row.version_id, row.last_updated),
+                                                                             (old.version_id, old.last_updated))):
+                    if old.digest == digest:
+                        result.unchanged += 1
+                    else:
+                        result.stale += 1
+                    continue
+                if rid in deletes and not is_newer((row.version_id, row.last_updated),
+                                                   (deletes[rid].version_id, deletes[rid].last_updated)):
+                    continue  # deleted after this version: the tombstone below wins
+                changed.append((row, digest))
+                result.updated += old is not None
+                result.inserted += old is None
+            removals: list[Tombstone] = []
+            for rid, tomb in deletes.items():
+                old = stored.get(rid)
+                if old is None or (tomb.version_id is not None and not is_newer(
+                        (tomb.version_id, tomb.last_updated), (old.version_id, old.last_updated))):
+                    continue
+                removals.append(tomb)
+            result.deleted = len(removals)
+            superseded: list[str] = []  # quarantined versions newer than the stored valid one
+            for q in quarantined:
+                old = stored.get(q.resource_id) if q.resource_id else None
+                if old is not None and _supersedes(q, old):
+                    superseded.append(q.resource_id)  # type: ignore[arg-type]
+            gone = sorted({*(r.id for r, _ in changed), *(t.id for t in removals), *superseded})
+            if gone:
+                self._delete_current(conn, resource_type, raw, gone)
+            if changed:
+                conn.execute(raw.insert(), [{"id": r.id, "version_id": r.version_id, "last_updated": r.last_updated,
+                                             "content_hash": d, "resource": orjson.dumps(r.resource).decode(),
+                                             "source": r.source, "loaded_at": now} for r, d in changed])
+                self._insert_children(conn, resource_type, [r.resource for r, _ in changed])
+            history_rows = [{"resource_type": resource_type, "id": r.id, "version_key": _version_key(r.version_id, r.last_updated, d),
+                             "version_id": r.version_id, "last_updated": r.last_updated, "deleted": False,
+                             "resource": orjson.dumps(r.resource).decode(), "source": r.source, "loaded_at": now}
+                            for r, d in changed]
+            history_rows += [{"resource_type": resource_type, "id": t.id,
+                              "version_key": _version_key(t.version_id, t.last_updated, "deleted:" + now.isoformat()),
+                              "version_id": t.version_id, "last_updated": t.last_updated, "deleted": True,
+                              "resource": None, "source": t.source, "loaded_at": now} for t in removals]
+            if history_rows:
+                known = self._history_keys(conn, resource_type, {(h["id"], h["version_key"]) for h in history_rows})
+                fresh = [h for h in history_rows if (h["id"], h["version_key"]) not in known]
+                if fresh:
+                    conn.execute(history.insert(), fresh)
+            valid_ids = [r.id for r, _ in changed] + [t.id for t in removals]
+            for i in range(0, len(valid_ids), _IN_CHUNK):
+                conn.execute(quarantine.update().where(quarantine.c.resource_type == resource_type,
+                                                       quarantine.c.resource_id.in_(valid_ids[i:i + _IN_CHUNK]),
+                                                       quarantine.c.current.is_(True)).values(current=False))
+            result.quarantined = self._quarantine(conn, quarantined, stored, now)
+        return result
+
+    def _insert_children(self, conn: sa.Connection, resource_type: str, resources: list[dict[str, Any]]) -> None:
+        batches: dict[str, list[dict[str, Any]]] = {name: [] for name in CHILD_TABLES}
+        for resource in resources:
+            for name, rows in child_rows(resource_type, resource).items():
+                batches[name].extend(rows)
+        for name, rows in batches.items():
+            if rows:
+                conn.execute(self.metadata.tables[name].insert(), rows)
+
+    def _quarantine(self, conn: sa.Connection, rows: Sequence[QuarantineRow], stored: dict[str, _Stored],
+                    now: datetime) -> int:
+        if not rows:
+            return 0
+        table = self.metadata.tables[QUARANTINE]
+        by_key: dict[tuple[str, str], QuarantineRow] = {}
+        for q in rows:
+            by_key.setdefault((q.resource_type, hashlib.sha256(q.raw.encode()).hexdigest()), q)
+        existing: set[tuple[str, str]] = set()
+        keys = list(by_key)
+        for i in range(0, len(keys), _IN_CHUNK):
+            chunk = keys[i:i + _IN_CHUNK]
+            query = sa.select(table.c.resource_type, table.c.fingerprint).where(
+                sa.tuple_(table.c.resource_type, table.c.fingerprint).in_(chunk))
+            existing.update(tuple(r) for r in conn.execute(query))
+        fresh = []
+        for key, q in by_key.items():
+            old = stored.get(q.resource_id) if q.resource_id else None
+            current = q.may_supersede and (old is None or _supersedes(q, old))
+            if key in existing:
+                conn.execute(table.update().where(table.c.resource_type == key[0], table.c.fingerprint == key[1])
+                             .values(last_seen=now, current=current))
+            else:
+                fresh.append({"resource_type": key[0], "fingerprint": key[1], "resource_id": q.resource_id,
+                              "version_id": q.version_id, "raw": q.raw, "errors": orjson.dumps(q.errors).decode(),
+                              "source": q.source, "first_seen": now, "last_seen": now, "current": current})
+        if fresh:
+            conn.execute(table.insert(), fresh)
+        return len(fresh)
+
+    def current_ids(self, resource_type: str) -> set[str]:
+        raw = self._raw_table(resource_type)
+        if not self.has_table(raw.name):
+            return set()
+        with self.engine.connect() as conn:
+            return {rid for (rid,) in conn.execute(sa.select(raw.c.id))}
+
+    def retire_quarantine(self, resource_type: str, keep_ids: set[str] | None) -> None:
+        """After a full pass: quarantined versions of ids the server no longer serves (or, with
+        ``keep_ids`` None, every id not seen in this pass) are no longer current."""
+        table = self.metadata.tables[QUARANTINE]
+        with self.engine.begin() as conn:
+            rows = conn.execute(sa.select(table.c.fingerprint, table.c.resource_id).where(
+                table.c.resource_type == resource_type, table.c.current.is_(True))).all()
+            stale = [fp for fp, rid in rows if keep_ids is None or (rid is not None and rid not in keep_ids)]
+            for i in range(0, len(stale), _IN_CHUNK):
+                conn.execute(table.update().where(table.c.resource_type == resource_type,
+                                                  table.c.fingerprint.in_(stale[i:i + _IN_CHUNK])).values(current=False))
+
+    def quarantined_current(self, resource_type: str) -> int:
+        table = self.metadata.tables[QUARANTINE]
+        with self.engine.connect() as conn:
+            return int(conn.execute(sa.select(sa.func.count(sa.distinct(sa.func.coalesce(table.c.resource_id, table.c.fingerprint))))
+                                    .where(table.c.resource_type == resource_type, table.c.current.is_(True))).scalar() or 0)
+
+    # ------------------------------------------------------------------ sync bookkeeping
+
+    def _upsert(self, conn: sa.Connection, name: str, key: dict[str, Any], values: dict[str, Any]) -> None:
+        table = self.metadata.tables[name]
+        where = [table.c[k] == v for k, v in key.items()]
+        if conn.execute(table.update().where(*where).values(**values)).rowcount == 0:
+            conn.execute(table.insert().values(**key, **values))
+
+    def sync_state(self, resource_type: str) -> dict[str, Any] | None:
+        table = self.metadata.tables[SYNC_STATE]
+        with self.engine.connect() as conn:
+            row = conn.execute(sa.select(table).where(table.c.resource_type == resource_type)).mappings().first()
+        return dict(row) if row else None
+
+    def save_sync_state(self, resource_type: str, *, watermark: str | None, watermark_source: str, mode: str,
+                        full: bool) -> None:
+        now = datetime.now(timezone.utc)
+        values: dict[str, Any] = {"watermark": watermark, "watermark_source": watermark_source, "mode": mode, "checked_at": now}
+        if full:
+            values["last_full_sync"] = now
+        with self.engine.begin() as conn:
+            self._upsert(conn, SYNC_STATE, {"resource_type": resource_type}, values)
+
+    def touch_sync_state(self, resource_type: str) -> None:
+        """Record that the data was confirmed current now (the default data cut-off) without changing anything else."""
+        with self.engine.begin() as conn:
+            table = self.metadata.tables[SYNC_STATE]
+            conn.execute(table.update().where(table.c.resource_type == resource_type)
+                         .values(checked_at=datetime.now(timezone.utc)))
+
+    def save_counts(self, resource_type: str, scope: str, server_count: int | None) -> dict[str, Any]:
+        warehouse_count = len(self.current_ids(resource_type))
+        values = {"scope": scope, "server_count": server_count, "warehouse_count": warehouse_count,
+                  "quarantined_current": self.quarantined_current(resource_type), "checked_at": datetime.now(timezone.utc)}
+        with self.engine.begin() as conn:
+            self._upsert(conn, INGEST_COUNTS, {"resource_type": resource_type}, values)
+        return {"resource_type": resource_type, **values}
+
+    def counts(self, resource_type: str) -> dict[str, Any] | None:
+        table = self.metadata.tables[INGEST_COUNTS]
+        if not self.has_table(INGEST_COUNTS):
+            return None
+        with self.engine.connect() as conn:
+            row = conn.execute(sa.select(table).where(table.c.resource_type == resource_type)).mappings().first()
+        return dict(row) if row else None
+
+    def open_bulk_job(self) -> dict[str, Any] | None:
+        table = self.metadata.tables[BULK_JOBS]
+        with self.engine.connect() as conn:
+            row = conn.execute(sa.select(table).where(table.c.state == "polling")
+                               .order_by(table.c.kicked_off_at.desc())).mappings().first()
+        return dict(row) if row else None
+
+    def record_bulk_job(self, status_url: str, request: str | None = None, *, state: str,
+                        transaction_time: str | None = None) -> None:
+        now = datetime.now(timezone.utc)
+        values: dict[str, Any] = {"state": state}
+        if request is not None:
+            values.update(request=request, kicked_off_at=now)
+        if transaction_time is not None:
+            values["transaction_time"] = transaction_time
+        if state != "polling":
+            values["finished_at"] = now
+        with self.engine.begin() as conn:
+            self._upsert(conn, BULK_JOBS, {"status_url": status_url}, values)
+
+    # ------------------------------------------------------------------ reading
 
     def raw_resources(self, resource_type: str) -> list[dict[str, Any]]:
         """Every current resource of a type, parsed (empty when the type was never pulled)."""
         table = self._raw_table(resource_type)
-        if not sa.inspect(self.engine).has_table(table.name):
+        if not self.has_table(table.name):
             return []
         with self.engine.connect() as conn:
             return [orjson.loads(text) for (text,) in conn.execute(sa.select(table.c.resource).order_by(table.c.id))]
 
     def extraction_time(self, resource_type: str = "Patient") -> datetime | None:
-        """When ``resource_type`` was last pulled: the default data cut-off."""
-        table = self._raw_table(resource_type)
-        if not sa.inspect(self.engine).has_table(table.name):
+        """When ``resource_type`` was last confirmed current on the server: the default data cut-off."""
+        if not self.has_table(SYNC_STATE):
             return None
-        with self.engine.connect() as conn:
-            return conn.execute(sa.select(sa.func.max(table.c.loaded_at))).scalar()
+        state = self.sync_state(resource_type)
+        return state["checked_at"] if state else None
 
     def replace_table(self, name: str, frame: pd.DataFrame, primary_key: list[str] | None = None) -> None:
         """Replace a derived table with ``frame`` in one transaction."""

@@ -28,10 +28,12 @@ def free_port() -> int:
 class SandboxFhirServer:
     """A sekmet-fhir process bound to 127.0.0.1, with its data under ``data_dir``."""
 
-    def __init__(self, data_dir: Path, port: int | None = None, inbound_validation: str = "off") -> None:
+    def __init__(self, data_dir: Path, port: int | None = None, inbound_validation: str = "off",
+                 server_auth: dict | None = None) -> None:
         self.data_dir = Path(data_dir).resolve()
         self.port = port or free_port()
         self.inbound_validation = inbound_validation
+        self.server_auth = server_auth  # sekmet's server_auth settings, e.g. SMART clients and their keys
         self._proc: subprocess.Popen[bytes] | None = None
 
     @property
@@ -50,6 +52,8 @@ class SandboxFhirServer:
             "log_inbound": False,
             "own_private_key_path": str(self.data_dir / "keys" / "sekmet_private.pem"),
         }
+        if self.server_auth:
+            settings["server_auth"] = self.server_auth
         path = self.data_dir / "settings.yaml"
         path.write_text(yaml.safe_dump(settings))
         return path
@@ -68,7 +72,7 @@ class SandboxFhirServer:
             if self._proc.poll() is not None:
                 raise RuntimeError(f"sandbox FHIR server exited with {self._proc.returncode}; see {self.data_dir / 'server.log'}")
             try:
-                if httpx.get(f"{self.base_url}/metadata", timeout=2).status_code == 200:
+                if httpx.get(f"{self.base_url}/metadata", timeout=2).status_code in (200, 401):
                     return self
             except httpx.HTTPError:
                 pass

@@ -1,0 +1,146 @@
+"""How the FHIR client authenticates: nothing, a static bearer token, or SMART Backend Services.
+
+Every secret is read from an environment variable named in configuration, at the moment it is
+needed, so no secret ever sits in Dagster config, run metadata, logs or exception text.
+
+SMART Backend Services (SMART App Launch 2.x, "client-confidential-asymmetric"): the client signs a
+short-lived JWT (RS384 or ES384, with ``kid``) with its private key, posts it to the token endpoint
+found in ``.well-known/smart-configuration`` and receives an access token. A fresh assertion is
+made whenever the token is within ``refresh_margin_s`` of expiry, and once more after a 401.
+"""
+from __future__ import annotations
+
+import os
+import threading
+import time
+import uuid
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Protocol
+
+import httpx
+
+SIGNING_ALGORITHMS = ("RS384", "ES384")
+ASSERTION_TYPE = "urn:ietf:params:oauth:client-assertion-type:jwt-bearer"
+
+
+class AuthError(RuntimeError):
+    """Authentication failed; the message names the step, never the secret."""
+
+
+class Auth(Protocol):
+    def headers(self, http: httpx.Client) -> dict[str, str]: ...
+
+    def invalidate(self) -> None:
+        """Forget any cached credential (called once after a 401)."""
+
+
+class NoAuth:
+    def headers(self, http: httpx.Client) -> dict[str, str]:
+        return {}
+
+    def invalidate(self) -> None:
+        pass
+
+
+@dataclass
+class BearerTokenAuth:
+    """A static token (an API gateway key, a long-lived service token)."""
+
+    token_env: str
+
+    def headers(self, http: httpx.Client) -> dict[str, str]:
+        token = os.environ.get(self.token_env)
+        if not token:
+            raise AuthError(f"bearer token variable {self.token_env} is not set")
+        return {"Authorization": f"Bearer {token}"}
+
+    def invalidate(self) -> None:
+        pass
+
+
+def _read_secret(env: str) -> bytes:
+    """A PEM key given in the variable itself, or a path to a PEM file (the common secret-mount layout)."""
+    value = os.environ.get(env)
+    if not value:
+        raise AuthError(f"private key variable {env} is not set")
+    if "-----BEGIN" in value:
+        return value.encode()
+    path = Path(value)
+    if not path.is_file():
+        raise AuthError(f"private key variable {env} names no readable file")
+    return path.read_bytes()
+
+
+@dataclass
+class SmartBackendAuth:
+    """SMART Backend Services client (private_key_jwt + client_credentials)."""
+
+    base_url: str
+    client_id: str
+    private_key_env: str
+    kid: str
+    algorithm: str = "RS384"
+    scope: str = "system/*.read"
+    token_url: str | None = None     # discovered from .well-known/smart-configuration when empty
+    assertion_lifetime_s: int = 300  # the spec's maximum
+    refresh_margin_s: float = 60.0
+    _token: str | None = field(default=None, repr=False)
+    _expires_at: float = 0.0
+    _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
+
+    def __post_init__(self) -> None:
+        if self.algorithm not in SIGNING_ALGORITHMS:
+            raise AuthError(f"SMART signing algorithm must be one of {SIGNING_ALGORITHMS}, not {self.algorithm!r}")
+
+    def discover(self, http: httpx.Client) -> str:
+        if self.token_url:
+            return self.token_url
+        url = f"{self.base_url.rstrip('/')}/.well-known/smart-configuration"
+        response = http.get(url, headers={"Accept": "application/json"})
+        if response.status_code != 200:
+            raise AuthError(f"SMART discovery at {url} answered HTTP {response.status_code}")
+        config = response.json()
+        if "token_endpoint" not in config:
+            raise AuthError(f"SMART configuration at {url} has no token_endpoint")
+        supported = config.get("token_endpoint_auth_signing_alg_values_supported")
+        if supported and self.algorithm not in supported:
+            raise AuthError(f"server does not accept {self.algorithm} client assertions (it offers {supported})")
+        self.token_url = config["token_endpoint"]
+        return self.token_url
+
+    def client_assertion(self, token_url: str) -> str:
+        import jwt
+        from cryptography.hazmat.primitives.serialization import load_pem_private_key
+
+        key = load_pem_private_key(_read_secret(self.private_key_env), password=None)
+        now = int(time.time())
+        claims = {"iss": self.client_id, "sub": self.client_id, "aud": token_url, "jti": uuid.uuid4().hex,
+                  "iat": now, "exp": now + self.assertion_lifetime_s}
+        return jwt.encode(claims, key, algorithm=self.algorithm, headers={"kid": self.kid, "typ": "JWT"})
+
+    def _fetch_token(self, http: httpx.Client) -> None:
+        token_url = self.discover(http)
+        response = http.post(token_url, data={
+            "grant_type": "client_credentials", "scope": self.scope,
+            "client_assertion_type": ASSERTION_TYPE, "client_assertion": self.client_assertion(token_url)})
+        if response.status_code != 200:
+            try:
+                body = response.json()
+                reason = f"{body.get('error')}: {body.get('error_description', '')}"
+            except ValueError:
+                reason = response.text[:200]
+            raise AuthError(f"SMART token request to {token_url} failed (HTTP {response.status_code}): {reason}")
+        body = response.json()
+        self._token = body["access_token"]
+        self._expires_at = time.time() + float(body.get("expires_in", 300))
+
+    def headers(self, http: httpx.Client) -> dict[str, str]:
+        with self._lock:
+            if self._token is None or time.time() >= self._expires_at - self.refresh_margin_s:
+                self._fetch_token(http)
+            return {"Authorization": f"Bearer {self._token}"}
+
+    def invalidate(self) -> None:
+        with self._lock:
+            self._token, self._expires_at = None, 0.0

@@ -1,0 +1,249 @@
+"""FHIR Bulk Data Access v2 ($export) client and loader.
+
+Kick-off (system, Patient or Group level) with ``Prefer: respond-async``; polling honours
+``Retry-After`` (seconds or HTTP date, capped) and otherwise backs off exponentially, reporting
+``X-Progress``; the manifest's files are streamed (with the token only when
+``requiresAccessToken`` is true); ``error`` files go to quarantine; ``deleted`` files are applied
+as tombstones; the next run's ``_since`` is the manifest's ``transactionTime``. The polling URL is
+saved in the warehouse before the first poll, so a crashed run resumes the same export instead
+of starting a new one (exports of big hospitals take days).
+"""
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass, field
+from typing import Any, Callable, Iterator
+
+import httpx
+import orjson
+
+from .fhir_client import FhirClient, FhirError, SearchStats, operation_outcome_text, retry_after_seconds
+from .ndjson import Line, NdjsonLoader, validation_pool
+from .sync import TypeReport, apply_id_reconciliation, record_counts
+from .type_filter import TypeFilter, keep_function
+from .warehouse import Warehouse
+
+log = logging.getLogger(__name__)
+Progress = Callable[[str], None]
+
+
+class BulkExportError(FhirError):
+    """The export failed on the server, or was cancelled, or timed out."""
+
+
+@dataclass
+class ExportRequest:
+    level: str = "system"            # system | patient | group
+    group_id: str | None = None
+    types: tuple[str, ...] = ()
+    since: str | None = None
+    type_filters: tuple[str, ...] = ()
+
+    def path(self) -> str:
+        if self.level == "system":
+            return "$export"
+        if self.level == "patient":
+            return "Patient/$export"
+        if self.level == "group" and self.group_id:
+            return f"Group/{self.group_id}/$export"
+        raise ValueError(f"unknown export level {self.level!r} (or a group export without a group id)")
+
+    def params(self) -> dict[str, str]:
+        params = {"_outputFormat": "application/fhir+ndjson"}
+        if self.types:
+            params["_type"] = ",".join(self.types)
+        if self.since:
+            params["_since"] = self.since
+        if self.type_filters:
+            params["_typeFilter"] = ",".join(self.type_filters)
+        return params
+
+
+@dataclass
+class BulkReport:
+    status_url: str
+    resumed: bool
+    transaction_time: str | None = None
+    polls: int = 0
+    progress: list[str] = field(default_factory=list)
+    manifest_counts: dict[str, int] = field(default_factory=dict)
+    errors_quarantined: int = 0
+    stats: SearchStats = field(default_factory=SearchStats)
+
+
+class BulkExportClient:
+    def __init__(self, client: FhirClient, *, poll_cap_s: float = 120.0, initial_poll_s: float = 1.0,
+                 timeout_s: float = 7 * 24 * 3600.0, sleep: Callable[[float], None] = time.sleep) -> None:
+        self.client = client
+        self.poll_cap_s = poll_cap_s
+        self.initial_poll_s = initial_poll_s
+        self.timeout_s = timeout_s
+        self.sleep = sleep
+
+    def kickoff(self, request: ExportRequest, stats: SearchStats) -> str:
+        response = self.client.send("GET", f"{self.client.base_url}/{request.path()}", stats, params=request.params(),
+                                    headers={"Prefer": "respond-async", "Accept": "application/fhir+json"},
+                                    ok=(202,), parse_json=False)
+        location = response.headers.get("Content-Location")
+        if not location:
+            raise BulkExportError("bulk kick-off answered 202 without a Content-Location polling URL")
+        return location
+
+    def poll(self, status_url: str, report: BulkReport, progress: Progress | None = None) -> dict[str, Any]:
+        """Poll until the manifest is ready; returns it."""
+        deadline = time.monotonic() + self.timeout_s
+        delay = self.initial_poll_s
+        while True:
+            report.polls += 1
+            try:
+                response = self.client.send("GET", status_url, report.stats, ok=(200, 202), parse_json=False)
+            except FhirError as exc:
+                raise BulkExportError(f"bulk export failed: {exc}", exc.status) from None
+            if response.status_code == 200:
+                manifest = orjson.loads(response.content)
+                if not isinstance(manifest, dict) or "output" not in manifest:
+                    raise BulkExportError(f"bulk status {status_url} answered 200 without a manifest")
+                return manifest
+            status = response.headers.get("X-Progress", "in progress")
+            report.progress.append(status)
+            if progress:
+                progress(f"bulk export: {status}")
+            if time.monotonic() > deadline:
+                raise BulkExportError(f"bulk export still running after {self.timeout_s:.0f}s; resume it later")
+            wait = retry_after_seconds(response.headers.get("Retry-After"), self.poll_cap_s)
+            if wait is None:
+                wait, delay = delay, min(self.poll_cap_s, delay * 2)
+            report.stats.retry_after_s += wait
+            self.sleep(wait)
+
+    def cancel(self, status_url: str, stats: SearchStats | None = None) -> None:
+        self.client.send("DELETE", status_url, stats or SearchStats(), ok=(200, 202, 204, 404), parse_json=False)
+
+    def lines(self, url: str, with_token: bool, type_hint: str | None, stats: SearchStats) -> Iterator[Line]:
+        """Stream one output file. A broken download restarts and skips the lines already yielded."""
+        done, attempt = 0, 0
+        while True:
+            stats.requests += 1
+            try:
+                headers = {"Accept": "application/fhir+ndjson"}
+                if with_token:
+                    headers.update(self.client.auth.headers(self.client._http))
+                with self.client._http.stream("GET", url, headers=headers) as response:
+                    if response.status_code != 200:
+                        response.read()
+                        if response.status_code in (429, 500, 502, 503, 504) and attempt < self.client.max_retries:
+                            raise httpx.NetworkError(f"HTTP {response.status_code}")
+                        raise BulkExportError(f"GET {url} -> HTTP {response.status_code}: {operation_outcome_text(response)}",
+                                              response.status_code)
+                    number = 0
+                    for text in response.iter_lines():
+                        text = text.strip()
+                        if not text:
+                            continue
+                        number += 1
+                        if number > done:
+                            done = number
+                            yield Line(f"{url}:{number}", text.encode(), type_hint)
+                    return
+            except (httpx.NetworkError, httpx.TimeoutException, httpx.RemoteProtocolError):
+                attempt += 1
+                stats.retries += 1
+                if attempt > self.client.max_retries:
+                    raise BulkExportError(f"GET {url} kept failing after {attempt} attempts") from None
+                self.sleep(min(self.poll_cap_s, self.initial_poll_s * 2 ** attempt))
+
+
+def error_lines_to_quarantine(loader: NdjsonLoader, lines: Iterator[Line]) -> int:
+    """Each OperationOutcome line of an ``error`` file becomes a quarantine row with its issues."""
+    n = 0
+    for line in lines:
+        try:
+            outcome = orjson.loads(line.text)
+            issues = [i.get("diagnostics") or (i.get("details") or {}).get("text") or i.get("code", "")
+                      for i in outcome.get("issue") or []]
+        except (orjson.JSONDecodeError, AttributeError):
+            issues = ["unreadable OperationOutcome in the export's error file"]
+        loader.loader("OperationOutcome").add_unparseable(line.text.decode(errors="replace"),
+                                                          "bulk export error: " + "; ".join(map(str, issues)), line.source)
+        n += 1
+    return n
+
+
+def sync_bulk(client: FhirClient, warehouse: Warehouse, resource_types: list[str], *, level: str = "system",
+              group_id: str | None = None, type_filters: tuple[str, ...] = (), full: bool = False,
+              workers: int | None = None, progress: Progress | None = None,
+              exporter: BulkExportClient | None = None) -> tuple[BulkReport, dict[str, TypeReport]]:
+    """Run (or resume) one export of ``resource_types`` and load it; returns per-type reports."""
+    exporter = exporter or BulkExportClient(client)
+    warehouse.ensure_schema(resource_types)
+    started = time.monotonic()
+    states = {t: warehouse.sync_state(t) or {} for t in resource_types}
+    watermarks = {s.get("watermark") for s in states.values()}
+    since = None if full or None in watermarks or len(watermarks) != 1 else watermarks.pop()
+    open_job = warehouse.open_bulk_job()
+    stats = SearchStats()
+    if open_job is not None:
+        status_url, resumed = open_job["status_url"], True
+        log.info("resuming bulk export %s kicked off at %s", status_url, open_job["kicked_off_at"])
+    else:
+        request = ExportRequest(level, group_id, tuple(resource_types), since, type_filters)
+        status_url, resumed = exporter.kickoff(request, stats), False
+        warehouse.record_bulk_job(status_url, orjson.dumps(request.__dict__).decode(), state="polling")
+    report = BulkReport(status_url, resumed, stats=stats)
+    try:
+        manifest = exporter.poll(status_url, report, progress)
+    except BulkExportError as exc:
+        if exc.status in (404, 410):  # the server forgot the job: start afresh next run
+            warehouse.record_bulk_job(status_url, state="expired")
+        raise
+    report.transaction_time = manifest.get("transactionTime")
+    with_token = bool(manifest.get("requiresAccessToken"))
+    filters = [TypeFilter.parse(f) for f in type_filters]
+    loader = NdjsonLoader(warehouse, resource_types, keep=keep_function(filters) if filters else None,
+                          track_ids=since is None and not filters)
+    pool = validation_pool(workers)
+    try:
+        for item in manifest.get("output") or []:
+            rtype = item.get("type")
+            report.manifest_counts[rtype] = report.manifest_counts.get(rtype, 0) + int(item.get("count") or 0)
+            if progress:
+                progress(f"bulk export: loading {rtype} from {item['url']}")
+            loader.load(exporter.lines(item["url"], with_token, rtype, report.stats), pool)
+        for item in manifest.get("deleted") or []:
+            loader.load(exporter.lines(item["url"], with_token, "Bundle", report.stats), pool)
+    finally:
+        if pool is not None:
+            pool.shutdown()
+    for item in manifest.get("error") or []:
+        report.errors_quarantined += error_lines_to_quarantine(loader, exporter.lines(item["url"], with_token, None, report.stats))
+    loader.flush()
+    warehouse.record_bulk_job(status_url, state="done", transaction_time=report.transaction_time)
+    try:
+        exporter.cancel(status_url, report.stats)  # tells the server it may delete the files
+    except FhirError as exc:
+        log.warning("could not release bulk export files at %s: %s", status_url, exc)
+    reports: dict[str, TypeReport] = {}
+    for rtype in resource_types:
+        if since is None and not filters:
+            # A full export lists every id: anything else in the current table was deleted.
+            apply_id_reconciliation(warehouse, loader.loader(rtype), loader.seen_ids.get(rtype, set()),
+                                    f"{status_url} (full export)")
+        type_loader = loader.loaders.get(rtype)
+        tr = TypeReport(rtype, "bulk" if since is None else "bulk incremental", watermark_before=states[rtype].get("watermark"),
+                        watermark_after=report.transaction_time or states[rtype].get("watermark"))
+        if type_loader is not None:
+            tr.load = type_loader.counts
+        if rtype == resource_types[0]:
+            tr.search = report.stats
+        if filters and loader.filtered_out.get(rtype):
+            tr.notes.append(f"{loader.filtered_out[rtype]} resources removed by re-applying _typeFilter locally")
+        warehouse.save_sync_state(rtype, watermark=tr.watermark_after, watermark_source="bulk transactionTime",
+                                  mode=tr.mode, full=since is None)
+        tr.seconds = time.monotonic() - started
+        server_count = report.manifest_counts.get(rtype, 0) if since is None and not filters else None
+        tr.scope = "bulk export" + (" with _typeFilter" if filters else "")
+        record_counts(client if server_count is None and not filters else None, warehouse, tr, server_count, force=True)
+        reports[rtype] = tr
+    return report, reports
+

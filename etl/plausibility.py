@@ -1,0 +1,107 @@
+"""Plausibility rules that a structurally valid R4 resource can still fail.
+
+fhir.resources checks structure (types, cardinality, formats) but not sense: a birth date in
+2090, a negative dose, a dose in millilitres where a mass is needed, an Observation about no
+patient. Clinical pipelines that skip these checks publish them. Each rule returns readable
+reasons; a resource with any reason is quarantined like a structurally invalid one.
+"""
+from __future__ import annotations
+
+from datetime import date, timedelta
+from typing import Any, Callable, Iterator
+
+DATE_KEYS = {"birthDate", "deceasedDateTime", "onsetDateTime", "abatementDateTime", "recordedDate",
+             "effectiveDateTime", "performedDateTime", "issued", "date", "dateAsserted", "detected", "recordedDate"}
+PERIOD_KEYS = {"effectivePeriod", "performedPeriod", "onsetPeriod", "abatementPeriod", "period", "boundsPeriod"}
+SUBJECT_FIELD = {"Condition": "subject", "MedicationStatement": "subject", "Procedure": "subject",
+                 "Observation": "subject", "AdverseEvent": "subject", "ResearchSubject": "individual"}
+# UCUM mass units and their factor to mg: a dose must be a mass to be converted to mg.
+MASS_TO_MG = {"kg": 1e6, "g": 1e3, "mg": 1.0, "ug": 1e-3, "mcg": 1e-3, "ng": 1e-6}
+MAX_SINGLE_DOSE_MG = 100_000.0  # 100 g in one administration: above any drug this pipeline reads (IVIG included)
+
+
+def _walk(node: Any, path: str = "") -> Iterator[tuple[str, str, Any]]:
+    if isinstance(node, dict):
+        for key, value in node.items():
+            if key in ("meta", "text", "contained"):
+                continue
+            here = f"{path}.{key}" if path else key
+            yield here, key, value
+            yield from _walk(value, here)
+    elif isinstance(node, list):
+        for i, item in enumerate(node):
+            yield from _walk(item, f"{path}[{i}]")
+
+
+def future_dates(resource: dict[str, Any], today: date) -> list[str]:
+    limit = (today + timedelta(days=1)).isoformat()
+    out = []
+    for path, key, value in _walk(resource):
+        parent = path.rsplit(".", 2)[-2] if path.count(".") else ""
+        in_period = key in ("start", "end") and parent.split("[")[0] in PERIOD_KEYS
+        if isinstance(value, str) and (key in DATE_KEYS or in_period):
+            if value[:10] > limit:
+                out.append(f"{path}: {value} is in the future")
+    return out
+
+
+def period_order(resource: dict[str, Any], today: date) -> list[str]:
+    out = []
+    for path, key, value in _walk(resource):
+        if key in PERIOD_KEYS and isinstance(value, dict):
+            start, end = value.get("start"), value.get("end")
+            if isinstance(start, str) and isinstance(end, str) and end[:10] < start[:10]:
+                out.append(f"{path}: ends ({end}) before it starts ({start})")
+    return out
+
+
+def subject_reference(resource: dict[str, Any], today: date) -> list[str]:
+    field = SUBJECT_FIELD.get(resource.get("resourceType", ""))
+    if field is None:
+        return []
+    reference = (resource.get(field) or {}).get("reference")
+    if not reference:
+        return [f"{field}: missing (the resource belongs to no patient)"]
+    parts = reference.split("/")
+    if len(parts) < 2 or parts[-2] != "Patient" or not parts[-1]:
+        return [f"{field}: {reference!r} is not a Patient reference"]
+    return []
+
+
+def doses(resource: dict[str, Any], today: date) -> list[str]:
+    if resource.get("resourceType") != "MedicationStatement":
+        return []
+    out = []
+    for i, dosage in enumerate(resource.get("dosage") or []):
+        for j, dose_rate in enumerate(dosage.get("doseAndRate") or []):
+            dose = dose_rate.get("doseQuantity")
+            if not isinstance(dose, dict) or dose.get("value") is None:
+                continue
+            where = f"dosage[{i}].doseAndRate[{j}].doseQuantity"
+            value = float(dose["value"])
+            unit = dose.get("code") or dose.get("unit")
+            if value < 0:
+                out.append(f"{where}: negative dose {value:g}")
+            if unit not in MASS_TO_MG:
+                out.append(f"{where}: unit {unit!r} is not a mass unit, so the dose cannot be expressed in mg")
+            elif value * MASS_TO_MG[unit] > MAX_SINGLE_DOSE_MG:
+                out.append(f"{where}: {value:g} {unit} is above {MAX_SINGLE_DOSE_MG / 1000:g} g in one dose")
+    return out
+
+
+def negative_measurements(resource: dict[str, Any], today: date) -> list[str]:
+    out = []
+    for path, key, value in _walk(resource):
+        if key == "valueQuantity" and isinstance(value, dict) and isinstance(value.get("value"), (int, float)):
+            if value["value"] < 0 and (value.get("code") or value.get("unit")) in (*MASS_TO_MG, "cm", "m", "%", "[lb_av]"):
+                out.append(f"{path}: negative {value.get('code') or value.get('unit')} value {value['value']:g}")
+    return out
+
+
+RULES: tuple[Callable[[dict[str, Any], date], list[str]], ...] = (
+    future_dates, period_order, subject_reference, doses, negative_measurements)
+
+
+def plausibility_errors(resource: dict[str, Any], today: date | None = None) -> list[str]:
+    today = today or date.today()
+    return [reason for rule in RULES for reason in rule(resource, today)]

@@ -1,0 +1,131 @@
+"""Patient-scoped ("cohort-first") pull: seed searches find the candidate patients, then only those
+patients' resources are fetched, ``patient=`` in chunks, with bounded concurrency.
+
+Big hospitals hold millions of Observations; a study of a few hundred patients should not
+download them all. The seed searches (for example Conditions with the study's codes) are given
+by the caller, so this module knows nothing about any study. Servers may ignore a search
+parameter they do not support (they say so in an OperationOutcome entry): the client then falls
+back to one unfiltered search of that type, and the patient filter is always re-applied locally.
+"""
+from __future__ import annotations
+
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from typing import Any, Iterable, Sequence
+
+from .fhir_client import FhirClient, SearchEntry, SearchStats
+from .loader import TypeLoader
+from .plausibility import SUBJECT_FIELD
+from .sync import Progress, TypeReport, apply_id_reconciliation
+from .warehouse import Warehouse
+
+# How each type is searched by patient (R4 search parameters).
+PATIENT_PARAM = {"Patient": "_id", "ResearchSubject": "patient"}
+DEFAULT_PATIENT_PARAM = "patient"
+UNSCOPED_TYPES = {"ResearchStudy"}  # not patient data: pulled whole
+
+
+@dataclass(frozen=True)
+class Seed:
+    resource_type: str
+    params: dict[str, str]
+
+
+def patient_id(resource: dict[str, Any]) -> str | None:
+    if resource.get("resourceType") == "Patient":
+        return resource.get("id")
+    field = SUBJECT_FIELD.get(resource.get("resourceType", ""), "subject")
+    reference = (resource.get(field) or {}).get("reference") or ""
+    parts = reference.split("/")
+    return parts[-1] if len(parts) >= 2 and parts[-2] == "Patient" else None
+
+
+def _ignored(stats: SearchStats, param: str) -> bool:
+    return any(f"'{param}'" in issue or f'"{param}"' in issue for issue in stats.outcome_issues)
+
+
+def candidate_patients(client: FhirClient, seeds: Sequence[Seed], stats: SearchStats) -> set[str]:
+    ids: set[str] = set()
+    for seed in seeds:
+        for entry in client.search(seed.resource_type, seed.params, stats=stats):
+            pid = patient_id(entry.resource) if isinstance(entry.resource, dict) else None
+            if pid:
+                ids.add(pid)
+    return ids
+
+
+def _chunk_search(client: FhirClient, resource_type: str, param: str, chunk: list[str]) -> tuple[list[SearchEntry], SearchStats]:
+    stats = SearchStats()
+    values = ",".join(chunk if param == "_id" else [f"Patient/{p}" for p in chunk])
+    return list(client.search(resource_type, {param: values}, stats=stats)), stats
+
+
+def pull_scoped_type(client: FhirClient, warehouse: Warehouse, resource_type: str, patients: set[str], *,
+                     chunk_size: int = 50, workers: int = 4, batch_size: int = 1000) -> TypeReport:
+    started = time.monotonic()
+    report = TypeReport(resource_type, "cohort-first", scope=f"{len(patients)} candidate patients")
+    loader = TypeLoader(warehouse, resource_type, batch_size)
+    seen: set[str] = set()
+    server_total: int | None = 0
+
+    def take(entry: SearchEntry) -> None:
+        resource = entry.resource
+        if resource_type not in UNSCOPED_TYPES and isinstance(resource, dict) and patient_id(resource) not in patients:
+            return  # outside the scope: re-applied locally because servers may ignore the filter
+        if isinstance(resource, dict) and isinstance(resource.get("id"), str):
+            seen.add(resource["id"])
+        loader.add(resource, entry.source)
+
+    if resource_type in UNSCOPED_TYPES:
+        for entry in client.search(resource_type, stats=report.search):
+            take(entry)
+        server_total = report.search.first_total
+    else:
+        param = PATIENT_PARAM.get(resource_type, DEFAULT_PATIENT_PARAM)
+        ordered = sorted(patients)
+        chunks = [ordered[i:i + chunk_size] for i in range(0, len(ordered), chunk_size)]
+        fallback = False
+        with ThreadPoolExecutor(max_workers=max(1, workers)) as pool:
+            for entries, stats in pool.map(lambda c: _chunk_search(client, resource_type, param, c), chunks):
+                report.search.add(stats)
+                if _ignored(stats, param):
+                    fallback = True
+                    break
+                for entry in entries:
+                    take(entry)
+                server_total = None if server_total is None or stats.first_total is None else server_total + stats.first_total
+        if fallback:
+            report.notes.append(f"server ignores {resource_type}?{param}=: pulled the type once and filtered locally")
+            server_total = None
+            for entry in client.search(resource_type, stats=report.search):
+                take(entry)
+    loader.flush()
+    apply_id_reconciliation(warehouse, loader, seen, f"{client.base_url}/{resource_type} (cohort-first scope)")
+    report.load = loader.counts
+    report.watermark_after = report.search.server_time
+    warehouse.save_sync_state(resource_type, watermark=report.watermark_after, watermark_source="server clock",
+                              mode="cohort-first", full=True)
+    # In scope, the server's count is the sum of the chunk totals; without totals it cannot be asked.
+    row = warehouse.save_counts(resource_type, report.scope, server_total)
+    report.server_count, report.warehouse_count = server_total, row["warehouse_count"]
+    report.quarantined_current = row["quarantined_current"]
+    if server_total is None:
+        report.notes.append("no server count for this scope")
+    report.seconds = time.monotonic() - started
+    return report
+
+
+def sync_cohort_first(client: FhirClient, warehouse: Warehouse, resource_types: Iterable[str], seeds: Sequence[Seed], *,
+                      chunk_size: int = 50, workers: int = 4, batch_size: int = 1000,
+                      progress: Progress | None = None) -> dict[str, TypeReport]:
+    types = list(resource_types)
+    warehouse.ensure_schema(types)
+    stats = SearchStats()
+    patients = candidate_patients(client, seeds, stats)
+    if progress:
+        progress(f"cohort-first: {len(patients)} candidate patients from {len(seeds)} seed searches")
+    reports = {t: pull_scoped_type(client, warehouse, t, patients, chunk_size=chunk_size, workers=workers,
+                                   batch_size=batch_size) for t in types}
+    next(iter(reports.values())).search.add(stats)
+    return reports
