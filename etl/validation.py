@@ -19,6 +19,29 @@ def _model(resource_type: str) -> Any:
     return get_fhir_model_class(resource_type)
 
 
+BOOLEAN_ELEMENTS = {"active"}
+
+
+def _json_primitive_errors(node: Any, path: str = "") -> list[str]:
+    """fhir.resources coerces JSON strings to booleans and integers ("yes" -> True, "3" -> 3); FHIR JSON
+    does not allow that, and a coerced "no" would be read as True. Checked here for every choice-type
+    ``*Boolean``/``*Integer`` element and ``active``."""
+    errors: list[str] = []
+    if isinstance(node, dict):
+        for key, value in node.items():
+            here = f"{path}.{key}" if path else key
+            if (key.endswith("Boolean") or key in BOOLEAN_ELEMENTS) and not isinstance(value, bool):
+                errors.append(f"{here}: {value!r} is not a JSON boolean")
+            elif key.endswith("Integer") and (isinstance(value, bool) or not isinstance(value, int)):
+                errors.append(f"{here}: {value!r} is not a JSON integer")
+            else:
+                errors.extend(_json_primitive_errors(value, here))
+    elif isinstance(node, list):
+        for i, item in enumerate(node):
+            errors.extend(_json_primitive_errors(item, f"{path}[{i}]"))
+    return errors
+
+
 def validation_errors(resource: Any, expected_type: str) -> list[str]:
     """Return every reason ``resource`` is not a valid R4 ``expected_type``; empty when valid."""
     if not isinstance(resource, dict):
@@ -34,4 +57,4 @@ def validation_errors(resource: Any, expected_type: str) -> list[str]:
         return [f"{'.'.join(str(p) for p in err['loc'])}: {err['msg']}" for err in exc.errors()]
     except (ValueError, TypeError) as exc:  # model-level validators raise these too
         return [str(exc)]
-    return []
+    return _json_primitive_errors(resource)
