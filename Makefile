@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-stamp
 PYTEST_ARGS ?=
 
-.PHONY: venv demo test dev validate docs clean
+.PHONY: venv demo test dev validate docs clean bench bench-venv
 
 venv: $(STAMP)
 
@@ -31,6 +31,18 @@ docs: venv
 
 validate: venv
 	$(VENV)/bin/dagster definitions validate -w workspace.yaml
+
+# fhiry (the comparison in benchmarks/ingest.py) needs pandas 3, so it lives in a venv of its own.
+FHIRY_VENV := benchmarks/.fhiry-venv
+bench-venv: $(FHIRY_VENV)/bin/python
+$(FHIRY_VENV)/bin/python:
+	$(PYTHON) -m venv $(FHIRY_VENV)
+	$(FHIRY_VENV)/bin/pip install --quiet fhiry==5.2.2
+
+bench: venv bench-venv
+	$(PY) -m benchmarks.ingest
+	$(PY) -m benchmarks.statistics
+	$(PY) -m benchmarks.cohort
 
 clean:
 	rm -rf .state .pytest_cache

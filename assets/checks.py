@@ -82,13 +82,18 @@ def _count_check(resource_type: str) -> dg.AssetChecksDefinition:
                     blocking=True, description=(f"The server's count of {resource_type} equals the warehouse's current "
                                                  f"rows plus the ids whose latest version is in quarantine."))
     def _check(warehouse: WarehouseResource) -> dg.AssetCheckResult:
-        counts = warehouse.get().counts(resource_type)
+        wh = warehouse.get()
+        counts = wh.counts(resource_type)
         if counts is None:
             return dg.AssetCheckResult(passed=False, description="no count recorded: the type was never pulled")
         expected = counts["server_count"]
-        held = counts["warehouse_count"] + counts["quarantined_current"]
-        meta = {"server_count": expected if expected is not None else "unknown", "warehouse_count": counts["warehouse_count"],
-                "quarantined_current": counts["quarantined_current"], "scope": counts["scope"]}
+        # The warehouse side is counted now, not taken from the pull's record: rows lost after the
+        # pull (a manual delete, a restore from an old backup) must fail the check too.
+        current, quarantined = wh.current_count(resource_type), wh.quarantined_current(resource_type)
+        held = current + quarantined
+        meta = {"server_count": expected if expected is not None else "unknown", "warehouse_count": current,
+                "quarantined_current": quarantined, "scope": counts["scope"],
+                "server_counted_at": str(counts["checked_at"])}
         if expected is None:
             return dg.AssetCheckResult(passed=False, severity=dg.AssetCheckSeverity.WARN, metadata=meta,
                                        description="the server gave no count for this scope; nothing to compare")

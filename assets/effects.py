@@ -8,7 +8,10 @@ import pandas as pd
 from analytics.comparisons import PROSPECTIVE_COMPARISON, study_results
 from analytics.figures import km_plot, love_plot, ps_overlap
 
+from .automation import STUDY_AUTOMATION, STUDY_FRESHNESS
 from .dictionary import DICTIONARY
+from .provenance import record_provenance
+from .views import refresh_views
 from .metadata import table_metadata
 from .resources import StudyResource, WarehouseResource
 
@@ -37,6 +40,7 @@ def _image(png: bytes, alt: str) -> str:
 
 
 @dg.multi_asset(specs=[dg.AssetSpec(name, description=desc, group_name=STUDY_GROUP, kinds={"sql", "python"},
+                        automation_condition=STUDY_AUTOMATION, freshness_policy=STUDY_FRESHNESS,
                                     deps=["cohort", "prospective_cohort"]) for name, desc in _TABLES.items()])
 def comparative_effects(context: dg.AssetExecutionContext, warehouse: WarehouseResource, study: StudyResource):
     wh = warehouse.get()
@@ -51,6 +55,9 @@ def comparative_effects(context: dg.AssetExecutionContext, warehouse: WarehouseR
             "effect_estimates": ["analysis", "comparison", "outcome"]}
     for name, frame in tables.items():
         wh.replace_table(name, frame, keys.get(name))
+    record_provenance(wh, context.run.run_id, study, tables, {"table_set": "comparative_effects",
+                                                          "ps_truncation": "1st/99th percentile (truncated_1_99)"})
+    refresh_views(wh, set(tables) | {"provenance"})
 
     figures_dir = Path(study.figures_directory())
     figures_dir.mkdir(parents=True, exist_ok=True)

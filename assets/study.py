@@ -2,6 +2,7 @@
 data quality, relapse detail, prospective visits, safety events and the pseudonym cross-reference.
 Thin: reads the warehouse's raw tables, calls ``analytics.cohort`` and writes the results back."""
 
+import dataclasses
 from datetime import datetime, timezone
 
 import dagster as dg
@@ -14,7 +15,10 @@ from analytics.cohort.safety import drug_discontinuations, safety_events
 from etl.flatten import FLATTENERS, flatten_all
 from etl.pseudonym import pseudonymise
 
+from .automation import STUDY_AUTOMATION, STUDY_FRESHNESS
 from .dictionary import DICTIONARY
+from .provenance import record_provenance
+from .views import refresh_views
 from .metadata import table_metadata
 from .raw import RESOURCE_TYPES, raw_asset_key
 from .resources import StudyResource, WarehouseResource
@@ -39,6 +43,7 @@ _COHORT_TABLES = {
 
 @dg.multi_asset(
     specs=[dg.AssetSpec(name, description=desc, group_name=STUDY_GROUP, kinds={"sql", "pandas"},
+                        automation_condition=STUDY_AUTOMATION, freshness_policy=STUDY_FRESHNESS,
                         deps=[raw_asset_key(t) for t in RESOURCE_TYPES]) for name, desc in _COHORT_TABLES.items()],
 )
 def cohort(context: dg.AssetExecutionContext, warehouse: WarehouseResource, study: StudyResource):
@@ -73,6 +78,9 @@ def cohort(context: dg.AssetExecutionContext, warehouse: WarehouseResource, stud
                     "prospective_visits": ["patient_key", "measure", "visit_month"]}
     for name, frame in tables.items():
         wh.replace_table(name, frame, primary_keys.get(name))
+    record_provenance(wh, context.run.run_id, study, tables,
+                      {"table_set": "cohort", "contract_parameters": dataclasses.asdict(params)})
+    refresh_views(wh, set(tables) | {"provenance"})
     groups = result.cohort["group"].value_counts().to_dict()
     prospective_groups = prospective.cohort["group"].value_counts().to_dict()
     for name, frame in tables.items():

@@ -9,7 +9,10 @@ import pandas as pd
 from analytics import summaries
 from analytics.figures import scale_boxplots
 
+from .automation import STUDY_AUTOMATION, STUDY_FRESHNESS
 from .dictionary import DICTIONARY
+from .provenance import record_provenance
+from .views import refresh_views
 from .metadata import table_metadata
 from .resources import StudyResource, WarehouseResource
 
@@ -33,6 +36,7 @@ def prospective_with_baseline_labs(cohort: pd.DataFrame, visits: pd.DataFrame) -
 
 
 @dg.multi_asset(specs=[dg.AssetSpec(name, description=desc, group_name="study", kinds={"sql", "scipy"},
+                        automation_condition=STUDY_AUTOMATION, freshness_policy=STUDY_FRESHNESS,
                                     deps=["cohort", "prospective_cohort", "prospective_visits", "safety_events"])
                        for name, desc in _TABLES.items()])
 def descriptive_tables(context: dg.AssetExecutionContext, warehouse: WarehouseResource, study: StudyResource):
@@ -58,6 +62,8 @@ def descriptive_tables(context: dg.AssetExecutionContext, warehouse: WarehouseRe
     }
     for name, frame in tables.items():
         wh.replace_table(name, frame)
+    record_provenance(wh, context.run.run_id, study, tables, {"table_set": "descriptive_tables"})
+    refresh_views(wh, set(tables) | {"provenance"})
     png = scale_boxplots(visits, list(summaries.SCALE_MEASURES), "Assessment scales by visit, prospective cohort")
     path = Path(study.figures_directory()) / "scale_boxplots.png"
     path.parent.mkdir(parents=True, exist_ok=True)

@@ -227,7 +227,7 @@ def sync_bulk(client: FhirClient, warehouse: Warehouse, resource_types: list[str
     for rtype in resource_types:
         if since is None and not filters:
             # A full export lists every id: anything else in the current table was deleted.
-            apply_id_reconciliation(warehouse, loader.loader(rtype), loader.seen_ids.get(rtype, set()),
+            apply_id_reconciliation(warehouse, loader.loader(rtype), loader._seen(rtype),
                                     f"{status_url} (full export)")
         type_loader = loader.loaders.get(rtype)
         tr = TypeReport(rtype, "bulk" if since is None else "bulk incremental", watermark_before=states[rtype].get("watermark"),

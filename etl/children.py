@@ -29,26 +29,32 @@ def _number(value: Any) -> float | None:
     return float(value) if isinstance(value, (int, float)) and not isinstance(value, bool) else None
 
 
-def child_rows(resource_type: str, resource: dict[str, Any]) -> dict[str, list[dict[str, Any]]]:
+COLUMNS = {
+    CODING: ("resource_type", "resource_id", "path", "system", "code", "display"),
+    COMPONENT: ("observation_id", "position", "system", "code", "value", "unit", "value_string"),
+    DOSAGE: ("statement_id", "position", "dose_value", "dose_unit", "frequency", "period", "period_unit", "text"),
+}
+
+
+def child_rows(resource_type: str, resource: dict[str, Any]) -> dict[str, list[tuple[Any, ...]]]:
+    """Rows per child table, as tuples in ``COLUMNS`` order (cheap to pickle from a validation worker)."""
     rid = resource["id"]
-    rows: dict[str, list[dict[str, Any]]] = {
-        CODING: [{"resource_type": resource_type, "resource_id": rid, "path": path, "system": c.get("system"),
-                  "code": c.get("code"), "display": c.get("display")} for path, c in _codings(resource, "")],
-        COMPONENT: [], DOSAGE: []}
+    rows: dict[str, list[tuple[Any, ...]]] = {
+        CODING: [(resource_type, rid, path, c.get("system"), c.get("code"), c.get("display"))
+                 for path, c in _codings(resource, "")]}
     if resource_type == "Observation":
+        rows[COMPONENT] = []
         for i, comp in enumerate(resource.get("component") or []):
             coding = next(iter((comp.get("code") or {}).get("coding") or []), {})
             quantity = comp.get("valueQuantity") or {}
-            rows[COMPONENT].append({"observation_id": rid, "position": i, "system": coding.get("system"),
-                                    "code": coding.get("code"), "value": _number(quantity.get("value")),
-                                    "unit": quantity.get("code") or quantity.get("unit"),
-                                    "value_string": comp.get("valueString")})
+            rows[COMPONENT].append((rid, i, coding.get("system"), coding.get("code"), _number(quantity.get("value")),
+                                    quantity.get("code") or quantity.get("unit"), comp.get("valueString")))
     if resource_type == "MedicationStatement":
+        rows[DOSAGE] = []
         for i, dosage in enumerate(resource.get("dosage") or []):
             dose = next(iter(dosage.get("doseAndRate") or []), {}).get("doseQuantity") or {}
             repeat = (dosage.get("timing") or {}).get("repeat") or {}
-            rows[DOSAGE].append({"statement_id": rid, "position": i, "dose_value": _number(dose.get("value")),
-                                 "dose_unit": dose.get("code") or dose.get("unit"), "frequency": repeat.get("frequency"),
-                                 "period": _number(repeat.get("period")), "period_unit": repeat.get("periodUnit"),
-                                 "text": dosage.get("text")})
+            rows[DOSAGE].append((rid, i, _number(dose.get("value")), dose.get("code") or dose.get("unit"),
+                                 repeat.get("frequency"), _number(repeat.get("period")), repeat.get("periodUnit"),
+                                 dosage.get("text")))
     return rows

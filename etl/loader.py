@@ -66,6 +66,12 @@ class TypeLoader:
         self._maybe_flush()
         return True
 
+    def add_row(self, row: RawRow) -> None:
+        """A resource a worker already validated and serialised."""
+        self.counts.received += 1
+        self._rows.append(row)
+        self._maybe_flush()
+
     def add_unparseable(self, text: str, reason: str, source: str) -> None:
         self.counts.received += 1
         self._add_quarantine(QuarantineRow(self.resource_type, None, text, [reason], source))

@@ -18,7 +18,7 @@ from .fhir_client import FhirClient, SearchEntry, SearchStats
 from .loader import TypeLoader
 from .plausibility import SUBJECT_FIELD
 from .sync import Progress, TypeReport, apply_id_reconciliation
-from .warehouse import Warehouse
+from .warehouse import SeenIds, Warehouse
 
 # How each type is searched by patient (R4 search parameters).
 PATIENT_PARAM = {"Patient": "_id", "ResearchSubject": "patient"}
@@ -66,7 +66,7 @@ def pull_scoped_type(client: FhirClient, warehouse: Warehouse, resource_type: st
     started = time.monotonic()
     report = TypeReport(resource_type, "cohort-first", scope=f"{len(patients)} candidate patients")
     loader = TypeLoader(warehouse, resource_type, batch_size)
-    seen: set[str] = set()
+    seen = SeenIds(warehouse, resource_type)
     server_total: int | None = 0
 
     def take(entry: SearchEntry) -> None:

@@ -20,7 +20,7 @@ from typing import Any, Callable, Iterable
 
 from .fhir_client import FhirClient, FhirError, SearchStats
 from .loader import LoadCounts, TypeLoader
-from .warehouse import Warehouse
+from .warehouse import SeenIds, Warehouse
 
 log = logging.getLogger(__name__)
 
@@ -81,15 +81,18 @@ def record_counts(client: FhirClient | None, warehouse: Warehouse, report: TypeR
     report.quarantined_current = row["quarantined_current"]
 
 
-def apply_id_reconciliation(warehouse: Warehouse, loader: TypeLoader, server_ids: set[str], source: str) -> int:
-    """Delete current rows whose id the server no longer has; retire their quarantine rows."""
+def apply_id_reconciliation(warehouse: Warehouse, loader: TypeLoader, seen: SeenIds, source: str) -> int:
+    """After a full pass: delete current rows whose id the pass did not see; retire quarantine
+    rows it did not see again."""
     loader.flush()
-    gone = sorted(warehouse.current_ids(loader.resource_type) - server_ids)
-    for rid in gone:
-        loader.delete(rid, None, None, source)
+    removed = 0
+    for chunk in warehouse.ids_missing_from(seen):
+        for rid in chunk:
+            loader.delete(rid, None, None, source)
+        removed += len(chunk)
     loader.flush()
-    warehouse.retire_quarantine(loader.resource_type, server_ids)
-    return len(gone)
+    warehouse.retire_quarantine(loader.resource_type, seen.started)
+    return removed
 
 
 def pull_type(client: FhirClient, warehouse: Warehouse, resource_type: str, *, full: bool = False,
@@ -103,15 +106,15 @@ def pull_type(client: FhirClient, warehouse: Warehouse, resource_type: str, *, f
     params = {"_sort": "_lastUpdated"}
     if incremental:
         params["_lastUpdated"] = f"ge{state['watermark']}"
-    seen: set[str] = set()
+    seen = SeenIds(warehouse, resource_type) if not incremental else None
     for entry in client.search(resource_type, params, stats=report.search):
         loader.add(entry.resource, entry.source)
-        if not incremental and isinstance(entry.resource, dict) and isinstance(entry.resource.get("id"), str):
+        if seen is not None and isinstance(entry.resource, dict) and isinstance(entry.resource.get("id"), str):
             seen.add(entry.resource["id"])
         if progress and loader.counts.received % 5000 == 0:
             progress(f"{resource_type}: {loader.counts.received} received")
     loader.flush()
-    if not incremental:
+    if seen is not None:
         apply_id_reconciliation(warehouse, loader, seen, f"{client.base_url}/{resource_type} (full pull)")
     report.load = loader.counts
     report.watermark_after = report.search.server_time or report.search.max_last_updated or report.watermark_before
@@ -156,7 +159,7 @@ def apply_history_deletes(client: FhirClient, warehouse: Warehouse, reports: dic
 
 def reconcile_type(client: FhirClient, warehouse: Warehouse, report: TypeReport, batch_size: int = 1000) -> int:
     """Full id reconciliation: every id on the server (``_elements=id``) against the current table."""
-    ids: set[str] = set()
+    ids = SeenIds(warehouse, report.resource_type)
     for entry in client.search(report.resource_type, {"_elements": "id"}, stats=report.search):
         if isinstance(entry.resource.get("id"), str):
             ids.add(entry.resource["id"])

@@ -17,19 +17,27 @@ from __future__ import annotations
 import hashlib
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
-from typing import Any, Iterable, Sequence
+from typing import Any, Iterable, Iterator, Sequence
 
 import orjson
 import pandas as pd
 import sqlalchemy as sa
 
 from .children import CHILD_TABLES, CODING, COMPONENT, DOSAGE, child_rows
+from .children import COLUMNS as CHILD_COLUMNS
 
 QUARANTINE = "quarantine"
+PATIENT_XREF = "patient_xref"
+# On PostgreSQL, tables live in three schemas: study tables in ``public`` (granted to analysts),
+# raw FHIR data and ingestion bookkeeping in ``fhir``, and the two tables that tie rows to real
+# patients (the pseudonym cross-reference, quarantined raw resources) in ``restricted``.
+INGEST_SCHEMA, RESTRICTED_SCHEMA = "fhir", "restricted"
+RESTRICTED_TABLES = {QUARANTINE, PATIENT_XREF}
 HISTORY = "raw_history"
 SYNC_STATE = "sync_state"
 INGEST_COUNTS = "ingest_counts"
 BULK_JOBS = "bulk_jobs"
+SEEN_IDS = "sync_seen_ids"
 _IN_CHUNK = 500  # ids per IN (...) list: well under SQLite's variable limit
 
 
@@ -43,16 +51,34 @@ def content_hash(resource: Any) -> str:
 
 @dataclass(frozen=True)
 class RawRow:
+    """One valid resource. Validation workers may send it pre-serialised (``text``, ``digest``,
+    ``children``) so that the loading process does not parse it again."""
+
     id: str
     version_id: str | None
     last_updated: str | None
-    resource: dict[str, Any]
+    resource: dict[str, Any] | None
     source: str
+    text: str | None = None
+    digest: str | None = None
+    children: dict[str, list[tuple[Any, ...]]] | None = None
 
     @staticmethod
     def of(resource: dict[str, Any], source: str) -> "RawRow":
         meta = resource.get("meta") or {}
         return RawRow(resource["id"], meta.get("versionId"), meta.get("lastUpdated"), resource, source)
+
+    def json_text(self) -> str:
+        return self.text if self.text is not None else orjson.dumps(self.resource).decode()
+
+    def content_digest(self) -> str:
+        return self.digest if self.digest is not None else content_hash(self.resource)
+
+    def child_rows(self, resource_type: str) -> dict[str, list[tuple[Any, ...]]]:
+        if self.children is not None:
+            return self.children
+        assert self.resource is not None
+        return child_rows(resource_type, self.resource)
 
 
 @dataclass(frozen=True)
@@ -118,7 +144,7 @@ def _same_version(row: RawRow, version_id: str | None, last_updated: str | None)
 
 
 def _conflict(resource_type: str, row: RawRow) -> QuarantineRow:
-    return QuarantineRow(resource_type, row.id, orjson.dumps(row.resource).decode(),
+    return QuarantineRow(resource_type, row.id, row.json_text(),
                          [f"duplicate: id {row.id!r} version {row.version_id!r} arrived again with different content; "
                           "the first copy is kept"], row.source, row.version_id, may_supersede=False)
 
@@ -146,76 +172,102 @@ class Warehouse:
     def __init__(self, url: str) -> None:
         self.url = url
         self.engine = sa.create_engine(url, future=True)
+        self.postgres = self.engine.dialect.name == "postgresql"
         self.metadata = sa.MetaData()
+        self._tables: dict[str, sa.Table] = {}
         self._define_shared_tables()
+
+    def schema_of(self, name: str) -> str | None:
+        """The schema a table lives in (None on SQLite, which has one namespace)."""
+        if not self.postgres:
+            return None
+        if name in RESTRICTED_TABLES:
+            return RESTRICTED_SCHEMA
+        if name.startswith("raw_") or name in (SYNC_STATE, INGEST_COUNTS, BULK_JOBS, SEEN_IDS, *CHILD_TABLES):
+            return INGEST_SCHEMA
+        return None
+
+    def qualified(self, name: str) -> str:
+        schema = self.schema_of(name)
+        return f'"{schema}"."{name}"' if schema else f'"{name}"'
+
+    def _define(self, name: str, *columns: Any) -> sa.Table:
+        self._tables[name] = sa.Table(name, self.metadata, *columns, schema=self.schema_of(name))
+        return self._tables[name]
 
     # ------------------------------------------------------------------ schema
 
     def _define_shared_tables(self) -> None:
         m = self.metadata
         ts = sa.DateTime(timezone=True)
-        sa.Table(HISTORY, m,
+        self._define(HISTORY,
                  sa.Column("resource_type", sa.String(64), primary_key=True),
                  sa.Column("id", sa.String(64), primary_key=True),
                  sa.Column("version_key", sa.String(64), primary_key=True),
                  sa.Column("version_id", sa.String(64)), sa.Column("last_updated", sa.String(40)),
                  sa.Column("deleted", sa.Boolean, nullable=False), sa.Column("resource", sa.Text),
                  sa.Column("source", sa.Text, nullable=False), sa.Column("loaded_at", ts, nullable=False))
-        sa.Table(QUARANTINE, m,
+        self._define(QUARANTINE,
                  sa.Column("resource_type", sa.String(64), primary_key=True),
                  sa.Column("fingerprint", sa.String(64), primary_key=True),
                  sa.Column("resource_id", sa.String(256), index=True), sa.Column("version_id", sa.String(64)),
                  sa.Column("raw", sa.Text, nullable=False), sa.Column("errors", sa.Text, nullable=False),
                  sa.Column("source", sa.Text, nullable=False), sa.Column("first_seen", ts, nullable=False),
                  sa.Column("last_seen", ts, nullable=False), sa.Column("current", sa.Boolean, nullable=False))
-        sa.Table(SYNC_STATE, m,
+        self._define(SYNC_STATE,
                  sa.Column("resource_type", sa.String(64), primary_key=True),
                  sa.Column("watermark", sa.String(40)), sa.Column("watermark_source", sa.String(32)),
                  sa.Column("mode", sa.String(32)), sa.Column("checked_at", ts, nullable=False),
                  sa.Column("last_full_sync", ts))
-        sa.Table(INGEST_COUNTS, m,
+        self._define(INGEST_COUNTS,
                  sa.Column("resource_type", sa.String(64), primary_key=True),
                  sa.Column("scope", sa.Text, nullable=False), sa.Column("server_count", sa.Integer),
                  sa.Column("warehouse_count", sa.Integer, nullable=False),
                  sa.Column("quarantined_current", sa.Integer, nullable=False), sa.Column("checked_at", ts, nullable=False))
-        sa.Table(BULK_JOBS, m,
+        self._define(BULK_JOBS,
                  sa.Column("status_url", sa.Text, primary_key=True), sa.Column("request", sa.Text, nullable=False),
                  sa.Column("state", sa.String(16), nullable=False), sa.Column("kicked_off_at", ts, nullable=False),
                  sa.Column("transaction_time", sa.String(40)), sa.Column("finished_at", ts))
-        sa.Table(CODING, m,
+        self._define(SEEN_IDS, sa.Column("resource_type", sa.String(64), primary_key=True),
+                     sa.Column("id", sa.String(64), primary_key=True))
+        self._define(CODING,
                  sa.Column("resource_type", sa.String(64), nullable=False), sa.Column("resource_id", sa.String(64), nullable=False),
                  sa.Column("path", sa.String(200), nullable=False), sa.Column("system", sa.Text), sa.Column("code", sa.String(200)),
                  sa.Column("display", sa.Text),
                  sa.Index("ix_fhir_coding_resource", "resource_type", "resource_id"), sa.Index("ix_fhir_coding_code", "code"))
-        sa.Table(COMPONENT, m,
+        self._define(COMPONENT,
                  sa.Column("observation_id", sa.String(64), primary_key=True), sa.Column("position", sa.Integer, primary_key=True),
                  sa.Column("system", sa.Text), sa.Column("code", sa.String(200)), sa.Column("value", sa.Float),
                  sa.Column("unit", sa.String(64)), sa.Column("value_string", sa.Text))
-        sa.Table(DOSAGE, m,
+        self._define(DOSAGE,
                  sa.Column("statement_id", sa.String(64), primary_key=True), sa.Column("position", sa.Integer, primary_key=True),
                  sa.Column("dose_value", sa.Float), sa.Column("dose_unit", sa.String(64)), sa.Column("frequency", sa.Integer),
                  sa.Column("period", sa.Float), sa.Column("period_unit", sa.String(16)), sa.Column("text", sa.Text))
 
     def table(self, name: str) -> sa.Table:
-        return self.metadata.tables[name]
+        return self._tables[name]
 
     def _raw_table(self, resource_type: str) -> sa.Table:
         name = raw_table_name(resource_type)
-        if name not in self.metadata.tables:
-            sa.Table(name, self.metadata,
+        if name not in self._tables:
+            self._define(name,
                      sa.Column("id", sa.String(64), primary_key=True),
                      sa.Column("version_id", sa.String(64)), sa.Column("last_updated", sa.String(40), index=True),
                      sa.Column("content_hash", sa.String(64), nullable=False),
                      sa.Column("resource", sa.Text, nullable=False), sa.Column("source", sa.Text, nullable=False),
                      sa.Column("loaded_at", sa.DateTime(timezone=True), nullable=False))
-        return self.metadata.tables[name]
+        return self._tables[name]
 
     def ensure_schema(self, resource_types: Iterable[str] = ()) -> None:
         tables = [self._raw_table(t) for t in resource_types]
+        if self.postgres:
+            with self.engine.begin() as conn:
+                for schema in (INGEST_SCHEMA, RESTRICTED_SCHEMA):
+                    conn.execute(sa.text(f'CREATE SCHEMA IF NOT EXISTS "{schema}"'))
         self.metadata.create_all(self.engine, tables=[*self._shared_tables(), *tables])
 
     def _shared_tables(self) -> list[sa.Table]:
-        return [self.metadata.tables[n] for n in (HISTORY, QUARANTINE, SYNC_STATE, INGEST_COUNTS, BULK_JOBS, *CHILD_TABLES)]
+        return [self._tables[n] for n in (HISTORY, QUARANTINE, SYNC_STATE, INGEST_COUNTS, BULK_JOBS, SEEN_IDS, *CHILD_TABLES)]
 
     # ------------------------------------------------------------------ loading
 
@@ -229,7 +281,7 @@ class Warehouse:
         return out
 
     def _delete_current(self, conn: sa.Connection, resource_type: str, raw: sa.Table, ids: Sequence[str]) -> None:
-        coding, component, dosage = (self.metadata.tables[n] for n in CHILD_TABLES)
+        coding, component, dosage = (self._tables[n] for n in CHILD_TABLES)
         for i in range(0, len(ids), _IN_CHUNK):
             chunk = ids[i:i + _IN_CHUNK]
             conn.execute(raw.delete().where(raw.c.id.in_(chunk)))
@@ -239,16 +291,6 @@ class Warehouse:
             if resource_type == "MedicationStatement":
                 conn.execute(dosage.delete().where(dosage.c.statement_id.in_(chunk)))
 
-    def _history_keys(self, conn: sa.Connection, resource_type: str, keys: set[tuple[str, str]]) -> set[tuple[str, str]]:
-        history = self.metadata.tables[HISTORY]
-        found: set[tuple[str, str]] = set()
-        ids = sorted({k[0] for k in keys})
-        for i in range(0, len(ids), _IN_CHUNK):
-            query = sa.select(history.c.id, history.c.version_key).where(
-                history.c.resource_type == resource_type, history.c.id.in_(ids[i:i + _IN_CHUNK]))
-            found.update((rid, vk) for rid, vk in conn.execute(query) if (rid, vk) in keys)
-        return found
-
     def apply(self, resource_type: str, rows: Sequence[RawRow] = (), tombstones: Sequence[Tombstone] = (),
               quarantined: Sequence[QuarantineRow] = ()) -> ApplyResult:
         """Upsert one batch of valid resources, deletes and quarantine rows in a single transaction.
@@ -256,13 +298,13 @@ class Warehouse:
         Within a batch, the newest version of each id wins. Nothing is written for a resource
         whose version is already stored, so an unchanged re-run writes no rows at all."""
         result = ApplyResult()
-        raw, history, quarantine = self._raw_table(resource_type), self.metadata.tables[HISTORY], self.metadata.tables[QUARANTINE]
+        raw, history, quarantine = self._raw_table(resource_type), self._tables[HISTORY], self._tables[QUARANTINE]
         latest: dict[str, RawRow] = {}
         quarantined = list(quarantined)
         for row in rows:
             prev = latest.get(row.id)
             if prev is not None and _same_version(row, prev.version_id, prev.last_updated) \
-                    and content_hash(row.resource) != content_hash(prev.resource):
+                    and row.content_digest() != prev.content_digest():
                 quarantined.append(_conflict(resource_type, row))
                 result.conflicts += 1
                 continue
@@ -275,7 +317,7 @@ class Warehouse:
             stored = self._stored(conn, raw, ids)
             changed: list[tuple[RawRow, str]] = []
             for rid, row in latest.items():
-                digest = content_hash(row.resource)
+                digest = row.content_digest()
                 old = stored.get(rid)
                 if old is not None and old.digest != digest and _same_version(row, old.version_id, old.last_updated):
                     quarantined.append(_conflict(resource_type, row))
@@ -307,49 +349,68 @@ class Warehouse:
                 old = stored.get(q.resource_id) if q.resource_id else None
                 if old is not None and _supersedes(q, old):
                     superseded.append(q.resource_id)  # type: ignore[arg-type]
-            gone = sorted({*(r.id for r, _ in changed), *(t.id for t in removals), *superseded})
+            # Only ids already stored have rows to remove: a first load deletes nothing.
+            gone = sorted({*(r.id for r, _ in changed if r.id in stored), *(t.id for t in removals), *superseded})
             if gone:
                 self._delete_current(conn, resource_type, raw, gone)
+            stamp = self._driver_time(now)
             if changed:
-                conn.execute(raw.insert(), [{"id": r.id, "version_id": r.version_id, "last_updated": r.last_updated,
-                                             "content_hash": d, "resource": orjson.dumps(r.resource).decode(),
-                                             "source": r.source, "loaded_at": now} for r, d in changed])
-                self._insert_children(conn, resource_type, [r.resource for r, _ in changed])
-            history_rows = [{"resource_type": resource_type, "id": r.id, "version_key": _version_key(r.version_id, r.last_updated, d),
-                             "version_id": r.version_id, "last_updated": r.last_updated, "deleted": False,
-                             "resource": orjson.dumps(r.resource).decode(), "source": r.source, "loaded_at": now}
-                            for r, d in changed]
-            history_rows += [{"resource_type": resource_type, "id": t.id,
-                              "version_key": _version_key(t.version_id, t.last_updated, "deleted:" + now.isoformat()),
-                              "version_id": t.version_id, "last_updated": t.last_updated, "deleted": True,
-                              "resource": None, "source": t.source, "loaded_at": now} for t in removals]
+                texts = [r.json_text() for r, _ in changed]
+                self._insert_rows(conn, raw, ("id", "version_id", "last_updated", "content_hash", "resource", "source", "loaded_at"),
+                                  [(r.id, r.version_id, r.last_updated, d, t, r.source, stamp) for (r, d), t in zip(changed, texts)])
+                self._insert_children(conn, resource_type, [r for r, _ in changed])
+                history_rows = [(resource_type, r.id, _version_key(r.version_id, r.last_updated, d), r.version_id,
+                                 r.last_updated, False, t, r.source, stamp) for (r, d), t in zip(changed, texts)]
+            else:
+                history_rows = []
+            history_rows += [(resource_type, t.id, _version_key(t.version_id, t.last_updated, "deleted:" + now.isoformat()),
+                              t.version_id, t.last_updated, True, None, t.source, stamp) for t in removals]
             if history_rows:
-                known = self._history_keys(conn, resource_type, {(h["id"], h["version_key"]) for h in history_rows})
-                fresh = [h for h in history_rows if (h["id"], h["version_key"]) not in known]
-                if fresh:
-                    conn.execute(history.insert(), fresh)
+                # A version seen before (a replayed page) is already in the history: insert-or-ignore.
+                self._insert_rows(conn, history, ("resource_type", "id", "version_key", "version_id", "last_updated",
+                                                  "deleted", "resource", "source", "loaded_at"), history_rows, ignore_conflicts=True)
             valid_ids = [r.id for r, _ in changed] + [t.id for t in removals]
-            for i in range(0, len(valid_ids), _IN_CHUNK):
-                conn.execute(quarantine.update().where(quarantine.c.resource_type == resource_type,
-                                                       quarantine.c.resource_id.in_(valid_ids[i:i + _IN_CHUNK]),
-                                                       quarantine.c.current.is_(True)).values(current=False))
+            if valid_ids and conn.execute(sa.select(quarantine.c.fingerprint).where(
+                    quarantine.c.resource_type == resource_type, quarantine.c.current.is_(True)).limit(1)).first():
+                for i in range(0, len(valid_ids), _IN_CHUNK):
+                    conn.execute(quarantine.update().where(quarantine.c.resource_type == resource_type,
+                                                           quarantine.c.resource_id.in_(valid_ids[i:i + _IN_CHUNK]),
+                                                           quarantine.c.current.is_(True)).values(current=False))
             result.quarantined = self._quarantine(conn, quarantined, stored, now)
         return result
 
-    def _insert_children(self, conn: sa.Connection, resource_type: str, resources: list[dict[str, Any]]) -> None:
-        batches: dict[str, list[dict[str, Any]]] = {name: [] for name in CHILD_TABLES}
-        for resource in resources:
-            for name, rows in child_rows(resource_type, resource).items():
-                batches[name].extend(rows)
-        for name, rows in batches.items():
-            if rows:
-                conn.execute(self.metadata.tables[name].insert(), rows)
+    def _driver_time(self, moment: datetime) -> Any:
+        """A timestamp as the driver should receive it: SQLAlchemy's own SQLite text format (naive UTC)."""
+        if self.engine.dialect.name == "sqlite":
+            return moment.astimezone(timezone.utc).replace(tzinfo=None).isoformat(sep=" ", timespec="microseconds")
+        return moment
+
+    def _insert_rows(self, conn: sa.Connection, table: sa.Table, columns: Sequence[str], rows: list[tuple],
+                     ignore_conflicts: bool = False) -> None:
+        """executemany with plain tuples: SQLAlchemy's per-row parameter processing cost more than
+        the insert itself in the ingestion benchmark, and these rows are already in column order."""
+        if not rows:
+            return
+        style = self.engine.dialect.paramstyle
+        marks = ", ".join("?" if style == "qmark" else "%s" for _ in columns)
+        verb = "INSERT OR IGNORE INTO" if ignore_conflicts and self.engine.dialect.name == "sqlite" else "INSERT INTO"
+        tail = " ON CONFLICT DO NOTHING" if ignore_conflicts and self.engine.dialect.name != "sqlite" else ""
+        cols = ", ".join(f'"{c}"' for c in columns)
+        conn.exec_driver_sql(f'{verb} {self.qualified(table.name)} ({cols}) VALUES ({marks}){tail}', rows)
+
+    def _insert_children(self, conn: sa.Connection, resource_type: str, rows: list[RawRow]) -> None:
+        batches: dict[str, list[tuple[Any, ...]]] = {name: [] for name in CHILD_TABLES}
+        for row in rows:
+            for name, children in row.child_rows(resource_type).items():
+                batches[name].extend(children)
+        for name, children in batches.items():
+            self._insert_rows(conn, self._tables[name], CHILD_COLUMNS[name], children)
 
     def _quarantine(self, conn: sa.Connection, rows: Sequence[QuarantineRow], stored: dict[str, _Stored],
                     now: datetime) -> int:
         if not rows:
             return 0
-        table = self.metadata.tables[QUARANTINE]
+        table = self._tables[QUARANTINE]
         by_key: dict[tuple[str, str], QuarantineRow] = {}
         for q in rows:
             by_key.setdefault((q.resource_type, hashlib.sha256(q.raw.encode()).hexdigest()), q)
@@ -382,20 +443,34 @@ class Warehouse:
         with self.engine.connect() as conn:
             return {rid for (rid,) in conn.execute(sa.select(raw.c.id))}
 
-    def retire_quarantine(self, resource_type: str, keep_ids: set[str] | None) -> None:
-        """After a full pass: quarantined versions of ids the server no longer serves (or, with
-        ``keep_ids`` None, every id not seen in this pass) are no longer current."""
-        table = self.metadata.tables[QUARANTINE]
+    def current_count(self, resource_type: str) -> int:
+        raw = self._raw_table(resource_type)
+        if not self.has_table(raw.name):
+            return 0
+        with self.engine.connect() as conn:
+            return int(conn.execute(sa.select(sa.func.count()).select_from(raw)).scalar() or 0)
+
+    def retire_quarantine(self, resource_type: str, seen_since: datetime) -> None:
+        """After a full pass: quarantined versions not seen again in it are no longer current
+        (the server deleted or fixed them; a resource still bad was re-quarantined just now)."""
+        table = self._tables[QUARANTINE]
         with self.engine.begin() as conn:
-            rows = conn.execute(sa.select(table.c.fingerprint, table.c.resource_id).where(
-                table.c.resource_type == resource_type, table.c.current.is_(True))).all()
-            stale = [fp for fp, rid in rows if keep_ids is None or (rid is not None and rid not in keep_ids)]
-            for i in range(0, len(stale), _IN_CHUNK):
-                conn.execute(table.update().where(table.c.resource_type == resource_type,
-                                                  table.c.fingerprint.in_(stale[i:i + _IN_CHUNK])).values(current=False))
+            conn.execute(table.update().where(table.c.resource_type == resource_type, table.c.current.is_(True),
+                                              table.c.last_seen < seen_since).values(current=False))
+
+    def ids_missing_from(self, seen: "SeenIds") -> Iterator[list[str]]:
+        """Current ids of the type that a full pass did not see, in chunks (computed in SQL)."""
+        seen.flush()
+        raw, scratch = self._raw_table(seen.resource_type), self._tables[SEEN_IDS]
+        query = (sa.select(raw.c.id).where(~sa.exists().where(scratch.c.resource_type == seen.resource_type,
+                                                                scratch.c.id == raw.c.id)).order_by(raw.c.id))
+        with self.engine.connect() as conn:
+            ids = [rid for (rid,) in conn.execute(query)]  # only the deleted ones: few
+        for i in range(0, len(ids), _IN_CHUNK):
+            yield ids[i:i + _IN_CHUNK]
 
     def quarantined_current(self, resource_type: str) -> int:
-        table = self.metadata.tables[QUARANTINE]
+        table = self._tables[QUARANTINE]
         with self.engine.connect() as conn:
             return int(conn.execute(sa.select(sa.func.count(sa.distinct(sa.func.coalesce(table.c.resource_id, table.c.fingerprint))))
                                     .where(table.c.resource_type == resource_type, table.c.current.is_(True))).scalar() or 0)
@@ -403,13 +478,13 @@ class Warehouse:
     # ------------------------------------------------------------------ sync bookkeeping
 
     def _upsert(self, conn: sa.Connection, name: str, key: dict[str, Any], values: dict[str, Any]) -> None:
-        table = self.metadata.tables[name]
+        table = self._tables[name]
         where = [table.c[k] == v for k, v in key.items()]
         if conn.execute(table.update().where(*where).values(**values)).rowcount == 0:
             conn.execute(table.insert().values(**key, **values))
 
     def sync_state(self, resource_type: str) -> dict[str, Any] | None:
-        table = self.metadata.tables[SYNC_STATE]
+        table = self._tables[SYNC_STATE]
         with self.engine.connect() as conn:
             row = conn.execute(sa.select(table).where(table.c.resource_type == resource_type)).mappings().first()
         return dict(row) if row else None
@@ -426,7 +501,7 @@ class Warehouse:
     def touch_sync_state(self, resource_type: str) -> None:
         """Record that the data was confirmed current now (the default data cut-off) without changing anything else."""
         with self.engine.begin() as conn:
-            table = self.metadata.tables[SYNC_STATE]
+            table = self._tables[SYNC_STATE]
             conn.execute(table.update().where(table.c.resource_type == resource_type)
                          .values(checked_at=datetime.now(timezone.utc)))
 
@@ -439,7 +514,7 @@ class Warehouse:
         return {"resource_type": resource_type, **values}
 
     def counts(self, resource_type: str) -> dict[str, Any] | None:
-        table = self.metadata.tables[INGEST_COUNTS]
+        table = self._tables[INGEST_COUNTS]
         if not self.has_table(INGEST_COUNTS):
             return None
         with self.engine.connect() as conn:
@@ -447,7 +522,7 @@ class Warehouse:
         return dict(row) if row else None
 
     def open_bulk_job(self) -> dict[str, Any] | None:
-        table = self.metadata.tables[BULK_JOBS]
+        table = self._tables[BULK_JOBS]
         with self.engine.connect() as conn:
             row = conn.execute(sa.select(table).where(table.c.state == "polling")
                                .order_by(table.c.kicked_off_at.desc())).mappings().first()
@@ -484,16 +559,71 @@ class Warehouse:
         return state["checked_at"] if state else None
 
     def replace_table(self, name: str, frame: pd.DataFrame, primary_key: list[str] | None = None) -> None:
-        """Replace a derived table with ``frame`` in one transaction."""
+        """Replace a derived table's rows with ``frame`` in one transaction.
+
+        On PostgreSQL an existing table with the same columns is emptied and refilled rather than
+        dropped, so the views on it and the grants to analysts survive every run."""
+        schema = self.schema_of(name)
         with self.engine.begin() as conn:
-            frame.to_sql(name, conn, if_exists="replace", index=False)
-            if primary_key and self.engine.dialect.name == "postgresql":
+            if schema:
+                conn.execute(sa.text(f'CREATE SCHEMA IF NOT EXISTS "{schema}"'))
+            inspector = sa.inspect(conn)
+            exists = inspector.has_table(name, schema=schema)
+            same_columns = exists and [c["name"] for c in inspector.get_columns(name, schema=schema)] == [str(c) for c in frame.columns]
+            if self.postgres and same_columns:
+                conn.execute(sa.text(f"DELETE FROM {self.qualified(name)}"))
+                frame.to_sql(name, conn, schema=schema, if_exists="append", index=False, method="multi", chunksize=1000)
+                return
+            if self.postgres and exists:
+                conn.execute(sa.text(f"DROP TABLE {self.qualified(name)} CASCADE"))  # views are recreated after the write
+            frame.to_sql(name, conn, schema=schema, if_exists="replace", index=False,
+                         method="multi" if self.postgres else None, chunksize=1000 if self.postgres else None)
+            if primary_key and self.postgres:
                 cols = ", ".join(f'"{c}"' for c in primary_key)
-                conn.execute(sa.text(f'ALTER TABLE "{name}" ADD PRIMARY KEY ({cols})'))
+                conn.execute(sa.text(f"ALTER TABLE {self.qualified(name)} ADD PRIMARY KEY ({cols})"))
 
     def read_table(self, name: str) -> pd.DataFrame:
         with self.engine.connect() as conn:
-            return pd.read_sql_table(name, conn)
+            return pd.read_sql_table(name, conn, schema=self.schema_of(name))
 
     def has_table(self, name: str) -> bool:
-        return sa.inspect(self.engine).has_table(name)
+        return sa.inspect(self.engine).has_table(name, schema=self.schema_of(name))
+
+    def execute_script(self, statements: Iterable[str]) -> None:
+        with self.engine.begin() as conn:
+            for statement in statements:
+                conn.execute(sa.text(statement))
+
+
+class SeenIds:
+    """The ids a full pass saw, spilled to a scratch table in batches so memory stays flat however
+    many resources the server holds; deletes are then found in SQL (``ids_missing_from``)."""
+
+    def __init__(self, warehouse: Warehouse, resource_type: str, batch_size: int = 5000) -> None:
+        self.warehouse, self.resource_type, self.batch_size = warehouse, resource_type, batch_size
+        self.started = datetime.now(timezone.utc)
+        self._buffer: list[tuple[str, str]] = []
+        self._count = 0
+        warehouse.ensure_schema([resource_type])
+        table = warehouse.table(SEEN_IDS)
+        with warehouse.engine.begin() as conn:
+            conn.execute(table.delete().where(table.c.resource_type == resource_type))
+
+    def add(self, resource_id: str) -> None:
+        self._buffer.append((self.resource_type, resource_id))
+        if len(self._buffer) >= self.batch_size:
+            self.flush()
+
+    def flush(self) -> None:
+        if self._buffer:
+            with self.warehouse.engine.begin() as conn:
+                self.warehouse._insert_rows(conn, self.warehouse.table(SEEN_IDS), ("resource_type", "id"), self._buffer,
+                                            ignore_conflicts=True)
+            self._buffer = []
+
+    def __len__(self) -> int:
+        self.flush()
+        table = self.warehouse.table(SEEN_IDS)
+        with self.warehouse.engine.connect() as conn:
+            return int(conn.execute(sa.select(sa.func.count()).select_from(table)
+                                    .where(table.c.resource_type == self.resource_type)).scalar() or 0)

@@ -1,0 +1,227 @@
+"""Ingestion speed and memory: the Bulk NDJSON path and the REST path, each beside its ceiling.
+
+Prints its figures; run with `.venv/bin/python -m benchmarks.ingest` (about 1M resources,
+several minutes) or `--resources 200000` for a quicker look.
+
+* NDJSON path: end-to-end resources/s (read, validate, plausibility, flatten to child tables, load
+  into SQLite) beside the ceiling, bare ``fhir.resources.R4B`` validation of the same lines on
+  every core. Peak RSS at N/4 and N shows whether memory stays flat.
+* fhiry (a popular NDJSON-to-pandas library) on a sample of the same files, when its own venv
+  exists (`make bench-venv`; it needs pandas 3, which lifelines does not support).
+* REST path against the sandbox server: end-to-end resources/s beside a bare client that only
+  pages through the same searches, then an unchanged re-run's requests and writes.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import resource
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from concurrent.futures import ProcessPoolExecutor
+from itertools import islice
+from pathlib import Path
+from typing import Any, Iterator
+
+import orjson
+
+ROOT = Path(__file__).resolve().parent.parent
+FHIRY_PYTHON = ROOT / "benchmarks" / ".fhiry-venv" / "bin" / "python"
+TYPES = ["Patient", "Condition", "MedicationStatement", "Procedure", "Observation", "AdverseEvent",
+         "ResearchStudy", "ResearchSubject"]
+
+
+# ---------------------------------------------------------------- data
+
+def _relabel(node: Any, suffix: str) -> Any:
+    if isinstance(node, dict):
+        out = {}
+        for key, value in node.items():
+            if key == "id" and isinstance(value, str) and "resourceType" in node:
+                out[key] = value + suffix
+            elif key == "reference" and isinstance(value, str) and "/" in value and not value.startswith("ResearchStudy/"):
+                out[key] = value + suffix
+            else:
+                out[key] = _relabel(value, suffix)
+        return out
+    if isinstance(node, list):
+        return [_relabel(item, suffix) for item in node]
+    return node
+
+
+def scaled_hospital(n: int) -> Iterator[dict[str, Any]]:
+    """About ``n`` resources: copies of the synthetic hospital with every id and reference relabelled."""
+    from synthetic.hospital import HospitalParams, generate_hospital
+
+    base = [r for r in generate_hospital(HospitalParams()).resources if r["resourceType"] != "ResearchStudy"]
+    study = next(r for r in generate_hospital(HospitalParams()).resources if r["resourceType"] == "ResearchStudy")
+    yield study
+    produced = 1
+    for copy in range(math.ceil(n / len(base))):
+        for r in base:
+            if produced >= n:
+                return
+            yield _relabel(r, f"-c{copy}")
+            produced += 1
+
+
+def write_files(n: int, directory: Path) -> int:
+    directory.mkdir(parents=True, exist_ok=True)
+    handles = {t: (directory / f"{t}.ndjson").open("wb") for t in TYPES}
+    count = 0
+    for r in scaled_hospital(n):
+        handles[r["resourceType"]].write(orjson.dumps(r) + b"\n")
+        count += 1
+    for h in handles.values():
+        h.close()
+    return count
+
+
+# ---------------------------------------------------------------- ceiling
+
+def _validate_chunk(lines: list[bytes]) -> int:
+    from etl.validation import _model
+
+    for line in lines:
+        r = orjson.loads(line)
+        _model(r["resourceType"]).model_validate(r)
+    return len(lines)
+
+
+def validation_ceiling(directory: Path, workers: int) -> float:
+    def chunks() -> Iterator[list[bytes]]:
+        for path in sorted(directory.glob("*.ndjson")):
+            with path.open("rb") as f:
+                while chunk := list(islice(f, 500)):
+                    yield chunk
+
+    started = time.perf_counter()
+    with ProcessPoolExecutor(max_workers=workers) as pool:
+        total = sum(pool.map(_validate_chunk, chunks(), chunksize=1))
+    return total / (time.perf_counter() - started)
+
+
+# ---------------------------------------------------------------- end to end (child process)
+
+def _e2e_child(directory: str, db: str) -> None:
+    from etl.ndjson import sync_ndjson_directory
+    from etl.warehouse import Warehouse
+
+    started = time.perf_counter()
+    reports = sync_ndjson_directory(Warehouse(f"sqlite:///{db}"), directory, TYPES)
+    seconds = time.perf_counter() - started
+    received = sum(r.load.received for r in reports.values())
+    print(json.dumps({"received": received, "seconds": seconds,
+                      "quarantined": sum(r.load.quarantined_seen for r in reports.values()),
+                      "rss_parent_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+                      "rss_workers_mb": resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024}))
+
+
+def end_to_end(directory: Path, db: Path) -> dict[str, float]:
+    out = subprocess.run([sys.executable, "-m", "benchmarks.ingest", "--e2e-child", str(directory), str(db)],
+                         cwd=ROOT, check=True, capture_output=True, text=True)
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def fhiry_rate(directory: Path, sample: int) -> float | None:
+    if not FHIRY_PYTHON.exists():
+        return None
+    sample_dir = directory.parent / "fhiry-sample"
+    sample_dir.mkdir(exist_ok=True)
+    with (sample_dir / "sample.ndjson").open("wb") as out, (directory / "Observation.ndjson").open("rb") as obs, \
+            (directory / "MedicationStatement.ndjson").open("rb") as med:
+        for line in islice(obs, sample // 2):
+            out.write(line)
+        for line in islice(med, sample - sample // 2):
+            out.write(line)
+    code = ("import time,sys; from fhiry.fhirndjson import Fhirndjson; f=Fhirndjson(); f.folder=sys.argv[1]; "
+            "t=time.perf_counter(); f.process_source(); print(len(f.df), time.perf_counter()-t)")
+    out = subprocess.run([str(FHIRY_PYTHON), "-c", code, str(sample_dir)], capture_output=True, text=True, check=True)
+    rows, seconds = out.stdout.split()[-2:]
+    return int(rows) / float(seconds)
+
+
+# ---------------------------------------------------------------- REST
+
+def rest_path(n: int, workdir: Path, page_size: int) -> dict[str, float]:
+    from etl.fhir_client import FhirClient, SearchStats
+    from etl.sync import sync_rest
+    from etl.warehouse import Warehouse
+    from synthetic.load import load_server
+    from synthetic.sandbox import SandboxFhirServer
+
+    with SandboxFhirServer(workdir / "server") as server:
+        load_server(server.base_url, list(scaled_hospital(n)), batch_size=1000)
+        with FhirClient(server.base_url, page_size=page_size) as client:
+            started = time.perf_counter()
+            paged = sum(1 for t in TYPES for _ in client.search(t, {"_sort": "_lastUpdated"}, stats=SearchStats()))
+            bare = paged / (time.perf_counter() - started)
+            wh = Warehouse(f"sqlite:///{workdir / 'rest.sqlite'}")
+            started = time.perf_counter()
+            reports = sync_rest(client, wh, TYPES)
+            seconds = time.perf_counter() - started
+            received = sum(r.load.received for r in reports.values())
+            again = sync_rest(client, wh, TYPES)
+    return {"resources": received, "bare_per_s": bare, "e2e_per_s": received / seconds,
+            "rerun_requests": sum(r.search.requests for r in again.values()),
+            "rerun_writes": sum(r.load.applied.writes for r in again.values())}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--resources", type=int, default=1_000_000)
+    parser.add_argument("--rest-resources", type=int, default=100_000)
+    parser.add_argument("--fhiry-sample", type=int, default=5_000)
+    parser.add_argument("--workers", type=int, default=os.cpu_count() or 1)
+    parser.add_argument("--keep", action="store_true", help="keep the generated files")
+    parser.add_argument("--e2e-child", nargs=2, help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.e2e_child:
+        _e2e_child(*args.e2e_child)
+        return
+    work = Path(tempfile.mkdtemp(prefix="ingest-bench-"))
+    try:
+        print(f"cores: {os.cpu_count()}, validation workers: {args.workers}")
+        rows = []
+        for n in (args.resources // 4, args.resources):
+            files = work / f"ndjson-{n}"
+            t0 = time.perf_counter()
+            written = write_files(n, files)
+            print(f"generated {written} resources in {time.perf_counter() - t0:.0f}s "
+                  f"({sum(p.stat().st_size for p in files.glob('*.ndjson')) / 1e6:.0f} MB of NDJSON)")
+            e2e = end_to_end(files, work / f"w-{n}.sqlite")
+            rows.append((written, e2e))
+        ceiling = validation_ceiling(files, args.workers)
+        print()
+        print("NDJSON path (read, validate, plausibility, child tables, load into SQLite)")
+        print(f"{'resources':>10} {'e2e res/s':>10} {'ceiling res/s':>14} {'ratio':>6} {'peak RSS parent MB':>19} "
+              f"{'peak RSS worker MB':>19}")
+        for written, e2e in rows:
+            rate = e2e["received"] / e2e["seconds"]
+            print(f"{written:>10} {rate:>10.0f} {ceiling:>14.0f} {rate / ceiling:>6.2f} {e2e['rss_parent_mb']:>19.0f} "
+                  f"{e2e['rss_workers_mb']:>19.0f}")
+        print(f"(ceiling: bare fhir.resources.R4B validation of the {rows[-1][0]} resources on {args.workers} cores)")
+        rate = fhiry_rate(files, args.fhiry_sample)
+        if rate is None:
+            print("fhiry: not measured (run `make bench-venv` to create benchmarks/.fhiry-venv)")
+        else:
+            print(f"fhiry 5.2.2 on {args.fhiry_sample} of the same resources: {rate:.0f} resources/s")
+        print()
+        rest = rest_path(args.rest_resources, work, page_size=1000)
+        print(f"REST path, sandbox server, {rest['resources']:.0f} resources, pages of 1000")
+        print(f"  bare paging {rest['bare_per_s']:.0f} res/s, end-to-end {rest['e2e_per_s']:.0f} res/s, "
+              f"ratio {rest['e2e_per_s'] / rest['bare_per_s']:.2f}")
+        print(f"  unchanged re-run: {rest['rerun_requests']:.0f} requests for {len(TYPES)} types, "
+              f"{rest['rerun_writes']:.0f} rows written")
+    finally:
+        if not args.keep:
+            shutil.rmtree(work, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,75 @@
+"""The production warehouse path: the whole materialization into a real PostgreSQL.
+
+`.ci/run` installs Debian's PostgreSQL, starts a throwaway cluster on 127.0.0.1 and sets
+TEST_POSTGRES_URL; without it (a laptop without PostgreSQL) these tests are skipped and say so."""
+from __future__ import annotations
+
+import os
+import uuid
+from pathlib import Path
+
+import dagster as dg
+import pytest
+import sqlalchemy as sa
+
+from assets.checks import all_checks
+from assets.definitions import all_assets
+from assets.resources import FhirServerResource, StudyResource, WarehouseResource
+from etl.warehouse import Warehouse
+
+URL = os.environ.get("TEST_POSTGRES_URL")
+pytestmark = pytest.mark.skipif(not URL, reason="TEST_POSTGRES_URL not set (.ci/run starts PostgreSQL and sets it)")
+KEY = "test-pseudonym-key-0123456789"
+GRANTS = Path(__file__).resolve().parent.parent / "warehouse_sql" / "analyst_grants.sql"
+
+
+@pytest.fixture(scope="module")
+def database() -> str:
+    """A fresh database per test run, dropped afterwards."""
+    admin = sa.create_engine(URL, isolation_level="AUTOCOMMIT")
+    name = f"iimild_{uuid.uuid4().hex[:8]}"
+    with admin.connect() as conn:
+        conn.execute(sa.text(f'CREATE DATABASE "{name}"'))
+    yield sa.engine.make_url(URL).set(database=name).render_as_string(hide_password=False)
+    with admin.connect() as conn:
+        conn.execute(sa.text(f'DROP DATABASE "{name}" WITH (FORCE)'))
+
+
+def materialize(base_url: str, url: str) -> dg.ExecuteInProcessResult:
+    return dg.materialize([*all_assets, *all_checks], resources={
+        "fhir": FhirServerResource(base_url=base_url, page_size=200), "warehouse": WarehouseResource(url=url),
+        "study": StudyResource(pseudonym_key=KEY, data_cutoff="2026-01-01", bootstrap_replicates=20)})
+
+
+def test_the_study_materializes_into_postgres_with_schemas_keys_views_and_grants(sandbox, small_hospital, database):
+    first = materialize(sandbox.base_url, database)
+    assert first.success
+    assert all(e.passed for e in first.get_asset_check_evaluations())
+    engine = sa.create_engine(database)
+    inspector = sa.inspect(engine)
+    assert inspector.has_table("patient_xref", schema="restricted") and not inspector.has_table("patient_xref")
+    assert inspector.has_table("quarantine", schema="restricted")
+    assert inspector.has_table("raw_observation", schema="fhir") and inspector.has_table("fhir_coding", schema="fhir")
+    assert inspector.get_pk_constraint("cohort")["constrained_columns"] == ["patient_key"]
+    assert inspector.get_pk_constraint("raw_history", schema="fhir")["constrained_columns"] == ["resource_type", "id", "version_key"]
+    assert {"v_primary_effects", "v_cohort_groups", "current_provenance"} <= set(inspector.get_view_names())
+    columns = {c["name"]: str(c["type"]) for c in inspector.get_columns("cohort")}
+    assert columns["age"] in ("BIGINT", "INTEGER") and columns["followup_days"] in ("BIGINT", "INTEGER")
+    alice = "analyst_" + sa.engine.make_url(database).database.removeprefix("iimild_")
+    wh = Warehouse(database)
+    by_type = small_hospital.by_type()
+    assert wh.current_ids("Observation") == {r["id"] for r in by_type["Observation"]}
+
+    with engine.begin() as conn:
+        conn.execute(sa.text(GRANTS.read_text()))
+        conn.execute(sa.text(f"CREATE ROLE {alice} LOGIN IN ROLE iimild_analyst"))
+    # A second run refills the tables in place: views and grants survive.
+    assert materialize(sandbox.base_url, database).success
+    with engine.begin() as conn:
+        conn.execute(sa.text(f"SET ROLE {alice}"))
+        assert conn.execute(sa.text("SELECT count(*) FROM v_primary_effects")).scalar() > 0
+        assert conn.execute(sa.text("SELECT count(DISTINCT run_id) FROM provenance")).scalar() == 2
+        with pytest.raises(sa.exc.ProgrammingError, match="permission denied"):
+            conn.execute(sa.text("SELECT * FROM restricted.patient_xref"))
+    with engine.begin() as conn:
+        conn.execute(sa.text(f"DROP OWNED BY {alice}; DROP ROLE {alice}"))
