@@ -1,7 +1,6 @@
 """Time the cohort derivation (flatten -> facts -> contract rules) as the hospital grows.
 
 Prints one line per size; run with `.venv/bin/python benchmarks/cohort.py [--sizes 250 1000 4000]`.
-Issue 3 adds the ingestion benchmark (benchmarks/ingest.py).
 """
 from __future__ import annotations
 

@@ -16,10 +16,14 @@ from __future__ import annotations
 import logging
 import time
 from dataclasses import dataclass, field
-from typing import Any, Callable, Iterable
+from concurrent.futures import Executor
+from typing import Any, Callable, Iterable, Iterator
+
+import orjson
 
 from .fhir_client import FhirClient, FhirError, SearchStats
 from .loader import LoadCounts, TypeLoader
+from .ndjson import Line, NdjsonLoader, validation_pool
 from .warehouse import SeenIds, Warehouse
 
 log = logging.getLogger(__name__)
@@ -96,27 +100,33 @@ def apply_id_reconciliation(warehouse: Warehouse, loader: TypeLoader, seen: Seen
 
 
 def pull_type(client: FhirClient, warehouse: Warehouse, resource_type: str, *, full: bool = False,
-              batch_size: int = 1000, progress: Progress | None = None) -> TypeReport:
-    """One type's search pull (full or since its watermark) into the warehouse."""
+              batch_size: int = 1000, progress: Progress | None = None, pool: Executor | None = None) -> TypeReport:
+    """One type's search pull (full or since its watermark) into the warehouse.
+
+    Pages are fetched in this thread while ``pool``'s worker processes validate the previous ones,
+    so the network wait and the validation overlap."""
     started = time.monotonic()
     state = warehouse.sync_state(resource_type) or {}
     incremental = not full and bool(state.get("watermark"))
     report = TypeReport(resource_type, "incremental" if incremental else "full", watermark_before=state.get("watermark"))
-    loader = TypeLoader(warehouse, resource_type, batch_size)
     params = {"_sort": "_lastUpdated"}
     if incremental:
         params["_lastUpdated"] = f"ge{state['watermark']}"
-    seen = SeenIds(warehouse, resource_type) if not incremental else None
-    for entry in client.search(resource_type, params, stats=report.search):
-        loader.add(entry.resource, entry.source)
-        if seen is not None and isinstance(entry.resource, dict) and isinstance(entry.resource.get("id"), str):
-            seen.add(entry.resource["id"])
-        if progress and loader.counts.received % 5000 == 0:
-            progress(f"{resource_type}: {loader.counts.received} received")
+    loader = NdjsonLoader(warehouse, [resource_type], batch_size, track_ids=not incremental)
+
+    def lines() -> Iterator[Line]:
+        for n, entry in enumerate(client.search(resource_type, params, stats=report.search), start=1):
+            if progress and n % 10000 == 0:
+                progress(f"{resource_type}: {n} received")
+            yield Line(entry.source, orjson.dumps(entry.resource), resource_type)
+
+    loader.load(lines(), pool, chunk_lines=200)
     loader.flush()
-    if seen is not None:
-        apply_id_reconciliation(warehouse, loader, seen, f"{client.base_url}/{resource_type} (full pull)")
-    report.load = loader.counts
+    type_loader = loader.loader(resource_type)
+    if not incremental:
+        apply_id_reconciliation(warehouse, type_loader, loader.seen_ids[resource_type],
+                                f"{client.base_url}/{resource_type} (full pull)")
+    report.load = type_loader.counts
     report.watermark_after = report.search.server_time or report.search.max_last_updated or report.watermark_before
     if report.changed or not incremental:
         warehouse.save_sync_state(resource_type, watermark=report.watermark_after, mode=report.mode, full=not incremental,
@@ -171,10 +181,17 @@ def reconcile_type(client: FhirClient, warehouse: Warehouse, report: TypeReport,
 
 
 def sync_rest(client: FhirClient, warehouse: Warehouse, resource_types: Iterable[str], *, full: bool = False,
-              reconcile: bool = False, batch_size: int = 1000, progress: Progress | None = None) -> dict[str, TypeReport]:
+              reconcile: bool = False, batch_size: int = 1000, progress: Progress | None = None,
+              workers: int | None = None) -> dict[str, TypeReport]:
     types = list(resource_types)
     warehouse.ensure_schema(types)
-    reports = {t: pull_type(client, warehouse, t, full=full, batch_size=batch_size, progress=progress) for t in types}
+    pool = validation_pool(workers)
+    try:
+        reports = {t: pull_type(client, warehouse, t, full=full, batch_size=batch_size, progress=progress, pool=pool)
+                   for t in types}
+    finally:
+        if pool is not None:
+            pool.shutdown()
     apply_history_deletes(client, warehouse, reports, batch_size)
     for report in reports.values():
         if reconcile and report.mode == "incremental":

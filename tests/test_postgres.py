@@ -73,3 +73,30 @@ def test_the_study_materializes_into_postgres_with_schemas_keys_views_and_grants
             conn.execute(sa.text("SELECT * FROM restricted.patient_xref"))
     with engine.begin() as conn:
         conn.execute(sa.text(f"DROP OWNED BY {alice}; DROP ROLE {alice}"))
+
+
+DAGSTER_YAML = Path(__file__).resolve().parent.parent / "deploy" / "dagster.yaml"
+
+
+def test_the_production_instance_stores_runs_in_postgres(database, tmp_path, monkeypatch):
+    """deploy/dagster.yaml as shipped: run and event storage in PostgreSQL, run retries on."""
+    url = sa.engine.make_url(database)
+    monkeypatch.setenv("DAGSTER_PG_HOST", url.host)
+    monkeypatch.setenv("DAGSTER_PG_USER", url.username)
+    monkeypatch.setenv("DAGSTER_PG_PASSWORD", url.password or "")
+    monkeypatch.setenv("DAGSTER_PG_DB", url.database)
+    text = DAGSTER_YAML.read_text().replace("port: 5432", f"port: {url.port}")  # the CI cluster's port
+    (tmp_path / "dagster.yaml").write_text(text)
+    monkeypatch.setenv("DAGSTER_HOME", str(tmp_path))
+
+    @dg.asset
+    def probe() -> int:
+        return 1
+
+    with dg.DagsterInstance.get() as instance:
+        assert type(instance.run_storage).__name__ == "PostgresRunStorage"
+        assert instance.run_retries_enabled and instance.run_retries_max_retries == 2
+        result = dg.materialize([probe], instance=instance)
+        assert instance.get_run_by_id(result.run_id).is_success
+    with sa.create_engine(database).connect() as conn:
+        assert conn.execute(sa.text("SELECT count(*) FROM runs")).scalar() == 1
