@@ -61,6 +61,21 @@ DICTIONARY: dict[str, dict[str, str]] = {
         "logrank_p_svy": "Weighted: the design-based IPTW log-rank test (= R survey::svylogrank); NULL unweighted",
     },
     "patient_xref": {"patient_key": "Pseudonym", "fhir_patient_id": "FHIR Patient id (restricted table)"},
+    "provenance": {
+        "table_name": "The study table this row describes", "run_id": "Dagster run that wrote it",
+        "computed_at": "When (UTC)", "package_version": "iimild-pipeline version",
+        "git_commit": "Code commit (GIT_COMMIT, else the checkout's HEAD, else unknown)",
+        "concept_map_sha256": "Digest of the effective concept map (default + hospital additions)",
+        "parameters": "JSON: windows, cut-off, thresholds and analysis settings used",
+        "data_watermarks": "JSON per FHIR type: watermark, when it was last confirmed current, sync mode",
+    },
+    "quarantine": {
+        "resource_type": "FHIR type it was read as", "fingerprint": "SHA-256 of the raw text (with the type, the key)",
+        "resource_id": "Its id when it had one (restricted table: real ids)", "version_id": "Its meta.versionId",
+        "raw": "The text exactly as received", "errors": "JSON list: every validation and plausibility error",
+        "source": "Page URL or file:line it came from", "first_seen": "First pull that saw it",
+        "last_seen": "Latest pull that saw it", "current": "Whether this bad version is still the server's latest",
+    },
     "baseline_characteristics": {
         "cohort": "retrospective | prospective", "variable": "age, sex, diagnosis_subset, initial_pred_mg_day, ..., n",
         "level": "Category level (categorical variables)", "group": "The cohort's groups",

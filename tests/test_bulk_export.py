@@ -162,3 +162,14 @@ def test_a_failed_export_reports_the_servers_reason():
         from etl.bulk import BulkReport
         with pytest.raises(BulkExportError, match="disk full"):
             exporter.poll(url, BulkReport(url, False))
+
+
+def test_a_patient_level_export_loads_the_patients_compartments(server, tmp_path):
+    by_rest, by_bulk = warehouse(tmp_path, "rest"), warehouse(tmp_path, "bulk")
+    types = ["Patient", "Condition", "Observation"]
+    with FhirClient(server.base_url) as client:
+        sync_rest(client, by_rest, types)
+        report, _ = sync_bulk(client, by_bulk, types, level="patient", exporter=fast(client))
+    with by_bulk.engine.connect() as conn:
+        assert '"level":"patient"' in conn.execute(sa.text("SELECT request FROM bulk_jobs")).scalar()
+    assert_same(snapshot(by_rest, types), snapshot(by_bulk, types))
