@@ -7,6 +7,7 @@ in flight. Every line ends loaded or quarantined with its file and line number.
 """
 from __future__ import annotations
 
+import multiprocessing
 import os
 import re
 import time
@@ -187,9 +188,12 @@ class NdjsonLoader:
 
 
 def validation_pool(workers: int | None = None) -> ProcessPoolExecutor | None:
-    """Worker processes for validation; None (validate inline) on a single core."""
+    """Worker processes for validation; None (validate inline) on a single core, or inside a
+    daemonic process (a Celery prefork worker runs steps in one, and daemons may not have children)."""
     workers = workers if workers is not None else (os.cpu_count() or 1)
-    return ProcessPoolExecutor(max_workers=workers) if workers > 1 else None
+    if workers <= 1 or multiprocessing.current_process().daemon:
+        return None
+    return ProcessPoolExecutor(max_workers=workers)
 
 
 def sync_ndjson_directory(warehouse: Warehouse, directory: str | Path, resource_types: list[str],
