@@ -9,6 +9,7 @@ from analytics.cohort.concepts import load_concept_map
 
 from .automation import jobs as scheduled_jobs
 from .automation import schedules
+from .backfill import fhir_backfill_job
 from .checks import all_checks
 from .raw import raw_assets
 from .resources import resources_from_env
@@ -24,5 +25,5 @@ study_job = dg.define_asset_job("study_job", selection=dg.AssetSelection.all(),
 # A malformed concept map stops the code location from loading, with the file and line in the error.
 load_concept_map(os.environ.get("CONCEPT_MAP_PATH") or None)
 
-defs = dg.Definitions(assets=all_assets, asset_checks=all_checks, jobs=[study_job, *scheduled_jobs], schedules=schedules,
+defs = dg.Definitions(assets=all_assets, asset_checks=all_checks, jobs=[study_job, *scheduled_jobs, fhir_backfill_job], schedules=schedules,
                       resources=resources_from_env())

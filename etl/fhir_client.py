@@ -110,6 +110,13 @@ def retry_after_seconds(value: str | None, cap_s: float) -> float | None:
         return min(cap_s, max(0.0, parsed.timestamp() - time.time()))
 
 
+def _restarted(query: dict[str, Any], last_seen: str) -> dict[str, Any]:
+    """The same search from ``last_seen`` on: the lower ``_lastUpdated`` bound moves, an upper one stays."""
+    bounds = query.get("_lastUpdated")
+    kept = [b for b in (bounds if isinstance(bounds, list) else [bounds] if bounds else []) if not b.startswith(("ge", "gt"))]
+    return {**query, "_lastUpdated": [f"ge{last_seen}", *kept]}
+
+
 def _etag_version(etag: str | None) -> str | None:
     if not etag:
         return None
@@ -204,7 +211,7 @@ class FhirClient:
     def _next_link(bundle: dict[str, Any]) -> str | None:
         return next((link.get("url") for link in bundle.get("link") or [] if link.get("relation") == "next"), None)
 
-    def search(self, resource_type: str, params: dict[str, str] | None = None,
+    def search(self, resource_type: str, params: dict[str, Any] | None = None,
                stats: SearchStats | None = None) -> Iterator[SearchEntry]:
         """Yield every match of a type-level search, page by page."""
         stats = stats if stats is not None else SearchStats()
@@ -221,7 +228,7 @@ class FhirClient:
                     raise
                 stats.restarts += 1
                 log.warning("page link %s expired (HTTP %s); restarting from _lastUpdated=ge%s", url, exc.status, last_seen)
-                url, query = f"{self.base_url}/{resource_type}", {**base_query, "_lastUpdated": f"ge{last_seen}"}
+                url, query = f"{self.base_url}/{resource_type}", _restarted(base_query, last_seen)
                 continue
             for entry in bundle.get("entry") or []:
                 mode = (entry.get("search") or {}).get("mode", "match")

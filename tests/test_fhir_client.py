@@ -79,3 +79,11 @@ def test_gives_up_after_max_retries_without_leaking_headers(monkeypatch):
         with pytest.raises(FhirError) as info:
             list(client.search("Patient"))
     assert "3 attempts" in str(info.value) and "s3cret" not in str(info.value)
+
+
+def test_a_restart_moves_the_lower_lastupdated_bound_and_keeps_the_upper_one():
+    from etl.fhir_client import _restarted
+
+    query = {"_count": "10", "_sort": "_lastUpdated", "_lastUpdated": ["ge2024-01-01", "lt2024-02-01"]}
+    assert _restarted(query, "2024-01-15T10:00:00Z")["_lastUpdated"] == ["ge2024-01-15T10:00:00Z", "lt2024-02-01"]
+    assert _restarted({"_sort": "_lastUpdated"}, "2024-01-15")["_lastUpdated"] == ["ge2024-01-15"]

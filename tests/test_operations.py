@@ -63,3 +63,31 @@ def test_a_new_pull_flows_to_the_study_tables_only_when_its_blocking_checks_pass
         failed = {e.check_name for e in result.get_asset_check_evaluations() if not e.passed}
         assert failed == {"raw_condition_count_matches_server"}
         assert "cohort" not in automation.tick()
+
+
+def test_backfill_partitions_pull_one_type_and_month_each(sandbox, small_hospital, tmp_path):
+    from datetime import datetime, timezone
+
+    from assets.backfill import BACKFILL_PARTITIONS, MONTHS, fhir_backfill_job
+    from etl.warehouse import Warehouse
+
+    url = f"sqlite:///{tmp_path / 'w.sqlite'}"
+    resources = _resources(sandbox.base_url, url)
+    now = datetime.now(timezone.utc)
+    this_month = now.strftime("%Y-%m-01")  # the sandbox was loaded today
+    assert this_month in MONTHS.get_partition_keys()
+    assert {"Observation", "Patient"} <= {k.keys_by_dimension["resource_type"] for k in BACKFILL_PARTITIONS.get_partition_keys()}
+    with dg.instance_for_test() as instance:
+        run = fhir_backfill_job.execute_in_process(
+            partition_key=dg.MultiPartitionKey({"resource_type": "Observation", "last_updated": this_month}),
+            resources=resources, instance=instance)
+        assert run.success
+        materialized = [e.asset_key.to_user_string() for e in run.get_asset_materialization_events()]
+        old = fhir_backfill_job.execute_in_process(
+            partition_key=dg.MultiPartitionKey({"resource_type": "Observation", "last_updated": "2015-03-01"}),
+            resources=resources, instance=instance)
+    wh = Warehouse(url)
+    assert materialized == ["raw_observation"]
+    assert wh.current_ids("Observation") == {r["id"] for r in small_hospital.by_type()["Observation"]}
+    assert wh.current_ids("Patient") == set()  # only the partition's type
+    assert old.success and old.get_asset_materialization_events()[0].materialization.metadata["received"].value == 0
