@@ -85,9 +85,11 @@ def record_counts(client: FhirClient | None, warehouse: Warehouse, report: TypeR
     report.quarantined_current = row["quarantined_current"]
 
 
-def apply_id_reconciliation(warehouse: Warehouse, loader: TypeLoader, seen: SeenIds, source: str) -> int:
-    """After a full pass: delete current rows whose id the pass did not see; retire quarantine
-    rows it did not see again."""
+def apply_id_reconciliation(warehouse: Warehouse, loader: TypeLoader, seen: SeenIds, source: str, *,
+                            content_pass: bool = True) -> int:
+    """After a full pass: delete current rows whose id the pass did not see. Quarantine rows are
+    retired when a content pass did not see them again, or (``content_pass=False``, an id-only
+    listing) when their id is gone from the server."""
     loader.flush()
     removed = 0
     for chunk in warehouse.ids_missing_from(seen):
@@ -95,7 +97,10 @@ def apply_id_reconciliation(warehouse: Warehouse, loader: TypeLoader, seen: Seen
             loader.delete(rid, None, None, source)
         removed += len(chunk)
     loader.flush()
-    warehouse.retire_quarantine(loader.resource_type, seen.started)
+    if content_pass:
+        warehouse.retire_quarantine(loader.resource_type, seen.started)
+    else:
+        warehouse.retire_quarantine_missing_from(seen)
     return removed
 
 
@@ -192,7 +197,8 @@ def reconcile_type(client: FhirClient, warehouse: Warehouse, report: TypeReport,
         if isinstance(entry.resource.get("id"), str):
             ids.add(entry.resource["id"])
     loader = TypeLoader(warehouse, report.resource_type, batch_size)
-    removed = apply_id_reconciliation(warehouse, loader, ids, f"{client.base_url}/{report.resource_type}?_elements=id")
+    removed = apply_id_reconciliation(warehouse, loader, ids, f"{client.base_url}/{report.resource_type}?_elements=id",
+                                      content_pass=False)
     report.load.tombstones_seen += loader.counts.tombstones_seen
     report.load.applied.deleted += loader.counts.applied.deleted
     return removed

@@ -369,7 +369,7 @@ class Warehouse:
                 # A version seen before (a replayed page) is already in the history: insert-or-ignore.
                 self._insert_rows(conn, history, ("resource_type", "id", "version_key", "version_id", "last_updated",
                                                   "deleted", "resource", "source", "loaded_at"), history_rows, ignore_conflicts=True)
-            valid_ids = [r.id for r, _ in changed] + [t.id for t in removals]
+            valid_ids = [r.id for r, _ in changed] + list(deletes)  # a delete also ends a quarantined version
             if valid_ids and conn.execute(sa.select(quarantine.c.fingerprint).where(
                     quarantine.c.resource_type == resource_type, quarantine.c.current.is_(True)).limit(1)).first():
                 for i in range(0, len(valid_ids), _IN_CHUNK):
@@ -457,6 +457,16 @@ class Warehouse:
         with self.engine.begin() as conn:
             conn.execute(table.update().where(table.c.resource_type == resource_type, table.c.current.is_(True),
                                               table.c.last_seen < seen_since).values(current=False))
+
+    def retire_quarantine_missing_from(self, seen: "SeenIds") -> None:
+        """After an id-only reconciliation: quarantined ids the server no longer has are not current."""
+        seen.flush()
+        table, scratch = self._tables[QUARANTINE], self._tables[SEEN_IDS]
+        with self.engine.begin() as conn:
+            conn.execute(table.update().where(
+                table.c.resource_type == seen.resource_type, table.c.current.is_(True), table.c.resource_id.is_not(None),
+                ~sa.exists().where(scratch.c.resource_type == seen.resource_type, scratch.c.id == table.c.resource_id))
+                .values(current=False))
 
     def ids_missing_from(self, seen: "SeenIds") -> Iterator[list[str]]:
         """Current ids of the type that a full pass did not see, in chunks (computed in SQL)."""

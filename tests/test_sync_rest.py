@@ -147,3 +147,19 @@ def test_a_crash_mid_load_and_a_rerun_leave_the_same_tables_as_an_uninterrupted_
         monkeypatch.setattr(crashed, "apply", real_apply)
         sync_rest(client, crashed, TYPES, batch_size=300)
     assert_same(snapshot(clean), snapshot(crashed))
+
+
+def test_an_id_reconciliation_keeps_quarantined_resources_that_are_still_on_the_server(tmp_path):
+    bad = {"resourceType": "Patient", "id": "bad", "birthDate": "2999-01-01"}
+    good = {"resourceType": "Patient", "id": "good", "birthDate": "1970-01-01"}
+    with SandboxFhirServer(tmp_path / "server") as server:
+        load_server(server.base_url, [bad, good])
+        wh = warehouse(tmp_path)
+        with client_for(server.base_url) as client:
+            sync_rest(client, wh, ["Patient"])
+            reconciled = sync_rest(client, wh, ["Patient"], reconcile=True)
+            assert wh.quarantined_current("Patient") == 1
+            assert reconciled["Patient"].server_count == reconciled["Patient"].warehouse_count + 1
+            httpx.delete(f"{server.base_url}/Patient/bad")
+            sync_rest(client, wh, ["Patient"])  # the _history tombstone ends the quarantined version
+    assert wh.quarantined_current("Patient") == 0 and wh.current_ids("Patient") == {"good"}
