@@ -33,9 +33,21 @@ class IngestConfig(dg.Config):
     reconcile: bool = False     # compare every id with the server (deletes on servers without _history)
 
 
+RAW_SCHEMA = dg.TableSchema(columns=[
+    dg.TableColumn("id", "text", description="FHIR resource id (primary key)"),
+    dg.TableColumn("version_id", "text", description="meta.versionId"),
+    dg.TableColumn("last_updated", "text", description="meta.lastUpdated (the server's clock)"),
+    dg.TableColumn("content_hash", "text", description="SHA-256 of the canonical JSON: unchanged re-reads are not written"),
+    dg.TableColumn("resource", "text", description="The resource's JSON as received"),
+    dg.TableColumn("source", "text", description="Page URL or file:line it came from"),
+    dg.TableColumn("loaded_at", "timestamp", description="When this version was written"),
+])
+
+
 def _spec(resource_type: str) -> dg.AssetSpec:
     return dg.AssetSpec(
         raw_asset_key(resource_type), group_name=RAW_GROUP, kinds={"fhir", "sql"}, skippable=True,
+        metadata={"dagster/column_schema": RAW_SCHEMA},
         description=(f"The current version of every {resource_type} on the FHIR server, validated against the R4 "
                      f"model and plausibility rules, as raw JSON with id, versionId and lastUpdated. Every version "
                      f"is kept in `raw_history`; invalid resources are in `quarantine` with their errors."))
@@ -72,8 +84,10 @@ def fhir_ingest(context: dg.AssetExecutionContext, config: IngestConfig, fhir: F
         context.log.info(f"{resource_type} ({report.mode}): {load.received} received, {load.applied.inserted} new, "
                          f"{load.applied.updated} updated, {load.applied.deleted} deleted, {load.quarantined_seen} "
                          f"quarantined, {report.search.requests} requests")
+        # No preview: raw tables hold real FHIR ids.
         yield dg.MaterializeResult(asset_key=raw_asset_key(resource_type),
-                                   metadata={"dagster/row_count": report.warehouse_count or 0, **report.as_metadata()})
+                                   metadata={"dagster/row_count": report.warehouse_count or 0,
+                                             "dagster/column_schema": RAW_SCHEMA, **report.as_metadata()})
 
 
 raw_assets = [fhir_ingest]
