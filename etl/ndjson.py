@@ -15,13 +15,16 @@ from concurrent.futures import Executor, ProcessPoolExecutor
 from dataclasses import dataclass
 from itertools import islice
 from pathlib import Path
-from typing import Callable, Iterable, Iterator
+from typing import TYPE_CHECKING, Callable, Iterable, Iterator
 
 import orjson
 
 from .children import child_rows
 from .loader import TypeLoader, check_resource
 from .warehouse import RawRow, SeenIds, Warehouse, content_hash
+
+if TYPE_CHECKING:
+    from .sync import TypeReport
 
 CHUNK_LINES = 500
 FILE_TYPE = re.compile(r"^(?P<type>[A-Z][A-Za-z]+)(?:[._-].*)?\.ndjson$")

@@ -8,7 +8,7 @@ reasons; a resource with any reason is quarantined like a structurally invalid o
 from __future__ import annotations
 
 from datetime import date, timedelta
-from typing import Any, Callable, Iterator
+from typing import Any, Callable
 
 DATE_KEYS = {"birthDate", "deceasedDateTime", "onsetDateTime", "abatementDateTime", "recordedDate",
              "effectiveDateTime", "performedDateTime", "issued", "date", "dateAsserted", "detected", "recordedDate"}

@@ -15,7 +15,7 @@ an overlapping ``_lastUpdated`` window) leaves the same tables. Invalid resource
 from __future__ import annotations
 
 import hashlib
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import datetime, timezone
 from typing import Any, Iterable, Iterator, Sequence
 
@@ -198,7 +198,6 @@ class Warehouse:
     # ------------------------------------------------------------------ schema
 
     def _define_shared_tables(self) -> None:
-        m = self.metadata
         ts = sa.DateTime(timezone=True)
         self._define(HISTORY,
                  sa.Column("resource_type", sa.String(64), primary_key=True),

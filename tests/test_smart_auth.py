@@ -12,7 +12,6 @@ from jwt.algorithms import ECAlgorithm, RSAAlgorithm
 
 from etl.auth import AuthError, SmartBackendAuth
 from etl.fhir_client import FhirClient, FhirError
-from synthetic.load import load_server
 from synthetic.sandbox import SandboxFhirServer
 
 KEYS = {"RS384": rsa.generate_private_key(public_exponent=65537, key_size=2048),
