@@ -16,11 +16,10 @@ import sqlalchemy as sa
 
 from etl.warehouse import Warehouse
 
+from .raw import RESOURCE_TYPES
 from .resources import PROJECT_ROOT, StudyResource
 
 PROVENANCE = "provenance"
-INGESTED_TYPES = ("Patient", "Condition", "MedicationStatement", "Procedure", "Observation", "AdverseEvent",
-                  "ResearchStudy", "ResearchSubject")
 
 
 @lru_cache(maxsize=1)
@@ -44,8 +43,10 @@ def package_version() -> str:
 
 def watermarks(wh: Warehouse) -> dict[str, Any]:
     out: dict[str, Any] = {}
-    for rtype in INGESTED_TYPES:
-        state = wh.sync_state(rtype) if wh.has_table("sync_state") else None
+    if not wh.has_table("sync_state"):
+        return out
+    for rtype in RESOURCE_TYPES:
+        state = wh.sync_state(rtype)
         if state:
             out[rtype] = {"watermark": state["watermark"], "checked_at": str(state["checked_at"]), "mode": state["mode"]}
     return out

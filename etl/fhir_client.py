@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import email.utils
 import logging
+import os
 import random
 import time
 from dataclasses import dataclass, field
@@ -139,7 +140,7 @@ class FhirClient:
         self.backoff_s = backoff_s
         self.retry_after_cap_s = retry_after_cap_s
         if auth is None:
-            auth = BearerTokenAuth(bearer_token_env) if bearer_token_env and _env_set(bearer_token_env) else NoAuth()
+            auth = BearerTokenAuth(bearer_token_env) if bearer_token_env and os.environ.get(bearer_token_env) else NoAuth()
         self.auth = auth
         self._http = httpx.Client(headers={"Accept": "application/fhir+json"}, timeout=timeout_s,
                                   transport=transport, follow_redirects=True, verify=True)
@@ -289,8 +290,3 @@ class FhirClient:
             url = self._next_link(bundle)
             query = None
 
-
-def _env_set(name: str) -> bool:
-    import os
-
-    return bool(os.environ.get(name))

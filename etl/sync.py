@@ -73,8 +73,8 @@ class TypeReport:
 def record_counts(client: FhirClient | None, warehouse: Warehouse, report: TypeReport,
                   server_count: int | None = None, *, force: bool = False) -> None:
     """Store server vs warehouse counts; asks the server only when something may have changed."""
-    if not (force or report.changed or report.load.tombstones_seen or warehouse.counts(report.resource_type) is None):
-        previous = warehouse.counts(report.resource_type) or {}
+    previous = warehouse.counts(report.resource_type)
+    if previous is not None and not (force or report.changed or report.load.tombstones_seen):
         report.server_count, report.warehouse_count = previous.get("server_count"), previous.get("warehouse_count")
         report.quarantined_current = previous.get("quarantined_current")
         return

@@ -6,10 +6,8 @@ from pathlib import Path
 import pandas as pd
 import sqlalchemy as sa
 
+from assets.raw import RESOURCE_TYPES as TYPES
 from etl.warehouse import Warehouse
-
-TYPES = ("Patient", "Condition", "MedicationStatement", "Procedure", "Observation", "AdverseEvent",
-         "ResearchStudy", "ResearchSubject")
 
 
 def warehouse(tmp_path: Path, name: str = "w") -> Warehouse:

@@ -3,19 +3,13 @@ Debian's chromedriver, opens the webserver over the demo definitions, waits for 
 and finds the study assets. A screenshot is kept in test-artifacts/ for whoever reviews the run."""
 from __future__ import annotations
 
-import os
 import shutil
-import subprocess
-import sys
-import time
-from pathlib import Path
 
 import httpx
 import pytest
 
-from synthetic.sandbox import free_port
+from tests.dagster_webserver import ROOT, running_webserver
 
-ROOT = Path(__file__).resolve().parent.parent
 ARTIFACTS = ROOT / "test-artifacts"
 CHROMIUM, CHROMEDRIVER = shutil.which("chromium"), shutil.which("chromedriver")
 pytestmark = pytest.mark.skipif(not (CHROMIUM and CHROMEDRIVER),
@@ -28,30 +22,11 @@ FLAGS = ["--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-u
 
 @pytest.fixture(scope="module")
 def ui(tmp_path_factory):
-    port = free_port()
-    home = tmp_path_factory.mktemp("dagster_home")
-    (home / "dagster.yaml").write_text("telemetry:\n  enabled: false\n")
-    env = {**os.environ, "DAGSTER_HOME": str(home), "FHIR_BASE_URL": "http://127.0.0.1:9/fhir",
-           "PSEUDONYM_KEY": "not-used-by-this-test-0123"}
-    proc = subprocess.Popen([str(Path(sys.executable).with_name("dagster-webserver")), "-w", "workspace.yaml",
-                             "-h", "127.0.0.1", "-p", str(port)], cwd=ROOT, env=env,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    base = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + 120
-        while time.monotonic() < deadline:
-            try:
-                if httpx.get(f"{base}/server_info", timeout=5).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                pass
-            time.sleep(0.5)
-        else:
-            pytest.fail("the Dagster webserver did not start within 120 s")
+    def ready(base: str) -> bool:
+        return httpx.get(f"{base}/server_info", timeout=5).status_code == 200
+
+    with running_webserver(tmp_path_factory.mktemp("dagster_home"), ready) as base:
         yield base
-    finally:
-        proc.terminate()
-        proc.wait(timeout=30)
 
 
 def test_the_asset_graph_shows_the_study_assets_in_chromium(ui, tmp_path):

@@ -2,47 +2,21 @@
 API, the same data the asset graph in the UI is drawn from)."""
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
-import time
-from pathlib import Path
-
 import httpx
 import pytest
 
-from synthetic.sandbox import free_port
+from tests.dagster_webserver import running_webserver
 
-ROOT = Path(__file__).resolve().parent.parent
 QUERY = "{ assetNodes { assetKey { path } dependencyKeys { path } description } }"
 
 
 @pytest.fixture(scope="module")
 def webserver(tmp_path_factory):
-    port = free_port()
-    home = tmp_path_factory.mktemp("dagster_home")
-    env = {**os.environ, "DAGSTER_HOME": str(home), "FHIR_BASE_URL": "http://127.0.0.1:9/fhir",
-           "PSEUDONYM_KEY": "not-used-by-this-test-0123"}
-    proc = subprocess.Popen([str(Path(sys.executable).with_name("dagster-webserver")), "-w", "workspace.yaml",
-                             "-h", "127.0.0.1", "-p", str(port), "--read-only"], cwd=ROOT, env=env,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    url = f"http://127.0.0.1:{port}/graphql"
-    try:
-        deadline = time.monotonic() + 120
-        while time.monotonic() < deadline:
-            try:
-                nodes = httpx.post(url, json={"query": QUERY}, timeout=10).json()["data"]["assetNodes"]
-                if nodes:
-                    break
-            except (httpx.HTTPError, KeyError, TypeError, ValueError):
-                pass
-            time.sleep(0.5)
-        else:
-            pytest.fail("the Dagster webserver did not show the assets within 120 s")
-        yield url
-    finally:
-        proc.terminate()
-        proc.wait(timeout=30)
+    def ready(base: str) -> bool:
+        return bool(httpx.post(f"{base}/graphql", json={"query": QUERY}, timeout=10).json()["data"]["assetNodes"])
+
+    with running_webserver(tmp_path_factory.mktemp("dagster_home"), ready, "--read-only") as base:
+        yield f"{base}/graphql"
 
 
 def test_the_ui_shows_the_study_assets_and_their_lineage(webserver):
