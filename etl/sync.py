@@ -5,9 +5,11 @@
   deleted (the history table keeps them).
 * Later runs: only ``_lastUpdated=ge<watermark>``; the watermark is the server's own clock at the
   start of the previous pull (``Bundle.meta.lastUpdated``), so client clock skew cannot lose
-  updates, and an unchanged server answers with one empty page.
-* Deletes: tombstones from system-level ``_history?_since=<watermark>`` where the server offers
-  it; where it doesn't, ``reconcile=True`` (the weekly job) compares every id on the server.
+  updates.
+* History first: one system-level ``_history?_since=<oldest watermark>`` gives the tombstones and
+  says which types changed at all; an unchanged type is not searched, so an unchanged re-run costs
+  one request. Where the server offers no ``_history``, every type is searched and
+  ``reconcile=True`` (the weekly job) finds deletes by comparing every id on the server.
 * Counts: after a pull that changed anything, the server's ``_summary=count`` is stored beside
   the warehouse's count for the blocking reconciliation check.
 """
@@ -15,6 +17,7 @@ from __future__ import annotations
 
 import logging
 import time
+from datetime import datetime
 from dataclasses import dataclass, field
 from concurrent.futures import Executor
 from typing import Any, Callable, Iterable, Iterator
@@ -160,34 +163,80 @@ def pull_window(client: FhirClient, warehouse: Warehouse, resource_type: str, st
     return report
 
 
-def apply_history_deletes(client: FhirClient, warehouse: Warehouse, reports: dict[str, TypeReport],
-                          batch_size: int = 1000) -> bool:
-    """Apply tombstones from ``_history?_since=`` (one system-level request for all types).
+@dataclass
+class HistoryScan:
+    """What one system-level ``_history?_since=`` said for the incrementally synced types."""
+    supported: bool
+    changed: set[str] = field(default_factory=set)   # types with a version at or after their own watermark
+    deletes: dict[str, LoadCounts] = field(default_factory=dict)
+    stats: SearchStats = field(default_factory=SearchStats)
+    newest: str | None = None  # the server's clock as far as the history shows it
+    unsupported_status: int | None = None
 
-    Returns False when the server offers no history; deletes then wait for the reconciliation job."""
-    since = [r.watermark_before for r in reports.values() if r.mode == "incremental" and r.watermark_before]
-    if not since:
-        return True
-    stats = SearchStats()
-    loaders = {t: TypeLoader(warehouse, t, batch_size) for t in reports}
+
+def _compare(a: str, b: str) -> int | None:
+    """Server instants compared as instants (their offsets may differ); None when either does not parse."""
     try:
-        for entry in client.history(min(since), stats=stats):
-            if entry.deleted and entry.resource_type in loaders:
-                loaders[entry.resource_type].delete(entry.id, entry.version_id, entry.last_updated, entry.source)
+        x, y = datetime.fromisoformat(a), datetime.fromisoformat(b)
+        return (x > y) - (x < y)
+    except (ValueError, TypeError):
+        return None
+
+
+def _at_or_after(last_updated: str | None, watermark: str) -> bool:
+    """Unknown or unparseable counts as after: the type is searched rather than a change missed."""
+    order = _compare(last_updated, watermark) if last_updated else None
+    return order is None or order >= 0
+
+
+def _strictly_after(instant: str, watermark: str) -> bool:
+    """Whether a watermark may move up to ``instant``; when either does not parse, it stays."""
+    return _compare(instant, watermark) == 1
+
+
+def scan_history(client: FhirClient, warehouse: Warehouse, watermarks: dict[str, str],
+                 batch_size: int = 1000) -> HistoryScan:
+    """Read ``_history?_since=<oldest watermark>`` once for every type: apply its tombstones and note which
+    types changed, so an unchanged type needs no search at all (an unchanged re-run costs one request).
+
+    A server without ``_history`` gives ``supported=False``: every type is then searched, and deletes wait
+    for the reconciliation job."""
+    scan = HistoryScan(supported=True)
+    loaders = {t: TypeLoader(warehouse, t, batch_size) for t in watermarks}
+    try:
+        for entry in client.history(min(watermarks.values()), stats=scan.stats):
+            if entry.last_updated and (scan.newest is None or _strictly_after(entry.last_updated, scan.newest)):
+                scan.newest = entry.last_updated
+            loader = loaders.get(entry.resource_type)
+            if loader is None:
+                continue
+            if _at_or_after(entry.last_updated, watermarks[entry.resource_type]):
+                scan.changed.add(entry.resource_type)
+            if entry.deleted:
+                loader.delete(entry.id, entry.version_id, entry.last_updated, entry.source)
     except FhirError as exc:
         if exc.status not in HISTORY_UNSUPPORTED:
             raise
-        for report in reports.values():
-            report.notes.append(f"server offers no _history (HTTP {exc.status}): deletes wait for the reconciliation job")
-        return False
-    finally:
-        first = next(iter(reports.values()))
-        first.search.add(stats)  # the one history request is charged to the first type
+        return HistoryScan(supported=False, stats=scan.stats, unsupported_status=exc.status)
     for resource_type, loader in loaders.items():
         loader.flush()
-        reports[resource_type].load.tombstones_seen += loader.counts.tombstones_seen
-        reports[resource_type].load.applied.deleted += loader.counts.applied.deleted
-    return True
+        scan.deletes[resource_type] = loader.counts
+    scan.newest = scan.stats.server_time or scan.newest
+    return scan
+
+
+def unchanged_type(warehouse: Warehouse, resource_type: str, watermark: str, scan: HistoryScan) -> TypeReport:
+    """A type the history shows untouched since its watermark: no search. The watermark moves up to the
+    newest instant the history showed, so the next ``_since`` window does not keep growing."""
+    report = TypeReport(resource_type, "incremental", watermark_before=watermark, watermark_after=watermark,
+                        scope="unchanged since the watermark (per _history)")
+    if scan.newest and _strictly_after(scan.newest, watermark):
+        report.watermark_after = scan.newest
+        warehouse.save_sync_state(resource_type, watermark=scan.newest, mode="incremental", full=False,
+                                  watermark_source="_history")
+    else:
+        warehouse.touch_sync_state(resource_type)
+    return report
 
 
 def reconcile_type(client: FhirClient, warehouse: Warehouse, report: TypeReport, batch_size: int = 1000) -> int:
@@ -209,14 +258,27 @@ def sync_rest(client: FhirClient, warehouse: Warehouse, resource_types: Iterable
               workers: int | None = None) -> dict[str, TypeReport]:
     types = list(resource_types)
     warehouse.ensure_schema(types)
-    pool = validation_pool(workers)
+    watermarks = {} if full else {t: state["watermark"] for t in types
+                                  if (state := warehouse.sync_state(t)) and state.get("watermark")}
+    scan = scan_history(client, warehouse, watermarks, batch_size) if watermarks else None
+    skip = set(watermarks) - scan.changed if scan is not None and scan.supported else set()
+    pool = validation_pool(workers) if set(types) - skip else None
     try:
-        reports = {t: pull_type(client, warehouse, t, full=full, batch_size=batch_size, progress=progress, pool=pool)
+        reports = {t: unchanged_type(warehouse, t, watermarks[t], scan) if t in skip and scan is not None else
+                   pull_type(client, warehouse, t, full=full, batch_size=batch_size, progress=progress, pool=pool)
                    for t in types}
     finally:
         if pool is not None:
             pool.shutdown()
-    apply_history_deletes(client, warehouse, reports, batch_size)
+    if scan is not None:
+        reports[next(iter(watermarks))].search.add(scan.stats)  # the one history request, charged once
+        for resource_type, deletes in scan.deletes.items():
+            reports[resource_type].load.tombstones_seen += deletes.tombstones_seen
+            reports[resource_type].load.applied.deleted += deletes.applied.deleted
+        if not scan.supported:
+            for resource_type in watermarks:
+                reports[resource_type].notes.append(f"server offers no _history (HTTP {scan.unsupported_status}): "
+                                                    "deletes wait for the reconciliation job")
     for report in reports.values():
         if reconcile and report.mode == "incremental":
             reconcile_type(client, warehouse, report, batch_size)

@@ -28,7 +28,7 @@ def client_for(base_url: str, **kw) -> FhirClient:
     return FhirClient(base_url, page_size=kw.pop("page_size", 200), backoff_s=0.01, **kw)
 
 
-def test_first_pull_then_unchanged_rerun_costs_one_request_per_type_and_writes_nothing(server, small_hospital, tmp_path):
+def test_first_pull_then_unchanged_rerun_costs_one_history_request_and_writes_nothing(server, small_hospital, tmp_path):
     wh = warehouse(tmp_path)
     with client_for(server.base_url) as client:
         first = sync_rest(client, wh, TYPES)
@@ -39,7 +39,7 @@ def test_first_pull_then_unchanged_rerun_costs_one_request_per_type_and_writes_n
     by_type = small_hospital.by_type()
     for t in TYPES:
         assert first[t].load.applied.inserted == len(by_type[t]) == first[t].server_count == first[t].warehouse_count
-    assert sum(r.search.requests for r in again.values()) == len(TYPES) + 1  # one search per type, one _history
+    assert sum(r.search.requests for r in again.values()) == 1  # one _history request says nothing changed
     assert all(r.load.applied.writes == 0 and r.load.received == 0 for r in again.values())
     assert_same(before, snapshot(wh))
     with wh.engine.connect() as conn:
@@ -68,6 +68,34 @@ def test_updates_and_deletes_reach_the_warehouse_and_history_keeps_the_old_versi
                             {"i": observation["id"]}).all()
     assert [v for v, _ in versions] == ["1", "2"] and len(tomb) == 1
     assert reports["Observation"].server_count == reports["Observation"].warehouse_count
+
+
+def test_only_types_the_history_shows_changed_are_searched_and_the_others_watermarks_move_up(server, tmp_path):
+    wh = warehouse(tmp_path)
+    with client_for(server.base_url) as client:
+        sync_rest(client, wh, TYPES)
+        before = {t: wh.sync_state(t)["watermark"] for t in TYPES}
+        condition = client_get(server, "Condition")
+        condition["note"] = [{"text": "second look"}]
+        stored = httpx.put(f"{server.base_url}/Condition/{condition['id']}", json=condition).json()
+        reports = sync_rest(client, wh, TYPES)
+    searched = {t for t, r in reports.items() if r.search.pages and t != TYPES[0]}
+    assert searched == {"Condition"}
+    assert reports[TYPES[0]].search.requests == 1  # the history request, charged to the first type
+    assert reports["Condition"].load.applied.updated == 1
+    for t in set(TYPES) - {"Condition"}:
+        assert reports[t].mode == "incremental" and reports[t].load.received == 0
+        assert wh.sync_state(t)["watermark"] == stored["meta"]["lastUpdated"] > before[t]
+
+
+def test_history_entries_compare_as_instants_not_strings():
+    from etl.sync import _at_or_after, _strictly_after
+
+    assert not _at_or_after("2026-01-01T10:30:00+01:00", "2026-01-01T09:45:00Z")  # 09:30Z is before 09:45Z
+    assert _at_or_after("2026-01-01T09:45:00Z", "2026-01-01T10:45:00+01:00")  # the same instant
+    assert _at_or_after(None, "2026-01-01T09:45:00Z") and _at_or_after("yesterday", "2026-01-01T09:45:00Z")
+    assert _strictly_after("2026-01-01T09:46:00Z", "2026-01-01T10:45:00+01:00")
+    assert not _strictly_after("not a time", "2026-01-01T09:45:00Z")
 
 
 def client_get(server: SandboxFhirServer, rtype: str) -> dict:
