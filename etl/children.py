@@ -5,24 +5,35 @@ They are written in the same transaction as the raw JSON they come from, so an a
 """
 from __future__ import annotations
 
-from typing import Any, Iterator
+from typing import Any
 
 CODING, COMPONENT, DOSAGE = "fhir_coding", "fhir_observation_component", "fhir_dosage"
 CHILD_TABLES = (CODING, COMPONENT, DOSAGE)
 
 
-def _codings(node: Any, path: str) -> Iterator[tuple[str, dict[str, Any]]]:
+def _codings(node: Any, keys: tuple | None, out: list[tuple[tuple | None, dict[str, Any]]]) -> None:
+    """Every Coding with the chain of keys above it; the dotted path is joined only for a coding found
+    (joining one per element cost more than the walk)."""
     if isinstance(node, dict):
         for key, value in node.items():
             if key == "coding" and isinstance(value, list):
                 for coding in value:
                     if isinstance(coding, dict):
-                        yield path, coding
-            elif key not in ("text", "div", "contained"):
-                yield from _codings(value, f"{path}.{key}" if path else key)
+                        out.append((keys, coding))
+            elif key not in ("text", "div", "contained") and isinstance(value, (dict, list)):
+                _codings(value, (keys, key), out)
     elif isinstance(node, list):
         for item in node:
-            yield from _codings(item, path)
+            if isinstance(item, (dict, list)):
+                _codings(item, keys, out)
+
+
+def _dotted(keys: tuple | None) -> str:
+    parts: list[str] = []
+    while keys:
+        keys, key = keys
+        parts.append(key)
+    return ".".join(reversed(parts))
 
 
 def _number(value: Any) -> float | None:
@@ -39,9 +50,11 @@ COLUMNS = {
 def child_rows(resource_type: str, resource: dict[str, Any]) -> dict[str, list[tuple[Any, ...]]]:
     """Rows per child table, as tuples in ``COLUMNS`` order (cheap to pickle from a validation worker)."""
     rid = resource["id"]
+    found: list[tuple[tuple | None, dict[str, Any]]] = []
+    _codings(resource, None, found)
     rows: dict[str, list[tuple[Any, ...]]] = {
-        CODING: [(resource_type, rid, path, c.get("system"), c.get("code"), c.get("display"))
-                 for path, c in _codings(resource, "")]}
+        CODING: [(resource_type, rid, _dotted(keys), c.get("system"), c.get("code"), c.get("display"))
+                 for keys, c in found]}
     if resource_type == "Observation":
         rows[COMPONENT] = []
         for i, comp in enumerate(resource.get("component") or []):

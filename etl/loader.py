@@ -16,9 +16,9 @@ from .validation import validation_errors
 from .warehouse import ApplyResult, QuarantineRow, RawRow, Tombstone, Warehouse
 
 
-def check_resource(resource: Any, expected_type: str) -> list[str]:
+def check_resource(resource: Any, expected_type: str, text: bytes | None = None) -> list[str]:
     """Structural R4 errors first; plausibility only for a structurally valid resource."""
-    errors = validation_errors(resource, expected_type)
+    errors = validation_errors(resource, expected_type, text)
     return errors or plausibility_errors(resource)
 
 

@@ -21,37 +21,50 @@ NON_NEGATIVE_UNITS = {*("kg", "g", "mg", "ug", "mcg", "ng"), "cm", "m", "%", "[l
 MAX_SINGLE_DOSE_MG = 100_000.0  # 100 g in one administration: above any drug this pipeline reads (IVIG included)
 
 
-def _scan(node: Any, path: str, parent: str, limit: str, out: list[str]) -> None:
-    """One pass over the resource for the date, period and measurement rules (a generator-based walk
-    cost more than validation's share of the time budget in the ingestion benchmark)."""
+Link = tuple  # (parent link, key or list index): a path built only when a rule fails
+
+
+def _render(link: Link | None) -> str:
+    parts: list[str | int] = []
+    while link:
+        link, part = link
+        parts.append(part)
+    out = ""
+    for part in reversed(parts):
+        out += f"[{part}]" if isinstance(part, int) else (f".{part}" if out else part)
+    return out
+
+
+def _scan(node: Any, link: Link | None, parent: str, limit: str, out: list[str]) -> None:
+    """One pass over the resource for the date, period and measurement rules. Paths are rendered
+    only for a failure: formatting one per element cost more than the rules themselves."""
     if isinstance(node, dict):
         for key, value in node.items():
             if key in ("meta", "text", "contained"):
                 continue
-            here = f"{path}.{key}" if path else key
             if isinstance(value, str):
                 if (key in DATE_KEYS or (key in ("start", "end") and parent in PERIOD_KEYS)) and value[:10] > limit:
-                    out.append(f"{here}: {value} is in the future")
+                    out.append(f"{_render((link, key))}: {value} is in the future")
                 continue
             if key in PERIOD_KEYS and isinstance(value, dict):
                 start, end = value.get("start"), value.get("end")
                 if isinstance(start, str) and isinstance(end, str) and end[:10] < start[:10]:
-                    out.append(f"{here}: ends ({end}) before it starts ({start})")
+                    out.append(f"{_render((link, key))}: ends ({end}) before it starts ({start})")
             elif key == "valueQuantity" and isinstance(value, dict):
                 number, unit = value.get("value"), value.get("code") or value.get("unit")
                 if isinstance(number, (int, float)) and number < 0 and unit in NON_NEGATIVE_UNITS:
-                    out.append(f"{here}: negative {unit} value {number:g}")
+                    out.append(f"{_render((link, key))}: negative {unit} value {number:g}")
             if isinstance(value, (dict, list)):
-                _scan(value, here, key, limit, out)
+                _scan(value, (link, key), key, limit, out)
     elif isinstance(node, list):
         for i, item in enumerate(node):
             if isinstance(item, (dict, list)):
-                _scan(item, f"{path}[{i}]", parent, limit, out)
+                _scan(item, (link, i), parent, limit, out)
 
 
 def dates_periods_measurements(resource: dict[str, Any], today: date) -> list[str]:
     out: list[str] = []
-    _scan(resource, "", "", (today + timedelta(days=1)).isoformat(), out)
+    _scan(resource, None, "", (today + timedelta(days=1)).isoformat(), out)
     return out
 
 

@@ -29,6 +29,18 @@ def test_r4_only_element_is_accepted():
     assert validation_errors(rs, "ResearchSubject") == []
 
 
+@pytest.mark.parametrize("text", [
+    b'{"resourceType":"Patient","id":"p","active":"no"}',
+    b'{"resourceType":"Patient","id":"p","activ\\u0065":"no"}',  # an escaped key still reads as "active"
+    b'{"resourceType":"Patient","id":"p","multipleBirthInteger":"2"}',
+])
+def test_string_booleans_and_integers_are_refused_with_or_without_the_raw_line(text):
+    import orjson
+
+    resource = orjson.loads(text)
+    assert validation_errors(resource, "Patient", text) == validation_errors(resource, "Patient") != []
+
+
 def test_newer_versions_replace_older_ones_never_the_reverse(tmp_path):
     wh = warehouse(tmp_path)
     wh.ensure_schema(["MedicationStatement"])

@@ -1,0 +1,27 @@
+"""Reading NDJSON in blocks (etl.ndjson.file_blocks): every line once, with its own line number."""
+from __future__ import annotations
+
+from etl.ndjson import check_block, file_blocks
+
+
+def test_blocks_keep_every_line_and_its_number_across_block_edges(tmp_path):
+    lines = [b'{"n": %d, "pad": "%s"}' % (i, b"x" * (i % 37)) for i in range(1, 301)]
+    lines[149] = b'{"n": 150, "long": "' + b"y" * 5000 + b'"}'  # longer than a block
+    lines[199] = b""  # an empty line keeps its number and yields nothing
+    path = tmp_path / "Patient.ndjson"
+    path.write_bytes(b"\r\n".join(lines))  # Windows line ends, no newline after the last line
+    numbered = []
+    for block in file_blocks(path, "Patient", size=1024):
+        for offset, text in enumerate(block.data.split(b"\n")):
+            if text.strip():
+                numbered.append((block.first_line + offset, text.strip()))
+    assert numbered == [(i + 1, line) for i, line in enumerate(lines) if line]
+
+
+def test_a_checked_block_names_file_and_line_of_each_bad_line(tmp_path):
+    path = tmp_path / "Patient.ndjson"
+    path.write_bytes(b'{"resourceType": "Patient", "id": "a"}\n\nnot json\n')
+    [block] = list(file_blocks(path, "Patient"))
+    checked = check_block(block)
+    assert [c.source for c in checked] == [f"{path}:1", f"{path}:3"]
+    assert checked[0].row is not None and checked[1].errors[0].startswith("invalid JSON")
