@@ -27,6 +27,7 @@ import orjson
 from .fhir_client import FhirClient, FhirError, SearchStats
 from .loader import LoadCounts, TypeLoader
 from .ndjson import Line, NdjsonLoader, validation_pool
+from .prefetch import prefetched
 from .warehouse import SeenIds, Warehouse
 
 log = logging.getLogger(__name__)
@@ -123,12 +124,16 @@ def pull_type(client: FhirClient, warehouse: Warehouse, resource_type: str, *, f
     loader = NdjsonLoader(warehouse, [resource_type], batch_size, track_ids=not incremental)
 
     def lines() -> Iterator[Line]:
-        for n, entry in enumerate(client.search(resource_type, params, stats=report.search), start=1):
-            if progress and n % 10000 == 0:
-                progress(f"{resource_type}: {n} received")
+        for entry in client.search(resource_type, params, stats=report.search):
             yield Line(entry.source, orjson.dumps(entry.resource), resource_type)
 
-    loader.load(lines(), pool, chunk_lines=200)
+    def counted(lines: Iterator[Line]) -> Iterator[Line]:
+        for n, line in enumerate(lines, start=1):
+            if progress and n % 10000 == 0:
+                progress(f"{resource_type}: {n} received")
+            yield line
+
+    loader.load(counted(prefetched(lines())), pool, chunk_lines=200)
     loader.flush()
     type_loader = loader.loader(resource_type)
     if not incremental:
