@@ -234,7 +234,7 @@ def unchanged_type(warehouse: Warehouse, resource_type: str, watermark: str, sca
     """A type the history shows untouched since its watermark: no search. The watermark moves up to the
     newest instant the history showed, so the next ``_since`` window does not keep growing."""
     report = TypeReport(resource_type, "incremental", watermark_before=watermark, watermark_after=watermark,
-                        scope="unchanged since the watermark (per _history)")
+                        notes=["unchanged since the watermark per _history: not searched"])
     if scan.newest and _strictly_after(scan.newest, watermark):
         report.watermark_after = scan.newest
         warehouse.save_sync_state(resource_type, watermark=scan.newest, mode="incremental", full=False,

@@ -536,7 +536,7 @@ class Warehouse:
                          .values(checked_at=datetime.now(timezone.utc)))
 
     def save_counts(self, resource_type: str, scope: str, server_count: int | None) -> dict[str, Any]:
-        warehouse_count = len(self.current_ids(resource_type))
+        warehouse_count = self.current_count(resource_type)  # counted in SQL: a set of every id grew with the hospital
         values = {"scope": scope, "server_count": server_count, "warehouse_count": warehouse_count,
                   "quarantined_current": self.quarantined_current(resource_type), "checked_at": datetime.now(timezone.utc)}
         with self.engine.begin() as conn:
