@@ -81,3 +81,10 @@ def test_a_failed_batch_writes_nothing(tmp_path):
     with pytest.raises(TypeError):
         wh.apply("MedicationStatement", [good, broken])
     assert wh.current_ids("MedicationStatement") == set() and rows(wh, "SELECT count(*) FROM raw_history") == [(0,)]
+
+
+def test_a_sqlite_warehouse_file_runs_in_wal_mode_so_readers_do_not_wait_for_a_load(tmp_path):
+    wh = warehouse(tmp_path)
+    wh.ensure_schema(["Patient"])
+    assert rows(wh, "PRAGMA journal_mode") == [("wal",)]
+    assert rows(wh, "PRAGMA synchronous") == [(1,)]  # NORMAL: no sync per commit; WAL keeps commit order
