@@ -7,13 +7,14 @@ from __future__ import annotations
 
 from typing import Any
 
+from .paths import Link, render_path
+
 CODING, COMPONENT, DOSAGE = "fhir_coding", "fhir_observation_component", "fhir_dosage"
 CHILD_TABLES = (CODING, COMPONENT, DOSAGE)
 
 
-def _codings(node: Any, keys: tuple | None, out: list[tuple[tuple | None, dict[str, Any]]]) -> None:
-    """Every Coding with the chain of keys above it; the dotted path is joined only for a coding found
-    (joining one per element cost more than the walk)."""
+def _codings(node: Any, keys: Link | None, out: list[tuple[Link | None, dict[str, Any]]]) -> None:
+    """Every Coding with the chain of keys above it (list positions are not part of a coding's path)."""
     if isinstance(node, dict):
         for key, value in node.items():
             if key == "coding" and isinstance(value, list):
@@ -26,14 +27,6 @@ def _codings(node: Any, keys: tuple | None, out: list[tuple[tuple | None, dict[s
         for item in node:
             if isinstance(item, (dict, list)):
                 _codings(item, keys, out)
-
-
-def _dotted(keys: tuple | None) -> str:
-    parts: list[str] = []
-    while keys:
-        keys, key = keys
-        parts.append(key)
-    return ".".join(reversed(parts))
 
 
 def _number(value: Any) -> float | None:
@@ -50,10 +43,10 @@ COLUMNS = {
 def child_rows(resource_type: str, resource: dict[str, Any]) -> dict[str, list[tuple[Any, ...]]]:
     """Rows per child table, as tuples in ``COLUMNS`` order (cheap to pickle from a validation worker)."""
     rid = resource["id"]
-    found: list[tuple[tuple | None, dict[str, Any]]] = []
+    found: list[tuple[Link | None, dict[str, Any]]] = []
     _codings(resource, None, found)
     rows: dict[str, list[tuple[Any, ...]]] = {
-        CODING: [(resource_type, rid, _dotted(keys), c.get("system"), c.get("code"), c.get("display"))
+        CODING: [(resource_type, rid, render_path(keys), c.get("system"), c.get("code"), c.get("display"))
                  for keys, c in found]}
     if resource_type == "Observation":
         rows[COMPONENT] = []

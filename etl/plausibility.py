@@ -10,6 +10,8 @@ from __future__ import annotations
 from datetime import date, timedelta
 from typing import Any, Callable
 
+from .paths import Link, render_path
+
 DATE_KEYS = {"birthDate", "deceasedDateTime", "onsetDateTime", "abatementDateTime", "recordedDate",
              "effectiveDateTime", "performedDateTime", "issued", "date", "dateAsserted", "detected", "recordedDate"}
 PERIOD_KEYS = {"effectivePeriod", "performedPeriod", "onsetPeriod", "abatementPeriod", "period", "boundsPeriod"}
@@ -21,20 +23,6 @@ NON_NEGATIVE_UNITS = {*("kg", "g", "mg", "ug", "mcg", "ng"), "cm", "m", "%", "[l
 MAX_SINGLE_DOSE_MG = 100_000.0  # 100 g in one administration: above any drug this pipeline reads (IVIG included)
 
 
-Link = tuple  # (parent link, key or list index): a path built only when a rule fails
-
-
-def _render(link: Link | None) -> str:
-    parts: list[str | int] = []
-    while link:
-        link, part = link
-        parts.append(part)
-    out = ""
-    for part in reversed(parts):
-        out += f"[{part}]" if isinstance(part, int) else (f".{part}" if out else part)
-    return out
-
-
 def _scan(node: Any, link: Link | None, parent: str, limit: str, out: list[str]) -> None:
     """One pass over the resource for the date, period and measurement rules. Paths are rendered
     only for a failure: formatting one per element cost more than the rules themselves."""
@@ -44,16 +32,16 @@ def _scan(node: Any, link: Link | None, parent: str, limit: str, out: list[str])
                 continue
             if isinstance(value, str):
                 if (key in DATE_KEYS or (key in ("start", "end") and parent in PERIOD_KEYS)) and value[:10] > limit:
-                    out.append(f"{_render((link, key))}: {value} is in the future")
+                    out.append(f"{render_path((link, key))}: {value} is in the future")
                 continue
             if key in PERIOD_KEYS and isinstance(value, dict):
                 start, end = value.get("start"), value.get("end")
                 if isinstance(start, str) and isinstance(end, str) and end[:10] < start[:10]:
-                    out.append(f"{_render((link, key))}: ends ({end}) before it starts ({start})")
+                    out.append(f"{render_path((link, key))}: ends ({end}) before it starts ({start})")
             elif key == "valueQuantity" and isinstance(value, dict):
                 number, unit = value.get("value"), value.get("code") or value.get("unit")
                 if isinstance(number, (int, float)) and number < 0 and unit in NON_NEGATIVE_UNITS:
-                    out.append(f"{_render((link, key))}: negative {unit} value {number:g}")
+                    out.append(f"{render_path((link, key))}: negative {unit} value {number:g}")
             if isinstance(value, (dict, list)):
                 _scan(value, (link, key), key, limit, out)
     elif isinstance(node, list):

@@ -171,12 +171,15 @@ def pull_window(client: FhirClient, warehouse: Warehouse, resource_type: str, st
 @dataclass
 class HistoryScan:
     """What one system-level ``_history?_since=`` said for the incrementally synced types."""
-    supported: bool
     changed: set[str] = field(default_factory=set)   # types with a version at or after their own watermark
     deletes: dict[str, LoadCounts] = field(default_factory=dict)
     stats: SearchStats = field(default_factory=SearchStats)
     newest: str | None = None  # the server's clock as far as the history shows it
-    unsupported_status: int | None = None
+    unsupported_status: int | None = None  # the HTTP status of a server that offers no _history
+
+    @property
+    def supported(self) -> bool:
+        return self.unsupported_status is None
 
 
 def _compare(a: str, b: str) -> int | None:
@@ -206,7 +209,7 @@ def scan_history(client: FhirClient, warehouse: Warehouse, watermarks: dict[str,
 
     A server without ``_history`` gives ``supported=False``: every type is then searched, and deletes wait
     for the reconciliation job."""
-    scan = HistoryScan(supported=True)
+    scan = HistoryScan()
     loaders = {t: TypeLoader(warehouse, t, batch_size) for t in watermarks}
     try:
         for entry in client.history(min(watermarks.values()), stats=scan.stats):
@@ -222,7 +225,7 @@ def scan_history(client: FhirClient, warehouse: Warehouse, watermarks: dict[str,
     except FhirError as exc:
         if exc.status not in HISTORY_UNSUPPORTED:
             raise
-        return HistoryScan(supported=False, stats=scan.stats, unsupported_status=exc.status)
+        return HistoryScan(stats=scan.stats, unsupported_status=exc.status)
     for resource_type, loader in loaders.items():
         loader.flush()
         scan.deletes[resource_type] = loader.counts
