@@ -1,10 +1,14 @@
 """Shared fixtures: a real sandbox FHIR server (sekmet-fhir) loaded with a small synthetic hospital."""
 from __future__ import annotations
 
+import os
+import uuid
 from typing import Iterator
 
 import pytest
+import sqlalchemy as sa
 
+from etl.warehouse import INGEST_SCHEMA, RESTRICTED_SCHEMA, Warehouse
 from synthetic.hospital import Hospital, HospitalParams, generate_hospital
 from synthetic.load import load_server
 from synthetic.sandbox import SandboxFhirServer
@@ -22,3 +26,27 @@ def sandbox(tmp_path_factory: pytest.TempPathFactory, small_hospital: Hospital) 
     with SandboxFhirServer(tmp_path_factory.mktemp("fhir-server")) as server:
         load_server(server.base_url, small_hospital.resources)
         yield server
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def any_warehouse(request: pytest.FixtureRequest, tmp_path) -> Iterator[Warehouse]:
+    """The same warehouse test on a SQLite file and on PostgreSQL, whose loads take another code path
+    (COPY). The PostgreSQL case needs TEST_POSTGRES_URL (`.ci/run` sets it) and gets its own database,
+    whose search_path lets the test's SQL name the tables without their schema."""
+    if request.param == "sqlite":
+        yield Warehouse(f"sqlite:///{tmp_path / 'w.sqlite'}")
+        return
+    url = os.environ.get("TEST_POSTGRES_URL")
+    if not url:
+        pytest.skip("TEST_POSTGRES_URL not set (.ci/run starts PostgreSQL and sets it)")
+    admin = sa.create_engine(url, isolation_level="AUTOCOMMIT")
+    name = f"wh_{uuid.uuid4().hex[:10]}"
+    with admin.connect() as conn:
+        conn.execute(sa.text(f'CREATE DATABASE "{name}"'))
+        conn.execute(sa.text(f'ALTER DATABASE "{name}" SET search_path = public, {INGEST_SCHEMA}, {RESTRICTED_SCHEMA}'))
+    wh = Warehouse(sa.engine.make_url(url).set(database=name).render_as_string(hide_password=False))
+    yield wh
+    wh.engine.dispose()
+    with admin.connect() as conn:
+        conn.execute(sa.text(f'DROP DATABASE "{name}" WITH (FORCE)'))
+    admin.dispose()

@@ -28,8 +28,8 @@ def client_for(base_url: str, **kw) -> FhirClient:
     return FhirClient(base_url, page_size=kw.pop("page_size", 200), backoff_s=0.01, **kw)
 
 
-def test_first_pull_then_unchanged_rerun_costs_one_history_request_and_writes_nothing(server, small_hospital, tmp_path):
-    wh = warehouse(tmp_path)
+def test_first_pull_then_unchanged_rerun_costs_one_history_request_and_writes_nothing(server, small_hospital, any_warehouse):
+    wh = any_warehouse
     with client_for(server.base_url) as client:
         first = sync_rest(client, wh, TYPES)
         before = snapshot(wh)
