@@ -108,12 +108,12 @@ def validation_ceiling(directory: Path, workers: int) -> float:
 
 # ---------------------------------------------------------------- end to end (child process)
 
-def _e2e_child(directory: str, db: str) -> None:
+def _e2e_child(directory: str, url: str) -> None:
     from etl.ndjson import sync_ndjson_directory
     from etl.warehouse import Warehouse
 
     started = time.perf_counter()
-    reports = sync_ndjson_directory(Warehouse(f"sqlite:///{db}"), directory, TYPES)
+    reports = sync_ndjson_directory(Warehouse(url), directory, TYPES)
     seconds = time.perf_counter() - started
     received = sum(r.load.received for r in reports.values())
     print(json.dumps({"received": received, "seconds": seconds,
@@ -122,10 +122,26 @@ def _e2e_child(directory: str, db: str) -> None:
                       "rss_workers_mb": resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024}))
 
 
-def end_to_end(directory: Path, db: Path) -> dict[str, float]:
-    out = subprocess.run([sys.executable, "-m", "benchmarks.ingest", "--e2e-child", str(directory), str(db)],
+def end_to_end(directory: Path, url: str) -> dict[str, float]:
+    out = subprocess.run([sys.executable, "-m", "benchmarks.ingest", "--e2e-child", str(directory), url],
                          cwd=ROOT, check=True, capture_output=True, text=True)
     return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def postgres_end_to_end(directory: Path, server_url: str) -> dict[str, float]:
+    """The same load into a fresh database on the PostgreSQL server at ``server_url``, dropped afterwards."""
+    import sqlalchemy as sa
+
+    admin = sa.create_engine(server_url, isolation_level="AUTOCOMMIT")
+    name = f"ingest_bench_{os.getpid()}"
+    with admin.connect() as conn:
+        conn.execute(sa.text(f'DROP DATABASE IF EXISTS "{name}"'))
+        conn.execute(sa.text(f'CREATE DATABASE "{name}"'))
+    try:
+        return end_to_end(directory, sa.engine.make_url(server_url).set(database=name).render_as_string(hide_password=False))
+    finally:
+        with admin.connect() as conn:
+            conn.execute(sa.text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
 
 
 def fhiry_rate(directory: Path, sample: int) -> float | None:
@@ -179,6 +195,8 @@ def main() -> None:
     parser.add_argument("--fhiry-sample", type=int, default=5_000)
     parser.add_argument("--workers", type=int, default=os.cpu_count() or 1)
     parser.add_argument("--keep", action="store_true", help="keep the generated files")
+    parser.add_argument("--postgres-url", help="also load the larger NDJSON set into a fresh database on this "
+                                               "PostgreSQL server (an SQLAlchemy URL, postgresql+psycopg://...)")
     parser.add_argument("--e2e-child", nargs=2, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.e2e_child:
@@ -194,7 +212,7 @@ def main() -> None:
             written = write_files(n, files)
             print(f"generated {written} resources in {time.perf_counter() - t0:.0f}s "
                   f"({sum(p.stat().st_size for p in files.glob('*.ndjson')) / 1e6:.0f} MB of NDJSON)")
-            e2e = end_to_end(files, work / f"w-{n}.sqlite")
+            e2e = end_to_end(files, f"sqlite:///{work / f'w-{n}.sqlite'}")
             rows.append((written, e2e))
         ceiling = validation_ceiling(files, args.workers)
         print()
@@ -206,6 +224,11 @@ def main() -> None:
             print(f"{written:>10} {rate:>10.0f} {ceiling:>14.0f} {rate / ceiling:>6.2f} {e2e['rss_parent_mb']:>19.0f} "
                   f"{e2e['rss_workers_mb']:>19.0f}")
         print(f"(ceiling: bare fhir.resources.R4B validation of the {rows[-1][0]} resources on {args.workers} cores)")
+        if args.postgres_url:
+            pg = postgres_end_to_end(files, args.postgres_url)
+            rate = pg["received"] / pg["seconds"]
+            print(f"PostgreSQL warehouse, same {rows[-1][0]} resources: {rate:.0f} res/s, ratio {rate / ceiling:.2f}, "
+                  f"peak RSS parent {pg['rss_parent_mb']:.0f} MB")
         rate = fhiry_rate(files, args.fhiry_sample)
         if rate is None:
             print("fhiry: not measured (run `make bench-venv` to create benchmarks/.fhiry-venv)")
