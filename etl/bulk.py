@@ -19,7 +19,7 @@ import httpx
 import orjson
 
 from .fhir_client import FhirClient, FhirError, SearchStats, operation_outcome_text, retry_after_seconds
-from .ndjson import Line, NdjsonLoader, validation_pool
+from .ndjson import BLOCK_BYTES, Block, NdjsonLoader, blocks_of, validation_pool
 from .sync import TypeReport, apply_id_reconciliation, record_counts
 from .type_filter import TypeFilter, keep_function
 from .warehouse import Warehouse
@@ -74,8 +74,10 @@ class BulkReport:
 
 class BulkExportClient:
     def __init__(self, client: FhirClient, *, poll_cap_s: float = 120.0, initial_poll_s: float = 1.0,
-                 timeout_s: float = 7 * 24 * 3600.0, sleep: Callable[[float], None] = time.sleep) -> None:
+                 timeout_s: float = 7 * 24 * 3600.0, sleep: Callable[[float], None] = time.sleep,
+                 block_bytes: int = BLOCK_BYTES) -> None:
         self.client = client
+        self.block_bytes = block_bytes
         self.poll_cap_s = poll_cap_s
         self.initial_poll_s = initial_poll_s
         self.timeout_s = timeout_s
@@ -120,8 +122,9 @@ class BulkExportClient:
     def cancel(self, status_url: str, stats: SearchStats | None = None) -> None:
         self.client.send("DELETE", status_url, stats or SearchStats(), ok=(200, 202, 204, 404), parse_json=False)
 
-    def lines(self, url: str, with_token: bool, type_hint: str | None, stats: SearchStats) -> Iterator[Line]:
-        """Stream one output file. A broken download restarts and skips the lines already yielded."""
+    def blocks(self, url: str, with_token: bool, type_hint: str | None, stats: SearchStats) -> Iterator[Block]:
+        """Stream one output file in blocks of whole lines. A broken download restarts and skips the
+        lines already yielded; a block that ends mid-line is held back until its line is complete."""
         done, attempt = 0, 0
         while True:
             stats.requests += 1
@@ -136,15 +139,11 @@ class BulkExportClient:
                             raise httpx.NetworkError(f"HTTP {response.status_code}")
                         raise BulkExportError(f"GET {url} -> HTTP {response.status_code}: {operation_outcome_text(response)}",
                                               response.status_code)
-                    number = 0
-                    for text in response.iter_lines():
-                        text = text.strip()
-                        if not text:
+                    for block in blocks_of(response.iter_bytes(self.block_bytes), url, type_hint):
+                        if block.last_line <= done:
                             continue
-                        number += 1
-                        if number > done:
-                            done = number
-                            yield Line(f"{url}:{number}", text.encode(), type_hint)
+                        yield block if block.first_line > done else block.from_line(done + 1)
+                        done = block.last_line
                     return
             except (httpx.NetworkError, httpx.TimeoutException, httpx.RemoteProtocolError):
                 attempt += 1
@@ -154,10 +153,10 @@ class BulkExportClient:
                 self.sleep(min(self.poll_cap_s, self.initial_poll_s * 2 ** attempt))
 
 
-def error_lines_to_quarantine(loader: NdjsonLoader, lines: Iterator[Line]) -> int:
+def error_lines_to_quarantine(loader: NdjsonLoader, blocks: Iterator[Block]) -> int:
     """Each OperationOutcome line of an ``error`` file becomes a quarantine row with its issues."""
     n = 0
-    for line in lines:
+    for line in (line for block in blocks for line in block.lines()):
         try:
             outcome = orjson.loads(line.text)
             issues = [i.get("diagnostics") or (i.get("details") or {}).get("text") or i.get("code", "")
@@ -209,14 +208,14 @@ def sync_bulk(client: FhirClient, warehouse: Warehouse, resource_types: list[str
             report.manifest_counts[rtype] = report.manifest_counts.get(rtype, 0) + int(item.get("count") or 0)
             if progress:
                 progress(f"bulk export: loading {rtype} from {item['url']}")
-            loader.load(exporter.lines(item["url"], with_token, rtype, report.stats), pool)
+            loader.load_blocks(exporter.blocks(item["url"], with_token, rtype, report.stats), pool)
         for item in manifest.get("deleted") or []:
-            loader.load(exporter.lines(item["url"], with_token, "Bundle", report.stats), pool)
+            loader.load_blocks(exporter.blocks(item["url"], with_token, "Bundle", report.stats), pool)
     finally:
         if pool is not None:
             pool.shutdown()
     for item in manifest.get("error") or []:
-        report.errors_quarantined += error_lines_to_quarantine(loader, exporter.lines(item["url"], with_token, None, report.stats))
+        report.errors_quarantined += error_lines_to_quarantine(loader, exporter.blocks(item["url"], with_token, None, report.stats))
     loader.flush()
     warehouse.record_bulk_job(status_url, state="done", transaction_time=report.transaction_time)
     try:

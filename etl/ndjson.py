@@ -48,10 +48,27 @@ class Block:
     """Whole lines of one NDJSON file in one bytes object. The parent only reads and cuts blocks;
     splitting them into lines happens in the workers, so no per-line object is made or pickled
     on the parent's side (per-line objects cost the parent more than a tenth of validation)."""
-    path: str
+    path: str                 # file or URL
     first_line: int           # the line number of the block's first line
     data: bytes
     type_hint: str | None
+
+    @property
+    def last_line(self) -> int:
+        return self.first_line + self.data.count(b"\n") - self.data.endswith(b"\n")
+
+    def from_line(self, number: int) -> "Block":
+        """The same block without its lines before line ``number`` (a resumed download re-sends them)."""
+        start = 0
+        for _ in range(number - self.first_line):
+            start = self.data.index(b"\n", start) + 1
+        return Block(self.path, number, self.data[start:], self.type_hint)
+
+    def lines(self) -> Iterator[Line]:
+        for offset, text in enumerate(self.data.split(b"\n")):
+            text = text.strip()
+            if text:
+                yield Line(f"{self.path}:{self.first_line + offset}", text, self.type_hint)
 
 
 @dataclass(frozen=True)
@@ -97,29 +114,29 @@ def check_chunk(lines: list[Line]) -> list[Checked]:
 
 
 def check_block(block: Block) -> list[Checked]:
-    out: list[Checked] = []
-    for offset, text in enumerate(block.data.split(b"\n")):
-        text = text.strip()
-        if text:
-            out.extend(check_line(Line(f"{block.path}:{block.first_line + offset}", text, block.type_hint)))
-    return out
+    return [checked for line in block.lines() for checked in check_line(line)]
+
+
+def blocks_of(chunks: Iterable[bytes], path: str, type_hint: str | None = None) -> Iterator[Block]:
+    """Blocks of whole lines from bytes cut anywhere (file reads, an HTTP body); a chunk that ends
+    mid-line keeps its tail for the next block, and a line longer than a chunk makes a longer block."""
+    number, carry = 1, b""
+    for data in chunks:
+        data = carry + data
+        cut = data.rfind(b"\n") + 1
+        if cut == 0:
+            carry = data
+            continue
+        block, carry = data[:cut], data[cut:]
+        yield Block(path, number, block, type_hint)
+        number += block.count(b"\n")
+    if carry.strip():
+        yield Block(path, number, carry, type_hint)
 
 
 def file_blocks(path: Path, type_hint: str | None = None, size: int = BLOCK_BYTES) -> Iterator[Block]:
-    """The file in blocks of whole lines (a line longer than ``size`` makes a longer block)."""
     with path.open("rb") as handle:
-        number, carry = 1, b""
-        while data := handle.read(size):
-            data = carry + data
-            cut = data.rfind(b"\n") + 1
-            if cut == 0:
-                carry = data
-                continue
-            block, carry = data[:cut], data[cut:]
-            yield Block(str(path), number, block, type_hint)
-            number += block.count(b"\n")
-        if carry.strip():
-            yield Block(str(path), number, carry, type_hint)
+        yield from blocks_of(iter(lambda: handle.read(size), b""), str(path), type_hint)
 
 
 def type_from_file_name(path: Path) -> str | None:

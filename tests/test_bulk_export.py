@@ -150,6 +150,39 @@ def test_protocol_corners_retry_after_date_token_rules_errors_and_deletes(tmp_pa
     assert respx.calls[0].request.url.params["_since"] == "2025-12-01T00:00:00Z"
 
 
+class BreaksAfter(httpx.SyncByteStream):
+    """A download whose connection drops after ``at`` bytes, in the middle of a line."""
+
+    def __init__(self, data: bytes, at: int) -> None:
+        self.data, self.at = data, at
+
+    def __iter__(self) -> Iterator[bytes]:
+        for i in range(0, self.at, 100):
+            yield self.data[i:min(i + 100, self.at)]
+        raise httpx.RemoteProtocolError("peer closed connection without sending complete message body")
+
+
+@respx.mock
+def test_a_broken_download_resumes_and_yields_every_line_once_with_its_file_line_number():
+    lines = [orjson.dumps({"resourceType": "Patient", "id": f"p{i}"}) for i in range(1, 81)]
+    lines[40] = b""  # a blank line keeps its number
+    body = b"\n".join(lines) + b"\n"
+    url = "https://files.example.org/p.ndjson"
+    respx.get(url).mock(side_effect=[httpx.Response(200, stream=BreaksAfter(body, 1234)), httpx.Response(200, content=body)])
+    stats = SearchStats()
+
+    def sleep(_seconds: float) -> None:  # the retry receives the body cut at other places
+        exporter.block_bytes = 300
+
+    with FhirClient(BASE) as client:
+        exporter = BulkExportClient(client, sleep=sleep, block_bytes=256)
+        blocks = list(exporter.blocks(url, False, "Patient", stats))
+    got = [(line.source, line.text) for block in blocks for line in block.lines()]
+    assert got == [(f"{url}:{n}", text) for n, text in enumerate(lines, start=1) if text]
+    assert stats.requests == 2 and stats.retries == 1
+    assert len(blocks) > 4  # whole-line blocks, not one per line nor one per file
+
+
 @respx.mock
 def test_a_failed_export_reports_the_servers_reason():
     status = f"{BASE}/status/2"
