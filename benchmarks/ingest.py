@@ -8,8 +8,10 @@ several minutes) or `--resources 200000` for a quicker look.
   every core. Peak RSS at N/4 and N shows whether memory stays flat.
 * fhiry (a popular NDJSON-to-pandas library) on a sample of the same files, when its own venv
   exists (`make bench-venv`; it needs pandas 3, which lifelines does not support).
+* With ``--postgres-url``: the larger NDJSON set again, into a fresh database on that server.
 * REST path against the sandbox server: end-to-end resources/s beside a bare client that only
-  pages through the same searches, then an unchanged re-run's requests and writes.
+  pages through the same searches, then an unchanged re-run's requests and writes, then a Bulk
+  $export of the same server.
 """
 from __future__ import annotations
 
@@ -108,6 +110,15 @@ def validation_ceiling(directory: Path, workers: int) -> float:
 
 # ---------------------------------------------------------------- end to end (child process)
 
+def _peak_rss_mb() -> float:
+    """This process's own peak RSS (VmHWM). ``getrusage(RUSAGE_SELF).ru_maxrss`` is not: Linux carries
+    the high-water mark over an exec, so a child started by a big parent reported the parent's."""
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) / 1024
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
 def _e2e_child(directory: str, url: str) -> None:
     from etl.ndjson import sync_ndjson_directory
     from etl.warehouse import Warehouse
@@ -118,7 +129,7 @@ def _e2e_child(directory: str, url: str) -> None:
     received = sum(r.load.received for r in reports.values())
     print(json.dumps({"received": received, "seconds": seconds,
                       "quarantined": sum(r.load.quarantined_seen for r in reports.values()),
-                      "rss_parent_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+                      "rss_parent_mb": _peak_rss_mb(),
                       "rss_workers_mb": resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024}))
 
 
@@ -164,6 +175,17 @@ def fhiry_rate(directory: Path, sample: int) -> float | None:
 
 # ---------------------------------------------------------------- REST
 
+def bulk_export_rate(client: Any, db: Path) -> float:
+    """A system-level Bulk $export of the same server, downloaded and loaded (kick-off and polling included)."""
+    from etl.bulk import BulkExportClient, sync_bulk
+    from etl.warehouse import Warehouse
+
+    started = time.perf_counter()
+    _, reports = sync_bulk(client, Warehouse(f"sqlite:///{db}"), TYPES,
+                           exporter=BulkExportClient(client, initial_poll_s=0.2, poll_cap_s=1.0))
+    return sum(r.load.received for r in reports.values()) / (time.perf_counter() - started)
+
+
 def rest_path(n: int, workdir: Path, page_size: int) -> dict[str, float]:
     from etl.fhir_client import FhirClient, SearchStats
     from etl.sync import sync_rest
@@ -183,7 +205,8 @@ def rest_path(n: int, workdir: Path, page_size: int) -> dict[str, float]:
             seconds = time.perf_counter() - started
             received = sum(r.load.received for r in reports.values())
             again = sync_rest(client, wh, TYPES)
-    return {"resources": received, "bare_per_s": bare, "e2e_per_s": received / seconds,
+            bulk_rate = bulk_export_rate(client, workdir / "bulk.sqlite")
+    return {"resources": received, "bare_per_s": bare, "e2e_per_s": received / seconds, "bulk_per_s": bulk_rate,
             "rerun_requests": sum(r.search.requests for r in again.values()),
             "rerun_writes": sum(r.load.applied.writes for r in again.values())}
 
@@ -241,6 +264,8 @@ def main() -> None:
               f"ratio {rest['e2e_per_s'] / rest['bare_per_s']:.2f}")
         print(f"  unchanged re-run: {rest['rerun_requests']:.0f} requests for {len(TYPES)} types, "
               f"{rest['rerun_writes']:.0f} rows written")
+        print(f"Bulk $export of the same server (kick-off, polling, download in blocks, load): "
+              f"{rest['bulk_per_s']:.0f} res/s")
     finally:
         if not args.keep:
             shutil.rmtree(work, ignore_errors=True)
