@@ -141,18 +141,10 @@ def end_to_end(directory: Path, url: str) -> dict[str, float]:
 
 def postgres_end_to_end(directory: Path, server_url: str) -> dict[str, float]:
     """The same load into a fresh database on the PostgreSQL server at ``server_url``, dropped afterwards."""
-    import sqlalchemy as sa
+    from synthetic.scratch_postgres import scratch_database
 
-    admin = sa.create_engine(server_url, isolation_level="AUTOCOMMIT")
-    name = f"ingest_bench_{os.getpid()}"
-    with admin.connect() as conn:
-        conn.execute(sa.text(f'DROP DATABASE IF EXISTS "{name}"'))
-        conn.execute(sa.text(f'CREATE DATABASE "{name}"'))
-    try:
-        return end_to_end(directory, sa.engine.make_url(server_url).set(database=name).render_as_string(hide_password=False))
-    finally:
-        with admin.connect() as conn:
-            conn.execute(sa.text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+    with scratch_database(server_url, "ingest_bench") as url:
+        return end_to_end(directory, url)
 
 
 def fhiry_rate(directory: Path, sample: int) -> float | None:

@@ -2,16 +2,15 @@
 from __future__ import annotations
 
 import os
-import uuid
 from typing import Iterator
 
 import pytest
-import sqlalchemy as sa
 
 from etl.warehouse import INGEST_SCHEMA, RESTRICTED_SCHEMA, Warehouse
 from synthetic.hospital import Hospital, HospitalParams, generate_hospital
 from synthetic.load import load_server
 from synthetic.sandbox import SandboxFhirServer
+from synthetic.scratch_postgres import scratch_database
 
 SMALL_HOSPITAL = HospitalParams(seed=7, n_retrospective=80, n_prospective_enrolled=12, n_noise=25, attrition_per_reason=1)
 
@@ -39,14 +38,7 @@ def any_warehouse(request: pytest.FixtureRequest, tmp_path) -> Iterator[Warehous
     url = os.environ.get("TEST_POSTGRES_URL")
     if not url:
         pytest.skip("TEST_POSTGRES_URL not set (.ci/run starts PostgreSQL and sets it)")
-    admin = sa.create_engine(url, isolation_level="AUTOCOMMIT")
-    name = f"wh_{uuid.uuid4().hex[:10]}"
-    with admin.connect() as conn:
-        conn.execute(sa.text(f'CREATE DATABASE "{name}"'))
-        conn.execute(sa.text(f'ALTER DATABASE "{name}" SET search_path = public, {INGEST_SCHEMA}, {RESTRICTED_SCHEMA}'))
-    wh = Warehouse(sa.engine.make_url(url).set(database=name).render_as_string(hide_password=False))
-    yield wh
-    wh.engine.dispose()
-    with admin.connect() as conn:
-        conn.execute(sa.text(f'DROP DATABASE "{name}" WITH (FORCE)'))
-    admin.dispose()
+    with scratch_database(url, "wh", search_path=f"public, {INGEST_SCHEMA}, {RESTRICTED_SCHEMA}") as database:
+        wh = Warehouse(database)
+        yield wh
+        wh.engine.dispose()

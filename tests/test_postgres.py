@@ -5,7 +5,6 @@ TEST_POSTGRES_URL; without it (a laptop without PostgreSQL) these tests are skip
 from __future__ import annotations
 
 import os
-import uuid
 from pathlib import Path
 
 import dagster as dg
@@ -16,6 +15,7 @@ from assets.checks import all_checks
 from assets.definitions import all_assets
 from assets.resources import FhirServerResource, StudyResource, WarehouseResource
 from etl.warehouse import Warehouse
+from synthetic.scratch_postgres import scratch_database
 
 URL = os.environ.get("TEST_POSTGRES_URL")
 pytestmark = pytest.mark.skipif(not URL, reason="TEST_POSTGRES_URL not set (.ci/run starts PostgreSQL and sets it)")
@@ -26,13 +26,8 @@ GRANTS = Path(__file__).resolve().parent.parent / "warehouse_sql" / "analyst_gra
 @pytest.fixture(scope="module")
 def database() -> str:
     """A fresh database per test run, dropped afterwards."""
-    admin = sa.create_engine(URL, isolation_level="AUTOCOMMIT")
-    name = f"iimild_{uuid.uuid4().hex[:8]}"
-    with admin.connect() as conn:
-        conn.execute(sa.text(f'CREATE DATABASE "{name}"'))
-    yield sa.engine.make_url(URL).set(database=name).render_as_string(hide_password=False)
-    with admin.connect() as conn:
-        conn.execute(sa.text(f'DROP DATABASE "{name}" WITH (FORCE)'))
+    with scratch_database(URL, "iimild") as url:
+        yield url
 
 
 def materialize(base_url: str, url: str) -> dg.ExecuteInProcessResult:
