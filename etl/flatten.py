@@ -5,6 +5,10 @@ matching downstream is a join on (system, code). Clinical dates are the *local* 
 written in the resource (the first ten characters of a dateTime): converting a hospital's
 "2016-03-04T01:30:00+08:00" to UTC would move that lab result to the previous day. Partial dates
 are imputed to the first day of their year or month, as the contract does for birth dates.
+
+No coded fact is read by position: FHIR lets a CodeableConcept carry any number of codings in any
+order, so codes, values, statuses and reasons are kept as *every* (system, code) pair and matched
+through the concept map downstream (``analytics.cohort.concepts``).
 """
 from __future__ import annotations
 
@@ -14,6 +18,8 @@ from typing import Any, Callable, Iterable, Mapping
 import pandas as pd
 
 Resource = dict[str, Any]
+Codings = tuple[tuple[str | None, str | None], ...]
+UCUM = "http://unitsofmeasure.org"
 
 
 def clinical_date(value: str | None) -> date | None:
@@ -37,11 +43,35 @@ def reference_id(reference: dict[str, Any] | None, resource_type: str) -> str | 
 
 
 def codings(concept: dict[str, Any] | None) -> list[tuple[str | None, str | None]]:
+    """One (system, code) per coding, for exploding a resource into one row per coding."""
     return [(c.get("system"), c.get("code")) for c in (concept or {}).get("coding") or []] or [(None, None)]
 
 
-def _first_code(concept: dict[str, Any] | None) -> str | None:
-    return next((c for _, c in codings(concept) if c), None)
+def coding_set(*concepts: dict[str, Any] | None) -> Codings:
+    """Every (system, code) of the given CodeableConcepts, sorted: a value that no coding order can change."""
+    pairs = {(c.get("system"), c.get("code")) for concept in concepts for c in (concept or {}).get("coding") or []
+             if c.get("code") is not None}
+    return tuple(sorted(pairs, key=lambda sc: (sc[0] or "", sc[1] or "")))
+
+
+def quantity_unit(quantity: dict[str, Any]) -> str | None:
+    """The unit of a Quantity: its UCUM ``code`` (when the system is UCUM or absent), else its ``unit`` text.
+
+    A code in another unit system is not a UCUM spelling, so the human-readable ``unit`` is the
+    better guess there; the concept map's ``units`` converts the spellings the contract names.
+    """
+    if quantity.get("system") in (None, UCUM):
+        return quantity.get("code") or quantity.get("unit")
+    return quantity.get("unit")
+
+
+def first_dosage(dosages: list[dict[str, Any]] | None) -> dict[str, Any]:
+    """The contract's ``dosage[0]``: the instruction with the lowest ``sequence`` when every line has one
+    (FHIR gives the order there, not in the array), else the first line."""
+    lines = [d for d in dosages or [] if isinstance(d, dict)]
+    if lines and all(isinstance(d.get("sequence"), int) for d in lines):
+        return min(lines, key=lambda d: d["sequence"])
+    return lines[0] if lines else {}
 
 
 def _frame(rows: Iterable[dict[str, Any]], columns: list[str]) -> pd.DataFrame:
@@ -60,22 +90,22 @@ def patients(resources: Iterable[Resource]) -> pd.DataFrame:
     return _frame((row(r) for r in resources), PATIENT_COLUMNS)
 
 
-CONDITION_COLUMNS = ["condition_id", "patient_id", "system", "code", "date", "recorded_date", "verification_status"]
+CONDITION_COLUMNS = ["condition_id", "patient_id", "system", "code", "date", "recorded_date", "verification_codings"]
 
 
 def conditions(resources: Iterable[Resource]) -> pd.DataFrame:
     def rows(r: Resource) -> Iterable[dict[str, Any]]:
         when = clinical_date(r.get("onsetDateTime")) or clinical_date(r.get("recordedDate"))
-        status = _first_code(r.get("verificationStatus"))
+        status = coding_set(r.get("verificationStatus"))
         for system, code in codings(r.get("code")):
             yield {"condition_id": r["id"], "patient_id": reference_id(r.get("subject"), "Patient"), "system": system,
                    "code": code, "date": when, "recorded_date": clinical_date(r.get("recordedDate")),
-                   "verification_status": status}
+                   "verification_codings": status}
     return _frame((x for r in resources for x in rows(r)), CONDITION_COLUMNS)
 
 
 MEDICATION_COLUMNS = ["statement_id", "patient_id", "status", "system", "code", "start", "end", "effective_kind",
-                      "dose_value", "dose_unit", "frequency", "period", "period_unit", "status_reason_codes"]
+                      "dose_value", "dose_unit", "frequency", "period", "period_unit", "status_reason_codings"]
 
 
 def medication_statements(resources: Iterable[Resource]) -> pd.DataFrame:
@@ -87,16 +117,16 @@ def medication_statements(resources: Iterable[Resource]) -> pd.DataFrame:
             kind, start, end = "datetime", clinical_date(r["effectiveDateTime"]), None
         else:
             kind, start, end = None, None, None
-        dosage = (r.get("dosage") or [{}])[0]
-        dose = ((dosage.get("doseAndRate") or [{}])[0]).get("doseQuantity") or {}
+        dosage = first_dosage(r.get("dosage"))
+        dose = next((d["doseQuantity"] for d in dosage.get("doseAndRate") or [] if d.get("doseQuantity")), {})
         repeat = (dosage.get("timing") or {}).get("repeat") or {}
-        reasons = ";".join(f"{s}|{c}" for reason in r.get("statusReason") or [] for s, c in codings(reason) if c)
+        reasons = coding_set(*(r.get("statusReason") or []))
         for system, code in codings(r.get("medicationCodeableConcept")):
             yield {"statement_id": r["id"], "patient_id": reference_id(r.get("subject"), "Patient"),
                    "status": r.get("status"), "system": system, "code": code, "start": start, "end": end,
-                   "effective_kind": kind, "dose_value": dose.get("value"), "dose_unit": dose.get("code") or dose.get("unit"),
+                   "effective_kind": kind, "dose_value": dose.get("value"), "dose_unit": quantity_unit(dose),
                    "frequency": repeat.get("frequency"), "period": repeat.get("period"),
-                   "period_unit": repeat.get("periodUnit"), "status_reason_codes": reasons}
+                   "period_unit": repeat.get("periodUnit"), "status_reason_codings": reasons}
     return _frame((x for r in resources for x in rows(r)), MEDICATION_COLUMNS)
 
 
@@ -113,16 +143,14 @@ def procedures(resources: Iterable[Resource]) -> pd.DataFrame:
 
 
 OBSERVATION_COLUMNS = ["observation_id", "patient_id", "status", "system", "code", "date", "value_quantity",
-                       "value_unit", "value_boolean", "value_integer", "value_system", "value_code"]
+                       "value_unit", "value_boolean", "value_integer", "value_codings"]
 
 
 def _value_columns(obj: Resource) -> dict[str, Any]:
     quantity = obj.get("valueQuantity") or {}
-    value_concept = obj.get("valueCodeableConcept")
-    value_system, value_code = codings(value_concept)[0] if value_concept else (None, None)
-    return {"value_quantity": quantity.get("value"), "value_unit": quantity.get("code") or quantity.get("unit"),
+    return {"value_quantity": quantity.get("value"), "value_unit": quantity_unit(quantity),
             "value_boolean": obj.get("valueBoolean"), "value_integer": obj.get("valueInteger"),
-            "value_system": value_system, "value_code": value_code}
+            "value_codings": coding_set(obj.get("valueCodeableConcept"))}
 
 
 def observations(resources: Iterable[Resource]) -> pd.DataFrame:
@@ -136,7 +164,7 @@ def observations(resources: Iterable[Resource]) -> pd.DataFrame:
 
 
 COMPONENT_COLUMNS = ["observation_id", "system", "code", "value_quantity", "value_unit", "value_boolean",
-                     "value_integer", "value_system", "value_code"]
+                     "value_integer", "value_codings"]
 
 
 def observation_components(resources: Iterable[Resource]) -> pd.DataFrame:
@@ -148,18 +176,18 @@ def observation_components(resources: Iterable[Resource]) -> pd.DataFrame:
     return _frame((x for r in resources for x in rows(r)), COMPONENT_COLUMNS)
 
 
-ADVERSE_EVENT_COLUMNS = ["event_id", "patient_id", "actuality", "system", "code", "date", "seriousness_system",
-                         "seriousness_code", "suspect_references"]
+ADVERSE_EVENT_COLUMNS = ["event_id", "patient_id", "actuality", "system", "code", "date", "seriousness_codings",
+                         "suspect_references"]
 
 
 def adverse_events(resources: Iterable[Resource]) -> pd.DataFrame:
     def rows(r: Resource) -> Iterable[dict[str, Any]]:
-        s_system, s_code = codings(r.get("seriousness"))[0]
+        seriousness = coding_set(r.get("seriousness"))
         suspects = ";".join((s.get("instance") or {}).get("reference", "") for s in r.get("suspectEntity") or [])
         for system, code in codings(r.get("event")):
             yield {"event_id": r["id"], "patient_id": reference_id(r.get("subject"), "Patient"),
                    "actuality": r.get("actuality"), "system": system, "code": code, "date": clinical_date(r.get("date")),
-                   "seriousness_system": s_system, "seriousness_code": s_code, "suspect_references": suspects}
+                   "seriousness_codings": seriousness, "suspect_references": suspects}
     return _frame((x for r in resources for x in rows(r)), ADVERSE_EVENT_COLUMNS)
 
 

@@ -3,7 +3,8 @@ from __future__ import annotations
 
 from datetime import date
 
-from etl.flatten import clinical_date, medication_statements, observations, reference_id
+from etl.flatten import (adverse_events, clinical_date, conditions, first_dosage, medication_statements, observations,
+                         quantity_unit, reference_id)
 
 
 def test_clinical_date_is_the_local_date_written_in_the_resource():
@@ -38,4 +39,40 @@ def test_observation_values_of_every_kind():
                           {**base, "id": "c", "valueCodeableConcept": {"coding": [{"system": "s", "code": "positive"}]}}])
     assert frame.loc[0, "value_quantity"] == 2.5 and frame.loc[0, "value_unit"] == "mg/dL"
     assert bool(frame.loc[1, "value_boolean"]) is True
-    assert frame.loc[2, "value_code"] == "positive"
+    assert frame.loc[2, "value_codings"] == (("s", "positive"),)
+
+
+def test_coded_values_and_statuses_keep_every_coding_in_an_order_free_form():
+    """The regression of issue 12: a SNOMED coding before ours must not hide our code (no coding is read by position)."""
+    local, snomed = {"system": "urn:iim-ild:concept", "code": "respiratory"}, {"system": "http://snomed.info/sct", "code": "267036007"}
+    base = {"resourceType": "Observation", "id": "o", "status": "final", "subject": {"reference": "Patient/p"},
+            "code": {"coding": [{"system": "urn:iim-ild:concept", "code": "symptom-exacerbation"}]},
+            "effectiveDateTime": "2020-01-01"}
+    one = observations([{**base, "valueCodeableConcept": {"coding": [snomed, local]}}])
+    other = observations([{**base, "valueCodeableConcept": {"coding": [local, snomed]}}])
+    assert one.loc[0, "value_codings"] == other.loc[0, "value_codings"]
+    assert set(one.loc[0, "value_codings"]) == {("urn:iim-ild:concept", "respiratory"), ("http://snomed.info/sct", "267036007")}
+    ver = "http://terminology.hl7.org/CodeSystem/condition-ver-status"
+    cond = conditions([{"resourceType": "Condition", "id": "c", "subject": {"reference": "Patient/p"},
+                        "code": {"coding": [{"system": "x", "code": "y"}]},
+                        "verificationStatus": {"coding": [{"system": "urn:local", "code": "R"}, {"system": ver, "code": "refuted"}]}}])
+    assert (ver, "refuted") in cond.loc[0, "verification_codings"]
+    ae = adverse_events([{"resourceType": "AdverseEvent", "id": "a", "actuality": "actual", "subject": {"reference": "Patient/p"},
+                          "event": {"coding": [{"system": "urn:iim-ild:concept", "code": "infection"}]},
+                          "seriousness": {"coding": [{"system": "urn:local", "code": "SER"},
+                                                     {"system": "http://terminology.hl7.org/CodeSystem/adverse-event-seriousness",
+                                                      "code": "serious"}]}}])
+    assert ("http://terminology.hl7.org/CodeSystem/adverse-event-seriousness", "serious") in ae.loc[0, "seriousness_codings"]
+
+
+def test_quantity_unit_is_the_ucum_code_else_the_unit_text():
+    assert quantity_unit({"value": 1, "unit": "milligram", "system": "http://unitsofmeasure.org", "code": "mg"}) == "mg"
+    assert quantity_unit({"value": 1, "unit": "mg"}) == "mg"
+    assert quantity_unit({"value": 1, "unit": "mg", "system": "urn:pharmacy:units", "code": "MGM"}) == "mg"
+
+
+def test_first_dosage_follows_sequence_not_array_position():
+    later, first = {"sequence": 2, "text": "then as directed"}, {"sequence": 1, "text": "50 mg daily"}
+    assert first_dosage([later, first]) is first
+    assert first_dosage([{"text": "a"}, {"text": "b"}]) == {"text": "a"}  # no sequence: the array order is all there is
+    assert first_dosage(None) == {}

@@ -137,3 +137,30 @@ def test_adverse_events_in_follow_up_with_suspected_drug_and_discontinuation():
         ["opportunistic-infection", 1, 40, "tacrolimus"]]
     stops = drug_discontinuations(facts, cohort, "retrospective")
     assert stops[["drug", "day"]].values.tolist() == [["pirfenidone", 20]]
+
+
+def test_seriousness_and_stop_reason_are_read_from_any_coding():
+    """A local coding listed first must not hide the HL7 `serious` or our `adverse-event` reason (issue 12)."""
+    res = reference_patient()
+    ae = fb.adverse_event(new_id("ae"), PID, "infection", day(40), serious=True)
+    ae["seriousness"]["coding"].insert(0, {"system": "urn:hospital:ae-grade", "code": "G3"})
+    ae["event"]["coding"].insert(0, {"system": "http://snomed.info/sct", "code": "40733004"})
+    stop = drug(PIRFENIDONE, 1, 20, status="stopped", status_reason="adverse-event")
+    stop["statusReason"][0]["coding"].insert(0, {"system": "urn:hospital:stop", "code": "AE"})
+    facts = facts_of(res + [ae, stop])
+    from analytics.cohort.retrospective import derive_retrospective
+
+    cohort = derive_retrospective(facts, RuleParams(data_cutoff=date(2025, 1, 1))).cohort
+    events = safety_events(facts, cohort, "retrospective")
+    assert events[["category", "serious"]].values.tolist() == [["infection", 1]]
+    assert drug_discontinuations(facts, cohort, "retrospective")[["drug", "day"]].values.tolist() == [["pirfenidone", 20]]
+
+
+def test_an_adverse_event_reason_in_another_system_is_not_ours():
+    stop = drug(PIRFENIDONE, 1, 20, status="stopped")
+    stop["statusReason"] = [{"coding": [{"system": "urn:hospital:stop", "code": "adverse-event"}]}]
+    facts = facts_of(reference_patient() + [stop])
+    from analytics.cohort.retrospective import derive_retrospective
+
+    cohort = derive_retrospective(facts, RuleParams(data_cutoff=date(2025, 1, 1))).cohort
+    assert drug_discontinuations(facts, cohort, "retrospective").empty

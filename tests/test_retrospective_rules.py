@@ -252,3 +252,42 @@ def test_facts_about_absent_or_missing_patients_are_counted_not_dropped():
     issues = result.data_quality.set_index("issue")["n_patients"]
     assert issues["reference_to_absent_patient"] == 1 and issues["resource_without_patient_subject"] == 1
     assert only_row(result)["group"] == "tacrolimus"
+
+
+SNOMED_DYSPNEA = {"system": fb.SNOMED, "code": "267036007", "display": "Dyspnea"}
+
+
+@pytest.mark.parametrize("order", ["snomed_first", "local_first"])
+def test_respiratory_relapse_does_not_depend_on_coding_order(order):
+    """Issue 12's regression: a SNOMED coding listed before the local `respiratory` one lost the relapse."""
+    exac = exacerbation(50, "respiratory")
+    codings = exac["valueCodeableConcept"]["coding"]
+    exac["valueCodeableConcept"]["coding"] = [SNOMED_DYSPNEA, *codings] if order == "snomed_first" else [*codings, SNOMED_DYSPNEA]
+    row = only_row(derive(reference_patient() + [exac, radiological(60)]))
+    assert (row["resp_relapse_event"], row["resp_relapse_days"]) == (1, 50)
+
+
+def test_an_exacerbation_whose_codings_disagree_has_no_category_and_is_counted():
+    exac = exacerbation(50, "respiratory")
+    exac["valueCodeableConcept"]["coding"].append({"system": LOCAL, "code": "skin"})
+    result = derive(reference_patient() + [exac, radiological(60)])
+    row = only_row(result)
+    assert (row["relapse_event"], row["resp_relapse_event"]) == (1, 0)
+    assert result.data_quality.set_index("issue")["n_patients"]["observation_value_codings_disagree"] == 1
+
+
+def test_a_category_only_in_a_foreign_system_is_not_ours():
+    """Without our coding (or a hospital concept-map entry for SNOMED), Dyspnea is not `respiratory`."""
+    exac = exacerbation(50, "respiratory")
+    exac["valueCodeableConcept"]["coding"] = [SNOMED_DYSPNEA]
+    row = only_row(derive(reference_patient() + [exac, radiological(60)]))
+    assert (row["relapse_event"], row["resp_relapse_event"]) == (1, 0)
+
+
+@pytest.mark.parametrize("order", ["foreign_first", "foreign_last"])
+def test_refuted_verification_status_is_read_from_any_coding(order):
+    refuted = fb.condition(new_id("cond"), PID, ICD10, "J84.10", day(-30), verification="refuted")
+    foreign = {"system": "urn:hospital:dx-status", "code": "R"}
+    codings = refuted["verificationStatus"]["coding"]
+    refuted["verificationStatus"]["coding"] = [foreign, *codings] if order == "foreign_first" else [*codings, foreign]
+    assert reason(derive(reference_patient(ild=False) + [refuted])) == "no_ild_condition"

@@ -19,7 +19,9 @@ import yaml
 
 DEFAULT_CONCEPT_MAP = Path(__file__).with_name("concept_map.yaml")
 ICD10 = "http://hl7.org/fhir/sid/icd-10-cm"
-DOMAINS = ("conditions", "medications", "procedures", "observations", "adverse_event_categories")
+DOMAINS = ("conditions", "medications", "procedures", "observations", "adverse_event_categories",
+           "observation_values", "adverse_event_seriousness", "condition_verification", "medication_status_reasons")
+Codings = tuple[tuple[str | None, str | None], ...]
 
 
 class ConceptMapError(ValueError):
@@ -62,6 +64,10 @@ class ConceptMap:
     def concepts(self, domain: str, system: str | None, code: str | None) -> list[tuple[str, float | None]]:
         return [(name, rule.factor) for name, rules in self.domains[domain].items()
                 for rule in rules if rule.matches(system, code)]
+
+    def concepts_of(self, domain: str, codings: Codings | None) -> frozenset[str]:
+        """Every concept that any of ``codings`` carries: a set, so coding order and extra systems cannot matter."""
+        return frozenset(name for system, code in codings or () for name, _ in self.concepts(domain, system, code))
 
     def annotate(self, domain: str, frame: pd.DataFrame) -> pd.DataFrame:
         """Rows of ``frame`` whose (system, code) carries a concept, with ``concept`` and ``factor`` added.

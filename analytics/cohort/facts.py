@@ -12,7 +12,7 @@ from etl.flatten import OBSERVATION_COMPONENTS, clinical_date
 
 from .concepts import ConceptMap
 
-IGNORED_CONDITION_VERIFICATION = {"refuted", "entered-in-error"}
+IGNORED_CONDITION_VERIFICATION = {"refuted", "entered-in-error"}  # concepts of the concept map's condition_verification
 IGNORED_MEDICATION_STATUS = {"entered-in-error", "not-taken"}
 IGNORED_OBSERVATION_STATUS = {"entered-in-error", "cancelled"}
 FINAL_OBSERVATION_STATUS = {"final", "amended", "corrected"}
@@ -36,6 +36,23 @@ class StudyFacts:
     enrolments: pd.DataFrame     # patient_id, study_id, study_identifiers ("system|value;..."), status, start, end
     contacts: pd.DataFrame       # patient_id, date: every clinical date on a counted resource
     quality: pd.DataFrame        # patient_id, issue: facts that could not be read
+
+
+def concepts_per_row(concepts: ConceptMap, domain: str, codings: pd.Series) -> list[frozenset[str]]:
+    """The concepts each row's codings carry (a set per row); each distinct coding set is looked up once."""
+    cache: dict[object, frozenset[str]] = {}
+    out = []
+    for value in codings:
+        key = value if isinstance(value, tuple) else ()
+        if key not in cache:
+            cache[key] = concepts.concepts_of(domain, key)
+        out.append(cache[key])
+    return out
+
+
+def single_value(found: frozenset[str]) -> str | None:
+    """A coded value's concept when its codings agree on one; codings that disagree give no value."""
+    return next(iter(found)) if len(found) == 1 else None
 
 
 def daily_dose_mg(dose_value: float | None, unit: str | None, frequency: float | None, period: float | None,
@@ -110,8 +127,11 @@ def build_facts(flat: dict[str, pd.DataFrame], concepts: ConceptMap) -> StudyFac
     })
 
     cond = flat["Condition"]
-    cond = cond[~cond["verification_status"].isin(IGNORED_CONDITION_VERIFICATION)]
-    diagnoses = concepts.annotate("conditions", cond)[["patient_id", "concept", "date"]].dropna(subset=["date"])
+    verification = concepts_per_row(concepts, "condition_verification", cond["verification_codings"])
+    cond = cond[[not (v & IGNORED_CONDITION_VERIFICATION) for v in verification]]
+    # Two codings of one resource that carry the same concept (M33.10 and M3310, two ESR LOINCs) are one fact.
+    diagnoses = (concepts.annotate("conditions", cond).drop_duplicates(["condition_id", "concept"])
+                 [["patient_id", "concept", "date"]].dropna(subset=["date"]))
 
     meds_counted = flat["MedicationStatement"]
     meds_counted = meds_counted[~meds_counted["status"].isin(IGNORED_MEDICATION_STATUS) & meds_counted["start"].notna()]
@@ -121,17 +141,18 @@ def build_facts(flat: dict[str, pd.DataFrame], concepts: ConceptMap) -> StudyFac
     no_dose = meds["daily_dose_mg"].isna() & (meds["concept"] == "glucocorticoid")
     quality += [{"patient_id": p, "issue": "glucocorticoid_dose_not_computable"} for p in meds.loc[no_dose, "patient_id"]]
     meds["pred_factor"] = meds["factor"].where(meds["concept"] == "glucocorticoid")
-    meds["stopped_for_adverse_event"] = meds["status_reason_codes"].fillna("").str.contains("|adverse-event", regex=False)
+    meds["stopped_for_adverse_event"] = ["adverse-event" in reasons for reasons in
+                                         concepts_per_row(concepts, "medication_status_reasons", meds["status_reason_codings"])]
     exposures = exposure_intervals(meds)[["statement_id", "patient_id", "concept", "start", "end", "daily_dose_mg",
                                           "pred_factor", "stopped_for_adverse_event"]]
 
     proc = flat["Procedure"]
     proc = proc[(proc["status"] == "completed") & proc["date"].notna()]
-    procedures = concepts.annotate("procedures", proc)[["patient_id", "concept", "date"]]
+    procedures = concepts.annotate("procedures", proc).drop_duplicates(["procedure_id", "concept"])[["patient_id", "concept", "date"]]
 
     obs_counted = flat["Observation"]
     obs_counted = obs_counted[~obs_counted["status"].isin(IGNORED_OBSERVATION_STATUS) & obs_counted["date"].notna()]
-    obs = concepts.annotate("observations", obs_counted)
+    obs = concepts.annotate("observations", obs_counted).drop_duplicates(["observation_id", "concept"])
     # A preliminary result is superseded by a final/amended one of the same concept and day.
     finals = obs[obs["status"].isin(FINAL_OBSERVATION_STATUS)][["patient_id", "concept", "date"]].drop_duplicates()
     finals["_final"] = True
@@ -140,20 +161,25 @@ def build_facts(flat: dict[str, pd.DataFrame], concepts: ConceptMap) -> StudyFac
     values = [concepts.to_canonical(c, q, u) if q is not None and not pd.isna(q) else
               (float(i) if i is not None and not pd.isna(i) else None)
               for c, q, u, i in obs[["concept", "value_quantity", "value_unit", "value_integer"]].itertuples(index=False)]
-    obs = obs.assign(value=values)
+    value_concepts = concepts_per_row(concepts, "observation_values", obs["value_codings"])
+    obs = obs.assign(value=values, value_code=[single_value(v) for v in value_concepts])
+    conflicting = [len(v) > 1 for v in value_concepts]
+    quality += [{"patient_id": p, "issue": "observation_value_codings_disagree"} for p in obs.loc[conflicting, "patient_id"]]
     bad_unit = obs["value_quantity"].notna() & obs["value"].isna()
     quality += [{"patient_id": p, "issue": "observation_unit_not_convertible"} for p in obs.loc[bad_unit, "patient_id"]]
     obs_columns = ["observation_id", "patient_id", "concept", "date", "value", "value_code", "value_boolean"]
     comps = concepts.annotate("observations", flat[OBSERVATION_COMPONENTS])
     comps = comps.merge(obs[["observation_id", "patient_id", "date"]].drop_duplicates("observation_id"), on="observation_id")
     comps = comps.assign(value=[float(i) if i is not None and not pd.isna(i) else (float(q) if q is not None and not pd.isna(q) else None)
-                                for i, q in comps[["value_integer", "value_quantity"]].itertuples(index=False)])
+                                for i, q in comps[["value_integer", "value_quantity"]].itertuples(index=False)],
+                         value_code=[single_value(v) for v in concepts_per_row(concepts, "observation_values", comps["value_codings"])])
     observations = pd.concat([obs[obs_columns], comps[obs_columns]], ignore_index=True)
 
     ae_counted = flat["AdverseEvent"]
     ae_counted = ae_counted[(ae_counted["actuality"] == "actual") & ae_counted["date"].notna()]
-    ae = concepts.annotate("adverse_event_categories", ae_counted).rename(columns={"concept": "category"})
-    ae["serious"] = ae["seriousness_code"] == "serious"
+    ae = (concepts.annotate("adverse_event_categories", ae_counted).drop_duplicates(["event_id", "concept"])
+          .rename(columns={"concept": "category"}))
+    ae["serious"] = ["serious" in found for found in concepts_per_row(concepts, "adverse_event_seriousness", ae["seriousness_codings"])]
     adverse_events = ae[["event_id", "patient_id", "category", "date", "serious", "suspect_references"]]
 
     rs = flat["ResearchSubject"]
