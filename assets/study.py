@@ -9,9 +9,7 @@ import dagster as dg
 import pandas as pd
 
 from analytics.cohort.facts import build_facts
-from analytics.cohort.prospective import ProspectiveParams, derive_prospective
-from analytics.cohort.retrospective import derive_retrospective
-from analytics.cohort.safety import drug_discontinuations, safety_events
+from analytics.cohort.tables import derive_cohort_tables
 from etl.flatten import FLATTENERS, flatten_all
 from etl.pseudonym import pseudonymise
 
@@ -52,27 +50,14 @@ def cohort(context: dg.AssetExecutionContext, warehouse: WarehouseResource, stud
     facts = build_facts(flat, study.concepts())
     extracted = wh.extraction_time() or datetime.now(timezone.utc)
     params = study.retrospective_params(extracted.date())
-    result = derive_retrospective(facts, params)
-    prospective = derive_prospective(facts, ProspectiveParams(rules=params))
+    derived = derive_cohort_tables(facts, params)
+    result, prospective = derived.retrospective, derived.prospective
     context.log.info(f"cohort: {len(result.cohort)} of {len(facts.patients)} patients, prospective cohort: "
                      f"{len(prospective.cohort)}, data cut-off {params.data_cutoff}")
     key = study.pseudonym_key
-    safety = pd.concat([safety_events(facts, result.cohort, "retrospective"),
-                        safety_events(facts, prospective.cohort, "prospective")], ignore_index=True)
-    stopped = pd.concat([drug_discontinuations(facts, result.cohort, "retrospective"),
-                         drug_discontinuations(facts, prospective.cohort, "prospective")], ignore_index=True)
-
-    tables = {
-        "cohort": pseudonymise(result.cohort, key),
-        "cohort_attrition": pd.concat([result.attrition, prospective.attrition], ignore_index=True),
-        "cohort_data_quality": pd.concat([result.data_quality, prospective.data_quality], ignore_index=True),
-        "relapse_detail": pseudonymise(result.relapse_detail, key),
-        "patient_xref": pseudonymise(facts.patients[["patient_id"]].assign(fhir_patient_id=facts.patients["patient_id"]), key),
-        "prospective_cohort": pseudonymise(prospective.cohort, key),
-        "prospective_visits": pseudonymise(prospective.visits, key),
-        "safety_events": pseudonymise(safety, key),
-        "drug_discontinuations": pseudonymise(stopped, key),
-    }
+    tables = {name: pseudonymise(frame, key) if "patient_id" in frame.columns else frame
+              for name, frame in derived.tables.items()}
+    tables["patient_xref"] = pseudonymise(facts.patients[["patient_id"]].assign(fhir_patient_id=facts.patients["patient_id"]), key)
     primary_keys = {"cohort": ["patient_key"], "patient_xref": ["patient_key"], "cohort_attrition": ["cohort", "step"],
                     "prospective_cohort": ["patient_key"],
                     "prospective_visits": ["patient_key", "measure", "visit_month"]}

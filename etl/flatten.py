@@ -177,17 +177,19 @@ def observation_components(resources: Iterable[Resource]) -> pd.DataFrame:
 
 
 ADVERSE_EVENT_COLUMNS = ["event_id", "patient_id", "actuality", "system", "code", "date", "seriousness_codings",
-                         "suspect_references"]
+                         "suspect_statement_ids"]
 
 
 def adverse_events(resources: Iterable[Resource]) -> pd.DataFrame:
     def rows(r: Resource) -> Iterable[dict[str, Any]]:
         seriousness = coding_set(r.get("seriousness"))
-        suspects = ";".join((s.get("instance") or {}).get("reference", "") for s in r.get("suspectEntity") or [])
+        # Ids of suspected MedicationStatements, however the reference is written (relative, absolute, versioned).
+        suspects = tuple(sorted({sid for s in r.get("suspectEntity") or []
+                                 if (sid := reference_id(s.get("instance"), "MedicationStatement"))}))
         for system, code in codings(r.get("event")):
             yield {"event_id": r["id"], "patient_id": reference_id(r.get("subject"), "Patient"),
                    "actuality": r.get("actuality"), "system": system, "code": code, "date": clinical_date(r.get("date")),
-                   "seriousness_codings": seriousness, "suspect_references": suspects}
+                   "seriousness_codings": seriousness, "suspect_statement_ids": suspects}
     return _frame((x for r in resources for x in rows(r)), ADVERSE_EVENT_COLUMNS)
 
 

@@ -21,6 +21,7 @@ import numpy as np
 
 from . import fhir_builders as fb
 from .fhir_builders import ICD10, LOCAL, LOINC, RXNORM, SNOMED, Resource
+from .variants import messy_mix
 
 RETRO_WINDOW = (date(2014, 1, 1), date(2020, 9, 30))
 PROSPECTIVE_WINDOW = (date(2018, 1, 1), date(2020, 12, 31))
@@ -59,6 +60,10 @@ class HospitalParams:
     death_12m_reference: float = 0.22
     relapse_12m_reference: float = 0.45
     lost_to_follow_up_share: float = 0.06
+    # Write a seeded share of resources in other legal FHIR shapes (synthetic/variants.py): extra and
+    # reordered codings, extensions, narratives, unit spellings, time formats, superseded and
+    # entered-in-error copies. The clinical content, and so the truth, is the same either way.
+    messy: bool = True
 
 
 @dataclass
@@ -302,6 +307,25 @@ class _PatientBuilder:
         })
         if self.spec.prospective is not None:
             self._prospective(index, fu_end)
+        self._stopped_for_adverse_event(index, fu_end)
+
+    def _stopped_for_adverse_event(self, index: date, fu_end: int) -> None:
+        """Some glucocorticoid statements ending in follow-up were stopped because of an adverse event.
+
+        Drawn from a generator of its own, after everything else, so no earlier draw moves; the
+        exposure is unchanged (only ``entered-in-error``/``not-taken`` statuses are ignored)."""
+        rng = np.random.default_rng([self.params.seed, int(self.pid[3:]), 7])
+        if rng.random() >= 0.15:
+            return
+        stops = [r for r in self.resources if r["resourceType"] == "MedicationStatement"
+                 and r["medicationCodeableConcept"]["coding"][0]["code"] in (PREDNISONE, METHYLPRED)
+                 and "end" in r.get("effectivePeriod", {}) and index.isoformat() <= r["effectivePeriod"]["end"]
+                 <= self.day(index, fu_end).isoformat()]
+        if stops:
+            stopped = stops[int(rng.integers(0, len(stops)))]
+            stopped["status"] = "stopped"
+            stopped["statusReason"] = [{"coding": [{"system": "urn:oid:2.16.840.1.113883.3.9999.3", "code": "AE-STOP"},
+                                                   {"system": LOCAL, "code": "adverse-event"}]}]
 
     # -- pieces --------------------------------------------------------------------------------
     def _icd(self, code: str, when: date) -> None:
@@ -496,6 +520,8 @@ def _noise_patient(pid: str, rng: np.random.Generator) -> list[Resource]:
                                            dose=20, frequency=1))
     if rng.random() < 0.2:  # ILD without myositis
         out.append(fb.condition(f"{pid}-cond4", pid, ICD10, "J84.10", seen))
+    if rng.random() < 0.3:  # a partial onset date (year-month), legal FHIR and imputed to the 1st
+        out[1]["onsetDateTime"] = out[1]["onsetDateTime"][:7]
     return out
 
 
@@ -542,6 +568,8 @@ def generate_hospital(params: HospitalParams = HospitalParams()) -> Hospital:
         pid = f"nz-{j + 1:05d}"
         resources += _noise_patient(pid, np.random.default_rng([params.seed, 10**6 + j]))
         truth.append({"fhir_patient_id": pid, "retro_reason": "no_iim_condition", "prospective": None})
+    if params.messy:
+        resources = messy_mix(resources, params.seed)
     return Hospital(resources=resources, truth=truth, params=params)
 
 

@@ -32,7 +32,7 @@ class StudyFacts:
     procedures: pd.DataFrame     # patient_id, concept, date
     observations: pd.DataFrame   # observation_id, patient_id, concept, date, value, value_code, value_boolean
                                  # (HRCT components appear as their own concepts, e.g. hrct_reticular)
-    adverse_events: pd.DataFrame  # event_id, patient_id, category, date, serious, suspect_references
+    adverse_events: pd.DataFrame  # event_id, patient_id, category, date, serious, suspect_statement_ids (tuple)
     enrolments: pd.DataFrame     # patient_id, study_id, study_identifiers ("system|value;..."), status, start, end
     contacts: pd.DataFrame       # patient_id, date: every clinical date on a counted resource
     quality: pd.DataFrame        # patient_id, issue: facts that could not be read
@@ -180,7 +180,7 @@ def build_facts(flat: dict[str, pd.DataFrame], concepts: ConceptMap) -> StudyFac
     ae = (concepts.annotate("adverse_event_categories", ae_counted).drop_duplicates(["event_id", "concept"])
           .rename(columns={"concept": "category"}))
     ae["serious"] = ["serious" in found for found in concepts_per_row(concepts, "adverse_event_seriousness", ae["seriousness_codings"])]
-    adverse_events = ae[["event_id", "patient_id", "category", "date", "serious", "suspect_references"]]
+    adverse_events = ae[["event_id", "patient_id", "category", "date", "serious", "suspect_statement_ids"]]
 
     rs = flat["ResearchSubject"]
     studies = flat["ResearchStudy"].dropna(subset=["identifier_value"])

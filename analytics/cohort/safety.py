@@ -27,12 +27,11 @@ def safety_events(facts: StudyFacts, cohort: pd.DataFrame, cohort_name: str) -> 
     drug_of = facts.exposures.drop_duplicates("statement_id").set_index("statement_id")["concept"]
     ae = facts.adverse_events.merge(_follow_up(cohort), on="patient_id")
     ae = ae[(ae["date"] >= ae["index_date"]) & (ae["date"] <= ae["end"])]
-    suspects = [";".join(sorted({drug_of[ref.split("/", 1)[1]] for ref in (refs or "").split(";")
-                                 if ref.startswith("MedicationStatement/") and ref.split("/", 1)[1] in drug_of.index})) or None
-                for refs in ae["suspect_references"]]
+    suspects = [";".join(sorted({drug_of[sid] for sid in ids or () if sid in drug_of.index})) or None
+                for ids in ae["suspect_statement_ids"]]
     out = ae.assign(cohort=cohort_name, day=[(d - i).days for d, i in zip(ae["date"], ae["index_date"])],
                     suspected_drug=suspects, serious=ae["serious"].astype(int))
-    return out.sort_values(["patient_id", "day", "event_id"])[EVENT_COLUMNS].reset_index(drop=True)
+    return out.sort_values(EVENT_COLUMNS, na_position="first")[EVENT_COLUMNS].reset_index(drop=True)
 
 
 def drug_discontinuations(facts: StudyFacts, cohort: pd.DataFrame, cohort_name: str) -> pd.DataFrame:
