@@ -19,7 +19,7 @@ from .provenance import record_provenance
 from .views import refresh_views
 from .metadata import table_metadata
 from .raw import RESOURCE_TYPES, raw_asset_key
-from .resources import StudyResource, WarehouseResource
+from .resources import FhirServerResource, StudyResource, WarehouseResource
 
 STUDY_GROUP = "study"
 
@@ -44,9 +44,10 @@ _COHORT_TABLES = {
                         automation_condition=STUDY_AUTOMATION, freshness_policy=STUDY_FRESHNESS,
                         deps=[raw_asset_key(t) for t in RESOURCE_TYPES]) for name, desc in _COHORT_TABLES.items()],
 )
-def cohort(context: dg.AssetExecutionContext, warehouse: WarehouseResource, study: StudyResource):
+def cohort(context: dg.AssetExecutionContext, warehouse: WarehouseResource, study: StudyResource, fhir: FhirServerResource):
     wh = warehouse.get()
-    flat = flatten_all({rtype: wh.raw_resources(rtype) for rtype in FLATTENERS})
+    # Absolute references count as ours only under the configured FHIR server's base URL.
+    flat = flatten_all({rtype: wh.raw_resources(rtype) for rtype in FLATTENERS}, base=fhir.base_url or None)
     facts = build_facts(flat, study.concepts())
     extracted = wh.extraction_time() or datetime.now(timezone.utc)
     params = study.retrospective_params(extracted.date())

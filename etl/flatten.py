@@ -17,6 +17,8 @@ from typing import Any, Callable, Iterable, Mapping
 
 import pandas as pd
 
+from .references import reference_id
+
 Resource = dict[str, Any]
 Codings = tuple[tuple[str | None, str | None], ...]
 UCUM = "http://unitsofmeasure.org"
@@ -31,15 +33,6 @@ def clinical_date(value: str | None) -> date | None:
     if len(value) == 7:
         return date(int(value[:4]), int(value[5:7]), 1)
     return date.fromisoformat(value[:10])
-
-
-def reference_id(reference: dict[str, Any] | None, resource_type: str) -> str | None:
-    """The id in a literal reference to ``resource_type`` (relative or absolute URL), else None."""
-    ref = (reference or {}).get("reference") or ""
-    parts = ref.split("/_history/")[0].rstrip("/").split("/")
-    if len(parts) >= 2 and parts[-2] == resource_type:
-        return parts[-1]
-    return None
 
 
 def codings(concept: dict[str, Any] | None) -> list[tuple[str | None, str | None]]:
@@ -81,7 +74,7 @@ def _frame(rows: Iterable[dict[str, Any]], columns: list[str]) -> pd.DataFrame:
 PATIENT_COLUMNS = ["patient_id", "gender", "birth_date", "deceased_date", "deceased"]
 
 
-def patients(resources: Iterable[Resource]) -> pd.DataFrame:
+def patients(resources: Iterable[Resource], base: str | None = None) -> pd.DataFrame:
     def row(r: Resource) -> dict[str, Any]:
         deceased_dt = r.get("deceasedDateTime")
         return {"patient_id": r["id"], "gender": r.get("gender"), "birth_date": r.get("birthDate"),
@@ -93,12 +86,12 @@ def patients(resources: Iterable[Resource]) -> pd.DataFrame:
 CONDITION_COLUMNS = ["condition_id", "patient_id", "system", "code", "date", "recorded_date", "verification_codings"]
 
 
-def conditions(resources: Iterable[Resource]) -> pd.DataFrame:
+def conditions(resources: Iterable[Resource], base: str | None = None) -> pd.DataFrame:
     def rows(r: Resource) -> Iterable[dict[str, Any]]:
         when = clinical_date(r.get("onsetDateTime")) or clinical_date(r.get("recordedDate"))
         status = coding_set(r.get("verificationStatus"))
         for system, code in codings(r.get("code")):
-            yield {"condition_id": r["id"], "patient_id": reference_id(r.get("subject"), "Patient"), "system": system,
+            yield {"condition_id": r["id"], "patient_id": reference_id(r.get("subject"), "Patient", base), "system": system,
                    "code": code, "date": when, "recorded_date": clinical_date(r.get("recordedDate")),
                    "verification_codings": status}
     return _frame((x for r in resources for x in rows(r)), CONDITION_COLUMNS)
@@ -108,7 +101,7 @@ MEDICATION_COLUMNS = ["statement_id", "patient_id", "status", "system", "code", 
                       "dose_value", "dose_unit", "frequency", "period", "period_unit", "status_reason_codings"]
 
 
-def medication_statements(resources: Iterable[Resource]) -> pd.DataFrame:
+def medication_statements(resources: Iterable[Resource], base: str | None = None) -> pd.DataFrame:
     def rows(r: Resource) -> Iterable[dict[str, Any]]:
         period = r.get("effectivePeriod")
         if period is not None:
@@ -122,7 +115,7 @@ def medication_statements(resources: Iterable[Resource]) -> pd.DataFrame:
         repeat = (dosage.get("timing") or {}).get("repeat") or {}
         reasons = coding_set(*(r.get("statusReason") or []))
         for system, code in codings(r.get("medicationCodeableConcept")):
-            yield {"statement_id": r["id"], "patient_id": reference_id(r.get("subject"), "Patient"),
+            yield {"statement_id": r["id"], "patient_id": reference_id(r.get("subject"), "Patient", base),
                    "status": r.get("status"), "system": system, "code": code, "start": start, "end": end,
                    "effective_kind": kind, "dose_value": dose.get("value"), "dose_unit": quantity_unit(dose),
                    "frequency": repeat.get("frequency"), "period": repeat.get("period"),
@@ -133,11 +126,11 @@ def medication_statements(resources: Iterable[Resource]) -> pd.DataFrame:
 PROCEDURE_COLUMNS = ["procedure_id", "patient_id", "status", "system", "code", "date"]
 
 
-def procedures(resources: Iterable[Resource]) -> pd.DataFrame:
+def procedures(resources: Iterable[Resource], base: str | None = None) -> pd.DataFrame:
     def rows(r: Resource) -> Iterable[dict[str, Any]]:
         when = clinical_date(r.get("performedDateTime")) or clinical_date((r.get("performedPeriod") or {}).get("start"))
         for system, code in codings(r.get("code")):
-            yield {"procedure_id": r["id"], "patient_id": reference_id(r.get("subject"), "Patient"),
+            yield {"procedure_id": r["id"], "patient_id": reference_id(r.get("subject"), "Patient", base),
                    "status": r.get("status"), "system": system, "code": code, "date": when}
     return _frame((x for r in resources for x in rows(r)), PROCEDURE_COLUMNS)
 
@@ -153,12 +146,12 @@ def _value_columns(obj: Resource) -> dict[str, Any]:
             "value_codings": coding_set(obj.get("valueCodeableConcept"))}
 
 
-def observations(resources: Iterable[Resource]) -> pd.DataFrame:
+def observations(resources: Iterable[Resource], base: str | None = None) -> pd.DataFrame:
     def rows(r: Resource) -> Iterable[dict[str, Any]]:
         when = clinical_date(r.get("effectiveDateTime")) or clinical_date((r.get("effectivePeriod") or {}).get("start"))
         values = _value_columns(r)
         for system, code in codings(r.get("code")):
-            yield {"observation_id": r["id"], "patient_id": reference_id(r.get("subject"), "Patient"),
+            yield {"observation_id": r["id"], "patient_id": reference_id(r.get("subject"), "Patient", base),
                    "status": r.get("status"), "system": system, "code": code, "date": when, **values}
     return _frame((x for r in resources for x in rows(r)), OBSERVATION_COLUMNS)
 
@@ -167,7 +160,7 @@ COMPONENT_COLUMNS = ["observation_id", "system", "code", "value_quantity", "valu
                      "value_integer", "value_codings"]
 
 
-def observation_components(resources: Iterable[Resource]) -> pd.DataFrame:
+def observation_components(resources: Iterable[Resource], base: str | None = None) -> pd.DataFrame:
     def rows(r: Resource) -> Iterable[dict[str, Any]]:
         for comp in r.get("component") or []:
             values = _value_columns(comp)
@@ -180,14 +173,14 @@ ADVERSE_EVENT_COLUMNS = ["event_id", "patient_id", "actuality", "system", "code"
                          "suspect_statement_ids"]
 
 
-def adverse_events(resources: Iterable[Resource]) -> pd.DataFrame:
+def adverse_events(resources: Iterable[Resource], base: str | None = None) -> pd.DataFrame:
     def rows(r: Resource) -> Iterable[dict[str, Any]]:
         seriousness = coding_set(r.get("seriousness"))
         # Ids of suspected MedicationStatements, however the reference is written (relative, absolute, versioned).
         suspects = tuple(sorted({sid for s in r.get("suspectEntity") or []
-                                 if (sid := reference_id(s.get("instance"), "MedicationStatement"))}))
+                                 if (sid := reference_id(s.get("instance"), "MedicationStatement", base))}))
         for system, code in codings(r.get("event")):
-            yield {"event_id": r["id"], "patient_id": reference_id(r.get("subject"), "Patient"),
+            yield {"event_id": r["id"], "patient_id": reference_id(r.get("subject"), "Patient", base),
                    "actuality": r.get("actuality"), "system": system, "code": code, "date": clinical_date(r.get("date")),
                    "seriousness_codings": seriousness, "suspect_statement_ids": suspects}
     return _frame((x for r in resources for x in rows(r)), ADVERSE_EVENT_COLUMNS)
@@ -196,11 +189,11 @@ def adverse_events(resources: Iterable[Resource]) -> pd.DataFrame:
 RESEARCH_SUBJECT_COLUMNS = ["subject_id", "patient_id", "study_id", "status", "start", "end"]
 
 
-def research_subjects(resources: Iterable[Resource]) -> pd.DataFrame:
+def research_subjects(resources: Iterable[Resource], base: str | None = None) -> pd.DataFrame:
     def row(r: Resource) -> dict[str, Any]:
         period = r.get("period") or {}
-        return {"subject_id": r["id"], "patient_id": reference_id(r.get("individual"), "Patient"),
-                "study_id": reference_id(r.get("study"), "ResearchStudy"), "status": r.get("status"),
+        return {"subject_id": r["id"], "patient_id": reference_id(r.get("individual"), "Patient", base),
+                "study_id": reference_id(r.get("study"), "ResearchStudy", base), "status": r.get("status"),
                 "start": clinical_date(period.get("start")), "end": clinical_date(period.get("end"))}
     return _frame((row(r) for r in resources), RESEARCH_SUBJECT_COLUMNS)
 
@@ -208,14 +201,15 @@ def research_subjects(resources: Iterable[Resource]) -> pd.DataFrame:
 RESEARCH_STUDY_COLUMNS = ["study_id", "identifier_system", "identifier_value"]
 
 
-def research_studies(resources: Iterable[Resource]) -> pd.DataFrame:
+def research_studies(resources: Iterable[Resource], base: str | None = None) -> pd.DataFrame:
     def rows(r: Resource) -> Iterable[dict[str, Any]]:
         for ident in r.get("identifier") or [{}]:
             yield {"study_id": r["id"], "identifier_system": ident.get("system"), "identifier_value": ident.get("value")}
     return _frame((x for r in resources for x in rows(r)), RESEARCH_STUDY_COLUMNS)
 
 
-FLATTENERS: dict[str, Callable[[Iterable[Resource]], pd.DataFrame]] = {
+# Each takes the resources and the FHIR server's base URL (absolute references are ours only under it).
+FLATTENERS: dict[str, Callable[..., pd.DataFrame]] = {
     "Patient": patients, "Condition": conditions, "MedicationStatement": medication_statements,
     "Procedure": procedures, "Observation": observations, "AdverseEvent": adverse_events,
     "ResearchSubject": research_subjects, "ResearchStudy": research_studies,
@@ -225,9 +219,10 @@ FLATTENERS: dict[str, Callable[[Iterable[Resource]], pd.DataFrame]] = {
 OBSERVATION_COMPONENTS = "Observation.component"
 
 
-def flatten_all(resources_by_type: Mapping[str, Iterable[Resource]]) -> dict[str, pd.DataFrame]:
-    """Every table above, keyed by resource type, plus ``Observation.component`` (HRCT sub-scores)."""
+def flatten_all(resources_by_type: Mapping[str, Iterable[Resource]], base: str | None = None) -> dict[str, pd.DataFrame]:
+    """Every table above, keyed by resource type, plus ``Observation.component`` (HRCT sub-scores).
+    ``base`` is the FHIR server's base URL, under which absolute references are read as ours."""
     materialised = {t: list(resources_by_type.get(t, [])) for t in FLATTENERS}
-    tables = {t: flatten(materialised[t]) for t, flatten in FLATTENERS.items()}
+    tables = {t: flatten(materialised[t], base) for t, flatten in FLATTENERS.items()}
     tables[OBSERVATION_COMPONENTS] = observation_components(materialised["Observation"])
     return tables

@@ -10,7 +10,9 @@ from __future__ import annotations
 from datetime import date, timedelta
 from typing import Any, Callable
 
+from .flatten import quantity_unit
 from .paths import Link, render_path
+from .references import reference_shape
 
 DATE_KEYS = {"birthDate", "deceasedDateTime", "onsetDateTime", "abatementDateTime", "recordedDate",
              "effectiveDateTime", "performedDateTime", "issued", "date", "dateAsserted", "detected", "recordedDate"}
@@ -39,7 +41,7 @@ def _scan(node: Any, link: Link | None, parent: str, limit: str, out: list[str])
                 if isinstance(start, str) and isinstance(end, str) and end[:10] < start[:10]:
                     out.append(f"{render_path((link, key))}: ends ({end}) before it starts ({start})")
             elif key == "valueQuantity" and isinstance(value, dict):
-                number, unit = value.get("value"), value.get("code") or value.get("unit")
+                number, unit = value.get("value"), quantity_unit(value)
                 if isinstance(number, (int, float)) and number < 0 and unit in NON_NEGATIVE_UNITS:
                     out.append(f"{render_path((link, key))}: negative {unit} value {number:g}")
             if isinstance(value, (dict, list)):
@@ -63,9 +65,9 @@ def subject_reference(resource: dict[str, Any], today: date) -> list[str]:
     reference = (resource.get(field) or {}).get("reference")
     if not reference:
         return [f"{field}: missing (the resource belongs to no patient)"]
-    parts = reference.split("/")
-    if len(parts) < 2 or parts[-2] != "Patient" or not parts[-1]:
-        return [f"{field}: {reference!r} is not a Patient reference"]
+    parsed = reference_shape(reference)
+    if parsed is None or parsed[0] != "Patient":
+        return [f"{field}: not a Patient reference of the form Patient/<id> (relative, absolute or versioned)"]
     return []
 
 
@@ -80,7 +82,7 @@ def doses(resource: dict[str, Any], today: date) -> list[str]:
                 continue
             where = f"dosage[{i}].doseAndRate[{j}].doseQuantity"
             value = float(dose["value"])
-            unit = dose.get("code") or dose.get("unit")
+            unit = quantity_unit(dose)
             if value < 0:
                 out.append(f"{where}: negative dose {value:g}")
             if unit not in MASS_TO_MG:

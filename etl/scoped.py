@@ -17,6 +17,7 @@ from typing import Any, Iterable, Sequence
 from .fhir_client import FhirClient, SearchEntry, SearchStats
 from .loader import TypeLoader
 from .plausibility import SUBJECT_FIELD
+from .references import reference_id
 from .sync import Progress, TypeReport, apply_id_reconciliation
 from .warehouse import SeenIds, Warehouse
 
@@ -32,13 +33,12 @@ class Seed:
     params: dict[str, str]
 
 
-def patient_id(resource: dict[str, Any]) -> str | None:
+def patient_id(resource: dict[str, Any], base: str | None = None) -> str | None:
+    """The patient a resource is about, read as the cohort does (``etl.references``)."""
     if resource.get("resourceType") == "Patient":
         return resource.get("id")
     field = SUBJECT_FIELD.get(resource.get("resourceType", ""), "subject")
-    reference = (resource.get(field) or {}).get("reference") or ""
-    parts = reference.split("/")
-    return parts[-1] if len(parts) >= 2 and parts[-2] == "Patient" else None
+    return reference_id(resource.get(field), "Patient", base)
 
 
 def _ignored(stats: SearchStats, param: str) -> bool:
@@ -49,7 +49,7 @@ def candidate_patients(client: FhirClient, seeds: Sequence[Seed], stats: SearchS
     ids: set[str] = set()
     for seed in seeds:
         for entry in client.search(seed.resource_type, seed.params, stats=stats):
-            pid = patient_id(entry.resource) if isinstance(entry.resource, dict) else None
+            pid = patient_id(entry.resource, client.base_url) if isinstance(entry.resource, dict) else None
             if pid:
                 ids.add(pid)
     return ids
@@ -71,7 +71,7 @@ def pull_scoped_type(client: FhirClient, warehouse: Warehouse, resource_type: st
 
     def take(entry: SearchEntry) -> None:
         resource = entry.resource
-        if resource_type not in UNSCOPED_TYPES and isinstance(resource, dict) and patient_id(resource) not in patients:
+        if resource_type not in UNSCOPED_TYPES and isinstance(resource, dict) and patient_id(resource, client.base_url) not in patients:
             return  # outside the scope: re-applied locally because servers may ignore the filter
         if isinstance(resource, dict) and isinstance(resource.get("id"), str):
             seen.add(resource["id"])

@@ -10,6 +10,8 @@ from dataclasses import dataclass
 from typing import Any
 from urllib.parse import parse_qsl
 
+from .references import reference_shape
+
 TOKEN_PATHS = {"code": "code", "category": "category", "clinical-status": "clinicalStatus",
                "verification-status": "verificationStatus", "status": "status", "gender": "gender"}
 REFERENCE_PATHS = {"patient": "subject", "subject": "subject"}
@@ -52,10 +54,17 @@ class TypeFilter:
             if name in TOKEN_PATHS and not _token_matches(resource, TOKEN_PATHS[name], value):
                 return False
             if name in REFERENCE_PATHS:
-                reference = (resource.get(REFERENCE_PATHS[name]) or {}).get("reference", "")
-                if not any(reference == v or reference.endswith("/" + v.rsplit("/", 1)[-1]) for v in value.split(",")):
+                # Bulk files come from the server that was asked: any well-formed reference shape is its own.
+                target = reference_shape((resource.get(REFERENCE_PATHS[name]) or {}).get("reference"))
+                if target is None or not any(_names(v, target) for v in value.split(",")):
                     return False
         return True
+
+
+def _names(value: str, target: tuple[str, str]) -> bool:
+    """Does a search value (``Patient/p1``, an absolute URL, or a bare id) name ``target``?"""
+    wanted = reference_shape(value) if "/" in value else (None, value)
+    return wanted is not None and wanted[1] == target[1] and wanted[0] in (None, target[0])
 
 
 def keep_function(filters: list[TypeFilter]):

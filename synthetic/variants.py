@@ -226,6 +226,11 @@ def absolute_references(resources: list[Resource], rng: random.Random) -> Rewrit
     return Rewritten(_rewrite_references(_deepcopy(resources), lambda kind, rid: f"{SERVER_BASE}/{kind}/{rid}"))
 
 
+def references_to_another_server(resources: list[Resource], rng: random.Random) -> Rewritten:
+    """Absolute references to a server that is not ours: another hospital's `Patient/x` is not our x."""
+    return Rewritten(_rewrite_references(_deepcopy(resources), lambda kind, rid: f"https://evil.example.org/fhir/{kind}/{rid}"))
+
+
 def versioned_references(resources: list[Resource], rng: random.Random) -> Rewritten:
     return Rewritten(_rewrite_references(_deepcopy(resources), lambda kind, rid: f"{kind}/{rid}/_history/{rng.randint(1, 9)}"))
 
@@ -445,6 +450,7 @@ VARIANTS: tuple[Variant, ...] = (
     _per("drop_local_value_codings", drop_local_value_codings, preserves=False),
     _per("seriousness_in_a_foreign_system", seriousness_in_a_foreign_system, preserves=False),
     _per("grams_without_conversion", grams_without_conversion, preserves=False),
+    Variant("references_to_another_server", references_to_another_server, preserves=False),
 )
 BY_NAME = {v.name: v for v in VARIANTS}
 

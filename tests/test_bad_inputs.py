@@ -53,6 +53,8 @@ CASES = [
      orjson.dumps({k: v for k, v in obs().items() if k != "subject"}), "belongs to no patient"),
     ("subject that is not a Patient", "Observation.ndjson", orjson.dumps(obs(subject={"reference": "Group/g1"})),
      "not a Patient reference"),
+    ("subject with a path traversal", "Observation.ndjson", orjson.dumps(obs(subject={"reference": "Patient/../Patient/good"})),
+     "not a Patient reference"),
     ("observation date in the future", "Observation.ndjson", orjson.dumps(obs(effectiveDateTime=FUTURE)), "in the future"),
     ("negative body weight", "Observation.ndjson",
      orjson.dumps(obs(valueQuantity={"value": -60, "unit": "kg", "system": "http://unitsofmeasure.org", "code": "kg"})),

@@ -95,8 +95,11 @@ def test_type_filter_is_reapplied_locally(server, tmp_path):
     with FhirClient(server.base_url) as client:
         _, reports = sync_bulk(client, wh, ["Observation"], type_filters=("Observation?code=http://loinc.org|2276-4",),
                                exporter=fast(client))
-    codes = {c["code"] for r in wh.raw_resources("Observation") for c in r["code"]["coding"]}
-    assert codes == {"2276-4"} and reports["Observation"].load.received > 0
+    # Every loaded Observation carries the filtered LOINC coding (beside, perhaps, a hospital's own codings).
+    loaded = wh.raw_resources("Observation")
+    assert all(("http://loinc.org", "2276-4") in {(c.get("system"), c.get("code")) for c in r["code"]["coding"]}
+               for r in loaded)
+    assert loaded and reports["Observation"].load.received > 0
 
 
 BASE = "https://bulk.example.org/fhir"

@@ -3,6 +3,8 @@ from __future__ import annotations
 
 from datetime import date
 
+import pytest
+
 from etl.flatten import (adverse_events, clinical_date, conditions, first_dosage, medication_statements, observations,
                          quantity_unit, reference_id)
 
@@ -14,11 +16,27 @@ def test_clinical_date_is_the_local_date_written_in_the_resource():
     assert clinical_date(None) is None
 
 
-def test_reference_id_reads_relative_and_absolute_references():
+def test_reference_id_reads_relative_versioned_and_our_absolute_references():
     assert reference_id({"reference": "Patient/p1"}, "Patient") == "p1"
-    assert reference_id({"reference": "https://h.org/fhir/Patient/p1/_history/3"}, "Patient") == "p1"
+    assert reference_id({"reference": "Patient/p1/_history/3"}, "Patient") == "p1"
+    assert reference_id({"reference": "https://h.org/fhir/Patient/p1/_history/3"}, "Patient", "https://h.org/fhir") == "p1"
+    assert reference_id({"reference": "https://h.org/fhir/Patient/p1"}, "Patient", "https://h.org/fhir/") == "p1"
     assert reference_id({"reference": "Group/g"}, "Patient") is None
     assert reference_id(None, "Patient") is None
+
+
+@pytest.mark.parametrize("reference", [
+    "https://evil.example.org/fhir/Patient/good",   # another server's patient "good" is not ours
+    "https://h.org/fhir-other/Patient/good",         # a base that only starts like ours
+    "Patient/../Patient/good", "Patient/./good", "../Patient/good", "Patient/good/extra",
+    "Patient/" + "x" * 65, "Patient/bad id", "urn:uuid:0b5d2f3c-1111-2222-3333-444455556666", "Patient/",
+])
+def test_references_that_are_not_exactly_one_of_our_patients_are_not_read_as_one(reference):
+    assert reference_id({"reference": reference}, "Patient", "https://h.org/fhir") is None
+
+
+def test_an_absolute_reference_is_not_ours_when_no_base_is_known():
+    assert reference_id({"reference": "https://h.org/fhir/Patient/p1"}, "Patient") is None
 
 
 def test_one_row_per_coding_so_foreign_codings_do_not_hide_ours():

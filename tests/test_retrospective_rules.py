@@ -291,3 +291,13 @@ def test_refuted_verification_status_is_read_from_any_coding(order):
     codings = refuted["verificationStatus"]["coding"]
     refuted["verificationStatus"]["coding"] = [foreign, *codings] if order == "foreign_first" else [*codings, foreign]
     assert reason(derive(reference_patient(ild=False) + [refuted])) == "no_ild_condition"
+
+
+def test_a_hospital_with_no_conditions_or_no_patient_subjects_derives_empty_tables_not_a_crash():
+    """Every statement about no known patient (and no Condition at all) ends in counts, not an exception."""
+    nobody = drug(TACROLIMUS, 0, None)
+    nobody["subject"] = {"reference": "https://evil.example.org/fhir/Patient/p1"}
+    result = derive([fb.patient(PID, "female", "1966-01-15"), nobody])
+    assert result.cohort.empty
+    assert reason(result) == "no_iim_condition"
+    assert result.data_quality.set_index("issue")["n_patients"]["resource_without_patient_subject"] == 1

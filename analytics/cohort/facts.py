@@ -91,7 +91,7 @@ def exposure_intervals(statements: pd.DataFrame) -> pd.DataFrame:
     df["ongoing"] = ongoing
     df = df.sort_values(["patient_id", "ingredient", "start", "statement_id"])
     next_start: list[date | None] = []
-    for _, grp in df.groupby(["patient_id", "ingredient"], sort=False):
+    for _, grp in df.groupby(["patient_id", "ingredient"], sort=False, dropna=False):
         starts = list(grp["start"])
         for i, s in enumerate(starts):
             later = next((t for t in starts[i + 1:] if t > s), None)
@@ -128,7 +128,7 @@ def build_facts(flat: dict[str, pd.DataFrame], concepts: ConceptMap) -> StudyFac
 
     cond = flat["Condition"]
     verification = concepts_per_row(concepts, "condition_verification", cond["verification_codings"])
-    cond = cond[[not (v & IGNORED_CONDITION_VERIFICATION) for v in verification]]
+    cond = cond[pd.Series([not (v & IGNORED_CONDITION_VERIFICATION) for v in verification], index=cond.index, dtype=bool)]
     # Two codings of one resource that carry the same concept (M33.10 and M3310, two ESR LOINCs) are one fact.
     diagnoses = (concepts.annotate("conditions", cond).drop_duplicates(["condition_id", "concept"])
                  [["patient_id", "concept", "date"]].dropna(subset=["date"]))

@@ -11,6 +11,7 @@ from analytics.cohort.params import RuleParams
 from analytics.cohort.tables import derive_cohort_tables
 from etl.flatten import flatten_all
 from synthetic.hospital import HospitalParams
+from synthetic.variants import SERVER_BASE
 
 # Small enough for CI, yet every attrition reason, edge case and both prospective groups occur.
 SMALL = HospitalParams(n_retrospective=70, n_prospective_enrolled=12, n_noise=30, attrition_per_reason=1)
@@ -22,7 +23,7 @@ def cohort_tables(resources: list[dict], patient_ids: dict[str, str] | None = No
     by_type: dict[str, list[dict]] = {}
     for r in resources:
         by_type.setdefault(r["resourceType"], []).append(r)
-    facts = build_facts(flatten_all(by_type), load_concept_map())
+    facts = build_facts(flatten_all(by_type, base=SERVER_BASE), load_concept_map())
     tables = derive_cohort_tables(facts, RuleParams(data_cutoff=CUTOFF)).tables
     return {name: canonical(frame, patient_ids) for name, frame in tables.items()}
 

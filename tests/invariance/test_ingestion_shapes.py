@@ -12,6 +12,7 @@ from assets.raw import RESOURCE_TYPES
 from etl.fhir_client import FhirClient
 from etl.ndjson import sync_ndjson_directory
 from etl.sync import sync_rest
+from synthetic.variants import BY_NAME
 from tests.sync_helpers import warehouse
 
 from .pipeline import cohort_tables, differences
@@ -55,3 +56,21 @@ def test_rest_pull_with_a_small_page_size(sandbox, tmp_path, baseline):
     with FhirClient(sandbox.base_url, page_size=13, backoff_s=0.01) as client:
         sync_rest(client, wh, list(RESOURCE_TYPES))
     assert differences(baseline, warehouse_tables(wh)) == {}
+
+
+@pytest.mark.parametrize("name", ["absolute_references", "versioned_references", "uuid_ids", "long_ids"])
+def test_reference_and_id_shapes_survive_ingestion(tmp_path, small_hospital, baseline, name):
+    """Ingestion's own readers of references (plausibility, filters) accept every shape the cohort reads."""
+    rewritten = BY_NAME[name].apply(small_hospital.resources, random.Random(name))
+    export = tmp_path / "export"
+    export.mkdir()
+    by_type: dict[str, list[bytes]] = {}
+    for r in rewritten.resources:
+        by_type.setdefault(r["resourceType"], []).append(orjson.dumps(r))
+    for rtype, rows in by_type.items():
+        (export / f"{rtype}.ndjson").write_bytes(b"".join(line + b"\n" for line in rows))
+    wh = warehouse(tmp_path)
+    reports = sync_ndjson_directory(wh, export, list(RESOURCE_TYPES), workers=1)
+    assert sum(r.load.quarantined_seen for r in reports.values()) == 0
+    got = cohort_tables([r for rtype in RESOURCE_TYPES for r in wh.raw_resources(rtype)], rewritten.patient_ids)
+    assert differences(baseline, got) == {}
