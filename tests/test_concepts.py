@@ -86,3 +86,34 @@ def test_a_hospital_can_replace_the_defaults(tmp_path):
 def test_a_missing_file_is_a_clear_error(tmp_path):
     with pytest.raises(ConceptMapError, match="does not exist"):
         load_concept_map(str(tmp_path / "nope.yaml"))
+
+
+@pytest.mark.parametrize("snomed_first", [True, False])
+def test_a_glucocorticoid_coded_in_two_systems_is_one_ingredient_whatever_the_coding_order(tmp_path, snomed_first):
+    """An ongoing prednisolone statement ends the day before the next prednisolone statement starts, also
+    when the hospital codes that one in SNOMED beside RxNorm (its concept-map entry names the ingredient)."""
+    from datetime import date
+
+    from analytics.cohort.facts import build_facts
+    from etl.flatten import flatten_all
+    from synthetic import fhir_builders as fb
+
+    own = tmp_path / "map.yaml"
+    own.write_text("medications:\n  glucocorticoid:\n"
+                   "    - {system: SNOMED, code: '116601002', factor: 1, ingredient: prednisolone}\n")
+    first = fb.medication_statement("ms1", "p", fb.RXNORM, "8638", date(2016, 3, 1), None, dose=40, status="active")
+    second = fb.medication_statement("ms2", "p", fb.RXNORM, "8638", date(2016, 6, 9), None, dose=20, status="active")
+    snomed = {"system": fb.SNOMED, "code": "116601002"}
+    codings = second["medicationCodeableConcept"]["coding"]
+    second["medicationCodeableConcept"]["coding"] = [snomed, *codings] if snomed_first else [*codings, snomed]
+    facts = build_facts(flatten_all({"Patient": [fb.patient("p", "female", "1960")], "MedicationStatement": [first, second]}),
+                        load_concept_map(str(own)))
+    ends = facts.exposures.set_index("statement_id")["end"]
+    assert ends["ms1"] == date(2016, 6, 8)
+
+
+def test_a_glucocorticoid_code_without_its_factor_is_refused_at_load(tmp_path):
+    own = tmp_path / "map.yaml"
+    own.write_text("medications:\n  glucocorticoid:\n    - {system: SNOMED, code: '116601002'}\n")
+    with pytest.raises(ConceptMapError, match="needs its prednisolone-equivalent factor"):
+        load_concept_map(str(own))

@@ -164,3 +164,22 @@ def test_an_adverse_event_reason_in_another_system_is_not_ours():
 
     cohort = derive_retrospective(facts, RuleParams(data_cutoff=date(2025, 1, 1))).cohort
     assert drug_discontinuations(facts, cohort, "retrospective").empty
+
+
+def test_a_death_without_a_date_leaves_the_prospective_cohort_with_its_reason():
+    """§1: deceasedBoolean without a date is excluded from time-to-event analyses with a reason (both cohorts)."""
+    result = derive16(reference_patient(deceased=True) + [enrol()])
+    assert outcome(result) == "death_date_unknown"
+    assert result.attrition.set_index("reason").loc["death_date_unknown", "n_excluded"] == 1
+
+
+@pytest.mark.parametrize("doses, expected", [((300, 300), "combination"), ((300, 700), "pirfenidone_other_dose"),
+                                              ((200, 200), "pirfenidone_other_dose")])
+def test_overlapping_pirfenidone_statements_add_their_daily_doses(doses, expected):
+    """Two concurrent statements (explicit ends) of 300 mg/day each are 600 mg/day: low-dose combination."""
+    pirf = [fb.medication_statement(new_id("ms"), PID, RXNORM, PIRFENIDONE, day(10), day(365), dose=d, frequency=1)
+            for d in doses]
+    result = derive16(reference_patient() + [enrol()] + pirf)
+    assert outcome(result) == expected
+    if expected == "combination":
+        assert result.cohort["pirfenidone_mg_day"].iloc[0] == 600.0

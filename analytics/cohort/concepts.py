@@ -40,6 +40,10 @@ class CodeRule:
     code: str | None = None
     prefix: str | None = None
     factor: float | None = None
+    ingredient: str | None = None  # glucocorticoids: which drug (codes of one drug in two systems share it)
+
+    def ingredient_of(self, system: str | None, code: str | None) -> str:
+        return self.ingredient or f"{system}|{_norm(system, code)}"
 
     def matches(self, system: str | None, code: str | None) -> bool:
         if system != self.system or code is None:
@@ -70,14 +74,16 @@ class ConceptMap:
         return frozenset(name for system, code in codings or () for name, _ in self.concepts(domain, system, code))
 
     def annotate(self, domain: str, frame: pd.DataFrame) -> pd.DataFrame:
-        """Rows of ``frame`` whose (system, code) carries a concept, with ``concept`` and ``factor`` added.
+        """Rows of ``frame`` whose (system, code) carries a concept, with ``concept``, ``factor`` and
+        ``ingredient`` added.
 
         A coding that matches two concepts (M33.11 is both dermatomyositis and ILD) yields two rows.
         """
         pairs = frame[["system", "code"]].drop_duplicates()
-        matched = [{"system": s, "code": c, "concept": name, "factor": factor}
-                   for s, c in pairs.itertuples(index=False) for name, factor in self.concepts(domain, s, c)]
-        lookup = pd.DataFrame(matched, columns=["system", "code", "concept", "factor"])
+        matched = [{"system": s, "code": c, "concept": name, "factor": rule.factor, "ingredient": rule.ingredient_of(s, c)}
+                   for s, c in pairs.itertuples(index=False)
+                   for name, rules in self.domains[domain].items() for rule in rules if rule.matches(s, c)]
+        lookup = pd.DataFrame(matched, columns=["system", "code", "concept", "factor", "ingredient"])
         return frame.merge(lookup, on=["system", "code"], how="inner")
 
     def to_canonical(self, concept: str, value: float | None, unit: str | None) -> float | None:
@@ -136,9 +142,12 @@ def _parse(data: Any, source: str, known_systems: dict[str, str] | None = None) 
                 system = systems.get(rule["system"], rule["system"])
                 if not str(system).startswith(("http://", "https://", "urn:")):
                     raise ConceptMapError(f"{where}: system {rule['system']!r} is neither a URI nor a name under 'systems'")
+                if domain == "medications" and name == "glucocorticoid" and rule.get("factor") is None:
+                    raise ConceptMapError(f"{where}: a glucocorticoid code needs its prednisolone-equivalent factor")
                 parsed.append(CodeRule(system=system, code=None if rule.get("code") is None else str(rule["code"]),
                                        prefix=None if rule.get("prefix") is None else str(rule["prefix"]),
-                                       factor=None if rule.get("factor") is None else float(rule["factor"])))
+                                       factor=None if rule.get("factor") is None else float(rule["factor"]),
+                                       ingredient=None if rule.get("ingredient") is None else str(rule["ingredient"])))
             concepts[str(name)] = tuple(parsed)
         domains[domain] = concepts
     units = {}

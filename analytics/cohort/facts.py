@@ -80,10 +80,11 @@ def exposure_intervals(statements: pd.DataFrame) -> pd.DataFrame:
     without an end, or an ``active`` one given by effectiveDateTime, is ongoing until the day
     before the next statement of the same ingredient starts; a non-active effectiveDateTime
     covers that single day. The ingredient is the concept, except for glucocorticoids, where it
-    is the matched code (prednisone and methylprednisolone are different ingredients of one concept).
+    is the concept map's ``ingredient`` (prednisone and methylprednisolone are different ingredients
+    of one concept).
     """
     df = statements.copy()
-    df["ingredient"] = df["concept"].where(df["concept"] != "glucocorticoid", df["concept"] + ":" + df["code"].astype(str))
+    df["ingredient"] = df["concept"].where(df["concept"] != "glucocorticoid", df["concept"] + ":" + df["ingredient"].astype(str))
     ongoing = (df["effective_kind"] == "period") & df["end"].isna() | \
               (df["effective_kind"] == "datetime") & (df["status"] == "active")
     single_day = (df["effective_kind"] == "datetime") & ~ongoing
@@ -136,7 +137,9 @@ def build_facts(flat: dict[str, pd.DataFrame], concepts: ConceptMap) -> StudyFac
     meds_counted = flat["MedicationStatement"]
     meds_counted = meds_counted[~meds_counted["status"].isin(IGNORED_MEDICATION_STATUS) & meds_counted["start"].notna()]
     meds = concepts.annotate("medications", meds_counted)
-    meds = meds.drop_duplicates(["statement_id", "concept"])
+    # One row per statement and concept; of two glucocorticoid codings naming different drugs (a coding
+    # error), the first ingredient by name wins, so the coding order cannot choose.
+    meds = meds.sort_values(["statement_id", "concept", "ingredient"], kind="stable").drop_duplicates(["statement_id", "concept"])
     meds["daily_dose_mg"] = [daily_dose_mg(*r) for r in meds[["dose_value", "dose_unit", "frequency", "period", "period_unit"]].itertuples(index=False)]
     no_dose = meds["daily_dose_mg"].isna() & (meds["concept"] == "glucocorticoid")
     quality += [{"patient_id": p, "issue": "glucocorticoid_dose_not_computable"} for p in meds.loc[no_dose, "patient_id"]]

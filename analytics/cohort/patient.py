@@ -50,18 +50,25 @@ class PatientRecord:
         return set(ex.loc[(ex["start"] <= end) & (ex["end"] >= index), "concept"])
 
     # -- covariates --------------------------------------------------------------------------
+    def daily_doses(self, concept: str, first_day: date, last_day: date) -> tuple[np.ndarray, np.ndarray]:
+        """mg/day summed over the statements of ``concept`` covering each day (statements with explicit
+        ends may overlap and their doses add), prednisolone-equivalent for glucocorticoids; and which days
+        any statement covers. A statement without a computable dose adds nothing (it is counted elsewhere)."""
+        n = max((last_day - first_day).days + 1, 0)
+        total, covered = np.zeros(n), np.zeros(n, dtype=bool)
+        ex = self.exposures(concept)
+        for start, end, dose, factor in ex[["start", "end", "daily_dose_mg", "pred_factor"]].itertuples(index=False):
+            a, b = max((start - first_day).days, 0), min((end - first_day).days, n - 1)
+            if a > b:
+                continue
+            covered[a:b + 1] = True
+            if dose is not None and not pd.isna(dose):
+                total[a:b + 1] += float(dose) * (float(factor) if concept == "glucocorticoid" else 1.0)
+        return total, covered
+
     def gc_daily(self, first_day: date, last_day: date) -> np.ndarray:
         """Prednisolone-equivalent mg/day summed over the GC statements covering each day."""
-        n = (last_day - first_day).days + 1
-        total = np.zeros(max(n, 0))
-        gc = self.exposures("glucocorticoid")
-        for start, end, dose, factor in gc[["start", "end", "daily_dose_mg", "pred_factor"]].itertuples(index=False):
-            if dose is None or pd.isna(dose):
-                continue
-            a, b = max((start - first_day).days, 0), min((end - first_day).days, n - 1)
-            if a <= b:
-                total[a:b + 1] += float(dose) * float(factor)
-        return total
+        return self.daily_doses("glucocorticoid", first_day, last_day)[0]
 
     def covariates(self, index: date) -> dict[str, Any]:
         p = self.p

@@ -15,8 +15,10 @@ from .params import RuleParams
 from .patient import PatientRecord, group_facts
 from .retrospective import attrition_table
 
+# The contract's five reasons, then death_date_unknown: §1 excludes a death without a date from every
+# time-to-event analysis "with a reason", as the retrospective attrition does last.
 ATTRITION_REASONS = ("enrolment_outside_window", "no_tacrolimus", "pirfenidone_other_dose", "withdrawn_before_12m",
-                     "lost_to_follow_up_before_12m")
+                     "lost_to_follow_up_before_12m", "death_date_unknown")
 # Visit month -> (first day, last day, nominal day) relative to index.
 VISITS: dict[int, tuple[int, int, int]] = {0: (-14, 7, 0), 1: (15, 45, 30), 3: (60, 120, 90), 6: (150, 210, 180),
                                            12: (330, 400, 365)}
@@ -70,15 +72,18 @@ def _select(patient: PatientRecord, enrolment: pd.DataFrame, pp: ProspectivePara
     pirf = pirf[(pirf["start"] <= horizon) & (pirf["end"] >= index)] if not pirf.empty else pirf
     info["pirfenidone_mg_day"] = None
     if not pirf.empty:
-        doses = pirf["daily_dose_mg"]
+        # The dose is the daily total: overlapping statements (explicit ends) add, as for glucocorticoids.
+        total, covered = patient.daily_doses("pirfenidone", index, horizon)
+        daily = total[covered]
         low, high = pp.pirfenidone_low_mg_day
-        if doses.isna().any():
+        unknown = pirf["daily_dose_mg"].isna().any()
+        if unknown:
             patient.quality.add("pirfenidone_dose_not_computable")
         first_start = min(pirf["start"])
-        if doses.isna().any() or not doses.between(low, high).all() or \
+        if unknown or not len(daily) or not ((daily >= low) & (daily <= high)).all() or \
                 (first_start - index).days > pp.pirfenidone_start_max_days:
             return "pirfenidone_other_dose", info
-        info["pirfenidone_mg_day"] = float(doses.iloc[0]) if doses.nunique() == 1 else float(doses.max())
+        info["pirfenidone_mg_day"] = float(daily.max())
     death = patient.row.deceased_date if patient.row.deceased_date is not None and not pd.isna(patient.row.deceased_date) else None
     died_in_year = death is not None and death < horizon
     closed = enrolment[enrolment["status"].isin(pp.withdrawal_statuses) & enrolment["end"].notna()]
@@ -86,6 +91,8 @@ def _select(patient: PatientRecord, enrolment: pd.DataFrame, pp: ProspectivePara
         return "withdrawn_before_12m", info
     if not died_in_year and patient.last_contact(index) < horizon:
         return "lost_to_follow_up_before_12m", info
+    if bool(patient.row.deceased) and death is None:
+        return "death_date_unknown", info
     return None, info
 
 
