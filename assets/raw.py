@@ -13,7 +13,7 @@ from etl.bulk import sync_bulk
 from etl.ndjson import sync_ndjson_directory
 from etl.scoped import Seed, sync_cohort_first
 from etl.sync import TypeReport, sync_rest
-from etl.warehouse import raw_table_name
+from etl.warehouse import WarehouseBusy, raw_table_name
 
 from .resources import FhirServerResource, StudyResource, WarehouseResource
 
@@ -31,6 +31,7 @@ def raw_asset_key(resource_type: str) -> dg.AssetKey:
 class IngestConfig(dg.Config):
     full_refresh: bool = False  # ignore the watermarks and pull everything again
     reconcile: bool = False     # compare every id with the server (deletes on servers without _history)
+    lock_wait_s: float = 600.0  # how long a second ingestion waits for the warehouse lock before it fails
 
 
 RAW_SCHEMA = dg.TableSchema(columns=[
@@ -77,7 +78,12 @@ def _run_sync(context: dg.AssetExecutionContext, config: IngestConfig, fhir: Fhi
 def fhir_ingest(context: dg.AssetExecutionContext, config: IngestConfig, fhir: FhirServerResource,
                 warehouse: WarehouseResource, study: StudyResource):
     types = [t for t in RESOURCE_TYPES if raw_asset_key(t) in context.selected_asset_keys]
-    reports = _run_sync(context, config, fhir, warehouse, study, types)
+    try:
+        with warehouse.get().exclusive("ingest", wait_s=config.lock_wait_s):
+            reports = _run_sync(context, config, fhir, warehouse, study, types)
+    except WarehouseBusy as exc:
+        raise dg.Failure(description=f"{exc}: a second ingestion waits for the first, then stops here rather "
+                                     "than write the same rows twice") from None
     for resource_type in types:
         report = reports[resource_type]
         load = report.load
@@ -87,7 +93,8 @@ def fhir_ingest(context: dg.AssetExecutionContext, config: IngestConfig, fhir: F
         # No preview: raw tables hold real FHIR ids.
         yield dg.MaterializeResult(asset_key=raw_asset_key(resource_type),
                                    metadata={"dagster/row_count": report.warehouse_count or 0,
-                                             "dagster/column_schema": RAW_SCHEMA, **report.as_metadata()})
+                                             "dagster/column_schema": RAW_SCHEMA, **report.as_metadata(),
+                                             **({} if fhir.sync_mode == "ndjson" else fhir.limits())})
 
 
 raw_assets = [fhir_ingest]

@@ -44,9 +44,22 @@ class FhirServerResource(dg.ConfigurableResource):
     max_concurrency: int = 4
     page_size: int = 500
     timeout_s: float = 60.0
+    # Origins trusted with data and credentials besides FHIR_BASE_URL's (a Bulk file store, a token server).
+    trusted_origins: str = ""               # comma-separated, e.g. https://files.hospital.org
+    retry_after_cap_s: float = 300.0        # one Retry-After is honoured up to this
+    max_wait_s: float = 900.0               # all retry waits of one request together
+    request_deadline_s: float = 600.0       # one request, its whole body included
 
     def type_filters(self) -> tuple[str, ...]:
         return tuple(f for f in self.bulk_type_filter.split(",") if f)
+
+    def trusted(self) -> tuple[str, ...]:
+        return tuple(o.strip() for o in self.trusted_origins.split(",") if o.strip())
+
+    def limits(self) -> dict[str, float]:
+        """The waits the client allows, shown in the ingestion metadata (and the README)."""
+        return {"retry_after_cap_s": self.retry_after_cap_s, "max_wait_per_request_s": self.max_wait_s,
+                "request_deadline_s": self.request_deadline_s}
 
     def _auth(self) -> Auth:
         if self.auth == "none":
@@ -55,14 +68,17 @@ class FhirServerResource(dg.ConfigurableResource):
             return BearerTokenAuth(self.bearer_token_env)
         if self.auth == "smart":
             return SmartBackendAuth(self.base_url, self.smart_client_id, self.smart_private_key_env, self.smart_kid,
-                                    self.smart_algorithm, self.smart_scope, self.smart_token_url or None)
+                                    self.smart_algorithm, self.smart_scope, self.smart_token_url or None,
+                                    trusted_origins=self.trusted())
         raise ValueError(f"FHIR_AUTH must be none, bearer or smart, not {self.auth!r}")
 
     @contextmanager
     def client(self) -> Iterator[FhirClient]:
         if not self.base_url:
             raise ValueError(f"FHIR_SYNC_MODE={self.sync_mode} needs FHIR_BASE_URL")
-        client = FhirClient(self.base_url, auth=self._auth(), page_size=self.page_size, timeout_s=self.timeout_s)
+        client = FhirClient(self.base_url, auth=self._auth(), page_size=self.page_size, timeout_s=self.timeout_s,
+                            trusted_origins=self.trusted(), retry_after_cap_s=self.retry_after_cap_s,
+                            max_wait_s=self.max_wait_s, request_deadline_s=self.request_deadline_s)
         try:
             yield client
         finally:
@@ -126,7 +142,10 @@ def resources_from_env() -> dict[str, dg.ConfigurableResource]:
             sync_mode=env("FHIR_SYNC_MODE", "incremental"), ndjson_dir=env("FHIR_NDJSON_DIR", ""),
             bulk_level=env("FHIR_BULK_LEVEL", "system"), bulk_group_id=env("FHIR_BULK_GROUP_ID", ""),
             bulk_type_filter=env("FHIR_BULK_TYPE_FILTER", ""),
-            max_concurrency=int(env("FHIR_CONCURRENCY", "4")), page_size=int(env("FHIR_PAGE_SIZE", "500"))),
+            max_concurrency=int(env("FHIR_CONCURRENCY", "4")), page_size=int(env("FHIR_PAGE_SIZE", "500")),
+            trusted_origins=env("FHIR_TRUSTED_ORIGINS", ""),
+            retry_after_cap_s=float(env("FHIR_RETRY_AFTER_CAP_S", "300")), max_wait_s=float(env("FHIR_MAX_WAIT_S", "900")),
+            request_deadline_s=float(env("FHIR_REQUEST_DEADLINE_S", "600"))),
         "warehouse": WarehouseResource(url=_env_or("WAREHOUSE_URL", DEFAULT_WAREHOUSE_URL)),
         "study": StudyResource(pseudonym_key=dg.EnvVar("PSEUDONYM_KEY"),
                                data_cutoff=os.environ.get("DATA_CUTOFF", ""),

@@ -20,6 +20,8 @@ from typing import Protocol
 
 import httpx
 
+from .urls import origin
+
 SIGNING_ALGORITHMS = ("RS384", "ES384")
 ASSERTION_TYPE = "urn:ietf:params:oauth:client-assertion-type:jwt-bearer"
 
@@ -83,6 +85,7 @@ class SmartBackendAuth:
     algorithm: str = "RS384"
     scope: str = "system/*.read"
     token_url: str | None = None     # discovered from .well-known/smart-configuration when empty
+    trusted_origins: tuple[str, ...] = ()  # origins besides the FHIR server's that may receive the assertion
     assertion_lifetime_s: int = 300  # the spec's maximum
     refresh_margin_s: float = 60.0
     _token: str | None = field(default=None, repr=False)
@@ -106,7 +109,14 @@ class SmartBackendAuth:
         supported = config.get("token_endpoint_auth_signing_alg_values_supported")
         if supported and self.algorithm not in supported:
             raise AuthError(f"server does not accept {self.algorithm} client assertions (it offers {supported})")
-        self.token_url = config["token_endpoint"]
+        endpoint = str(config["token_endpoint"])
+        # The signed assertion is a credential: a discovered endpoint must be on the FHIR server's origin or on
+        # one the operator trusts, so a tampered discovery document cannot send it elsewhere.
+        allowed = {origin(self.base_url), *(origin(o) for o in self.trusted_origins)}
+        if origin(endpoint) not in allowed:
+            raise AuthError(f"SMART token endpoint {origin(endpoint)} is neither the FHIR server's origin nor in "
+                            "FHIR_TRUSTED_ORIGINS; refusing to send it a client assertion")
+        self.token_url = endpoint
         return self.token_url
 
     def client_assertion(self, token_url: str) -> str:

@@ -19,6 +19,7 @@ import httpx
 import orjson
 
 from .fhir_client import FhirClient, FhirError, SearchStats, operation_outcome_text, retry_after_seconds
+from .urls import redacted
 from .ndjson import BLOCK_BYTES, Block, NdjsonLoader, blocks_of, validation_pool
 from .sync import TypeReport, apply_id_reconciliation, record_counts
 from .type_filter import TypeFilter, keep_function
@@ -105,7 +106,7 @@ class BulkExportClient:
             if response.status_code == 200:
                 manifest = orjson.loads(response.content)
                 if not isinstance(manifest, dict) or "output" not in manifest:
-                    raise BulkExportError(f"bulk status {status_url} answered 200 without a manifest")
+                    raise BulkExportError(f"bulk status {redacted(status_url)} answered 200 without a manifest")
                 return manifest
             status = response.headers.get("X-Progress", "in progress")
             report.progress.append(status)
@@ -125,6 +126,8 @@ class BulkExportClient:
     def blocks(self, url: str, with_token: bool, type_hint: str | None, stats: SearchStats) -> Iterator[Block]:
         """Stream one output file in blocks of whole lines. A broken download restarts and skips the
         lines already yielded; a block that ends mid-line is held back until its line is complete."""
+        # A manifest may point anywhere: files are read (and given the token) only on trusted origins.
+        self.client.check_origin(url, "the Bulk output file")
         done, attempt = 0, 0
         while True:
             stats.requests += 1
@@ -133,11 +136,12 @@ class BulkExportClient:
                 if with_token:
                     headers.update(self.client.auth.headers(self.client._http))
                 with self.client._http.stream("GET", url, headers=headers) as response:
+                    self.client.check_origin(str(response.url), "a redirect of the Bulk output file to")
                     if response.status_code != 200:
                         response.read()
                         if response.status_code in (429, 500, 502, 503, 504) and attempt < self.client.max_retries:
                             raise httpx.NetworkError(f"HTTP {response.status_code}")
-                        raise BulkExportError(f"GET {url} -> HTTP {response.status_code}: {operation_outcome_text(response)}",
+                        raise BulkExportError(f"GET {redacted(url)} -> HTTP {response.status_code}: {operation_outcome_text(response)}",
                                               response.status_code)
                     for block in blocks_of(response.iter_bytes(self.block_bytes), url, type_hint):
                         if block.last_line <= done:
@@ -149,7 +153,7 @@ class BulkExportClient:
                 attempt += 1
                 stats.retries += 1
                 if attempt > self.client.max_retries:
-                    raise BulkExportError(f"GET {url} kept failing after {attempt} attempts") from None
+                    raise BulkExportError(f"GET {redacted(url)} kept failing after {attempt} attempts") from None
                 self.sleep(min(self.poll_cap_s, self.initial_poll_s * 2 ** attempt))
 
 
@@ -184,7 +188,7 @@ def sync_bulk(client: FhirClient, warehouse: Warehouse, resource_types: list[str
     stats = SearchStats()
     if open_job is not None:
         status_url, resumed = open_job["status_url"], True
-        log.info("resuming bulk export %s kicked off at %s", status_url, open_job["kicked_off_at"])
+        log.info("resuming bulk export %s kicked off at %s", redacted(status_url), open_job["kicked_off_at"])
     else:
         request = ExportRequest(level, group_id, tuple(resource_types), since, type_filters)
         status_url, resumed = exporter.kickoff(request, stats), False
@@ -207,7 +211,7 @@ def sync_bulk(client: FhirClient, warehouse: Warehouse, resource_types: list[str
             rtype = item.get("type")
             report.manifest_counts[rtype] = report.manifest_counts.get(rtype, 0) + int(item.get("count") or 0)
             if progress:
-                progress(f"bulk export: loading {rtype} from {item['url']}")
+                progress(f"bulk export: loading {rtype} from {redacted(item['url'])}")
             loader.load_blocks(exporter.blocks(item["url"], with_token, rtype, report.stats), pool)
         for item in manifest.get("deleted") or []:
             loader.load_blocks(exporter.blocks(item["url"], with_token, "Bundle", report.stats), pool)
@@ -221,7 +225,7 @@ def sync_bulk(client: FhirClient, warehouse: Warehouse, resource_types: list[str
     try:
         exporter.cancel(status_url, report.stats)  # tells the server it may delete the files
     except FhirError as exc:
-        log.warning("could not release bulk export files at %s: %s", status_url, exc)
+        log.warning("could not release bulk export files at %s: %s", redacted(status_url), exc)
     reports: dict[str, TypeReport] = {}
     for rtype in resource_types:
         if since is None and not filters:

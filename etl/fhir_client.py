@@ -10,21 +10,30 @@ A page link can expire mid-pull (HTTP 410 or 404 on a ``next`` URL). When the se
 by ``_lastUpdated`` the client restarts that window from the last ``lastUpdated`` it saw
 (inclusive) instead of starting the whole pull again; the caller de-duplicates on
 (type, id, versionId), so overlap is harmless.
+
+A server can be wrong or hostile, so: credentials go only to the FHIR server's own origin (and to
+origins an operator trusts, such as a Bulk file store); a page, link or file from any other origin
+is refused; a ``next`` link seen before is a paging loop; every request has a deadline for its
+whole body, every search an overall one, and the total Retry-After wait of one request is capped.
+Error messages name a URL's path, never its query (cohort-first queries list patient ids).
 """
 from __future__ import annotations
 
 import email.utils
+import json
 import logging
 import os
 import random
 import time
 from dataclasses import dataclass, field
 from typing import Any, Iterator
+from urllib.parse import urljoin
 
 import httpx
 import orjson
 
 from .auth import Auth, BearerTokenAuth, NoAuth
+from .urls import origin, redacted
 
 log = logging.getLogger(__name__)
 
@@ -69,8 +78,36 @@ class SearchStats:
 
 @dataclass(frozen=True)
 class SearchEntry:
-    resource: dict[str, Any]
-    source: str  # the page URL it came from, for quarantine and lineage
+    resource: Any     # the entry's resource as parsed (a dict, unless the server sent something else)
+    source: str       # the page URL it came from, for quarantine and lineage
+    text: bytes | None = None  # the resource's own JSON when it is not valid JSON (NaN, Infinity): quarantined
+
+    def wire(self) -> bytes:
+        """The resource as JSON bytes for the validating loader (its invalid text, when it has one)."""
+        return self.text if self.text is not None else orjson.dumps(self.resource)
+
+
+def _non_finite(constant: str) -> float:
+    return float(constant)  # NaN, Infinity, -Infinity: parsed so the page can be read, then quarantined
+
+
+def _load_page(content: bytes) -> Any:
+    """orjson first; a body it refuses only for NaN/Infinity (which JSON forbids) is read by the standard
+    library instead, so one bad resource is quarantined rather than making the whole page fail."""
+    try:
+        return orjson.loads(content)
+    except orjson.JSONDecodeError:
+        return json.loads(content, parse_constant=_non_finite)
+
+
+def _has_non_finite(node: Any) -> bool:
+    if isinstance(node, float):
+        return node != node or node in (float("inf"), float("-inf"))
+    if isinstance(node, dict):
+        return any(_has_non_finite(v) for v in node.values())
+    if isinstance(node, list):
+        return any(_has_non_finite(v) for v in node)
+    return False
 
 
 @dataclass(frozen=True)
@@ -133,12 +170,20 @@ class FhirClient:
 
     def __init__(self, base_url: str, *, auth: Auth | None = None, bearer_token_env: str | None = None,
                  page_size: int = 500, timeout_s: float = 60.0, max_retries: int = 6, backoff_s: float = 0.5,
-                 retry_after_cap_s: float = 300.0, transport: httpx.BaseTransport | None = None) -> None:
+                 retry_after_cap_s: float = 300.0, max_wait_s: float = 900.0, request_deadline_s: float = 600.0,
+                 search_deadline_s: float = 24 * 3600.0, trusted_origins: tuple[str, ...] = (),
+                 transport: httpx.BaseTransport | None = None) -> None:
         self.base_url = base_url.rstrip("/")
+        self.origin = origin(self.base_url)
+        # Origins an operator trusts with data and credentials besides the server's own (a Bulk file store).
+        self.trusted_origins = frozenset({self.origin, *(origin(o) for o in trusted_origins)})
         self.page_size = page_size
         self.max_retries = max_retries
         self.backoff_s = backoff_s
-        self.retry_after_cap_s = retry_after_cap_s
+        self.retry_after_cap_s = retry_after_cap_s    # one Retry-After is honoured up to this
+        self.max_wait_s = max_wait_s                  # all waits of one request together, at most this
+        self.request_deadline_s = request_deadline_s  # one request, body included (a dripping server)
+        self.search_deadline_s = search_deadline_s    # one search, all its pages
         if auth is None:
             auth = BearerTokenAuth(bearer_token_env) if bearer_token_env and os.environ.get(bearer_token_env) else NoAuth()
         self.auth = auth
@@ -154,32 +199,58 @@ class FhirClient:
     def __exit__(self, *exc: object) -> None:
         self.close()
 
-    def _sleep_before_retry(self, attempt: int, wait: float | None) -> None:
+    def check_origin(self, url: str, what: str) -> None:
+        """Refuse data from, and credentials to, an origin that is neither the server's nor trusted."""
+        if origin(url) not in self.trusted_origins:
+            raise FhirError(f"refused: {what} {redacted(url)} is not on the FHIR server's origin {self.origin} "
+                            f"(trust another origin with FHIR_TRUSTED_ORIGINS)")
+
+    def _sleep_before_retry(self, attempt: int, wait: float | None) -> float:
         # Exponential back-off with full jitter unless the server said how long to wait.
-        time.sleep(wait if wait is not None else random.uniform(0, self.backoff_s * 2 ** attempt))
+        seconds = wait if wait is not None else random.uniform(0, self.backoff_s * 2 ** attempt)
+        time.sleep(seconds)
+        return seconds
+
+    def _request(self, method: str, url: str, params: dict[str, str] | None, headers: dict[str, str]) -> httpx.Response:
+        """One HTTP exchange whose whole body must arrive within ``request_deadline_s``: httpx's timeout is
+        per read, so a server dripping a byte a second would otherwise never time out."""
+        deadline = time.monotonic() + self.request_deadline_s
+        with self._http.stream(method, url, params=params, headers=headers) as response:
+            self.check_origin(str(response.url), "a redirect to")
+            chunks = []
+            for chunk in response.iter_bytes():
+                chunks.append(chunk)
+                if time.monotonic() > deadline:
+                    raise FhirError(f"{method} {redacted(url)}: the body did not arrive within "
+                                    f"{self.request_deadline_s:.0f}s (request deadline)")
+            return httpx.Response(response.status_code, headers=response.headers, content=b"".join(chunks),
+                                  request=response.request)
 
     def send(self, method: str, url: str, stats: SearchStats, *, params: dict[str, str] | None = None,
              headers: dict[str, str] | None = None, with_auth: bool = True, ok: tuple[int, ...] = (200,),
              parse_json: bool = True) -> httpx.Response:
         """One request with retries: 429/502/503/504, timeouts, resets and unreadable bodies are retried;
-        a 401 refreshes the credential once; any other status outside ``ok`` fails fast."""
-        attempt, reauthed = 0, False
+        a 401 refreshes the credential once; any other status outside ``ok`` fails fast. The URL must be on
+        the server's (or a trusted) origin; the waits of all attempts together stay under ``max_wait_s``."""
+        self.check_origin(url, "a request to")
+        attempt, reauthed, waited = 0, False, 0.0
+        where = redacted(url)
         while True:
             stats.requests += 1
             wait: float | None = None
             try:
                 request_headers = {**(self.auth.headers(self._http) if with_auth else {}), **(headers or {})}
-                response = self._http.request(method, url, params=params, headers=request_headers)
+                response = self._request(method, url, params, request_headers)
                 if response.status_code in ok:
                     if parse_json and response.content:
-                        orjson.loads(response.content)  # a truncated body is a transient failure
+                        _load_page(response.content)  # a truncated body is a transient failure
                     return response
             except TRANSIENT_ERRORS as exc:
                 if attempt >= self.max_retries:
-                    raise FhirError(f"{method} {url} failed after {attempt + 1} attempts: {exc.__class__.__name__}") from None
-            except orjson.JSONDecodeError:
+                    raise FhirError(f"{method} {where} failed after {attempt + 1} attempts: {exc.__class__.__name__}") from None
+            except ValueError:  # orjson's and json's decode errors, a truncated or garbled body
                 if attempt >= self.max_retries:
-                    raise FhirError(f"{method} {url}: response body is not valid JSON") from None
+                    raise FhirError(f"{method} {where}: response body is not valid JSON") from None
             else:
                 status = response.status_code
                 if status == 401 and with_auth and not reauthed:
@@ -187,7 +258,7 @@ class FhirClient:
                     self.auth.invalidate()
                     continue
                 if status not in RETRY_STATUSES or attempt >= self.max_retries:
-                    raise FhirError(f"{method} {url} -> HTTP {status}: {operation_outcome_text(response)}", status)
+                    raise FhirError(f"{method} {where} -> HTTP {status}: {operation_outcome_text(response)}", status)
                 if status == 429:
                     stats.throttled += 1
                 wait = retry_after_seconds(response.headers.get("Retry-After"), self.retry_after_cap_s)
@@ -195,22 +266,52 @@ class FhirClient:
                     stats.retry_after_s += wait
             attempt += 1
             stats.retries += 1
-            self._sleep_before_retry(attempt, wait)
+            if waited + (wait or 0.0) > self.max_wait_s:
+                raise FhirError(f"{method} {where}: the server asked to wait {wait:.0f}s more after {waited:.0f}s; "
+                                f"waits are capped at {self.retry_after_cap_s:.0f}s each and {self.max_wait_s:.0f}s "
+                                "per request")
+            waited += self._sleep_before_retry(attempt, wait)
 
     def _bundle(self, url: str, params: dict[str, str] | None, stats: SearchStats) -> dict[str, Any]:
-        bundle = orjson.loads(self.send("GET", url, stats, params=params).content)
+        bundle = _load_page(self.send("GET", url, stats, params=params).content)
         if not isinstance(bundle, dict) or bundle.get("resourceType") != "Bundle":
             kind = bundle.get("resourceType") if isinstance(bundle, dict) else type(bundle).__name__
-            raise FhirError(f"GET {url} returned a {kind!r}, not a Bundle")
+            raise FhirError(f"GET {redacted(url)} returned a {kind!r}, not a Bundle")
+        if not isinstance(bundle.get("entry", []), list) or not isinstance(bundle.get("link", []), list):
+            raise FhirError(f"GET {redacted(url)} returned a Bundle whose entry or link is not a list")
         if stats.pages == 0:
             stats.server_time = (bundle.get("meta") or {}).get("lastUpdated")
             stats.first_total = bundle.get("total") if isinstance(bundle.get("total"), int) else None
         stats.pages += 1
         return bundle
 
+    def _next_link(self, bundle: dict[str, Any], page_url: str, seen: set[str], started: float) -> str | None:
+        """The ``next`` link, resolved against the page, on the server's origin, never one already read."""
+        link = next((link.get("url") for link in bundle.get("link") or []
+                     if isinstance(link, dict) and link.get("relation") == "next"), None)
+        if not link:
+            return None
+        url = urljoin(page_url, str(link))
+        self.check_origin(url, "the next page link")
+        if url in seen:
+            raise FhirError(f"paging loop: the next link of page {len(seen)} repeats a page already read ({redacted(url)})")
+        if time.monotonic() - started > self.search_deadline_s:
+            raise FhirError(f"search deadline: still paging after {self.search_deadline_s:.0f}s ({len(seen)} pages)")
+        seen.add(url)
+        return url
+
     @staticmethod
-    def _next_link(bundle: dict[str, Any]) -> str | None:
-        return next((link.get("url") for link in bundle.get("link") or [] if link.get("relation") == "next"), None)
+    def _entries(bundle: dict[str, Any]) -> Iterator[tuple[str, Any, bytes | None]]:
+        """(search mode, resource, invalid text) per entry; an entry that is not an object is passed on as its
+        resource, so the loader quarantines it instead of the page failing."""
+        for entry in bundle.get("entry") or []:
+            if not isinstance(entry, dict):
+                yield "match", entry, None
+                continue
+            mode = (entry.get("search") or {}).get("mode", "match") if isinstance(entry.get("search"), dict) else "match"
+            resource = entry.get("resource")
+            text = json.dumps(resource, allow_nan=True).encode() if _has_non_finite(resource) else None
+            yield mode, resource, text
 
     def search(self, resource_type: str, params: dict[str, Any] | None = None,
                stats: SearchStats | None = None) -> Iterator[SearchEntry]:
@@ -221,6 +322,8 @@ class FhirClient:
         url: str | None = f"{self.base_url}/{resource_type}"
         query: dict[str, str] | None = base_query
         last_seen: str | None = None
+        seen: set[str] = set()
+        started = time.monotonic()
         while url:
             try:
                 bundle = self._bundle(url, query, stats)
@@ -228,19 +331,19 @@ class FhirClient:
                 if not (exc.status in GONE_STATUSES and query is None and restartable and last_seen):
                     raise
                 stats.restarts += 1
-                log.warning("page link %s expired (HTTP %s); restarting from _lastUpdated=ge%s", url, exc.status, last_seen)
+                log.warning("a %s page link expired (HTTP %s); restarting from _lastUpdated=ge%s", resource_type,
+                            exc.status, last_seen)
                 url, query = f"{self.base_url}/{resource_type}", _restarted(base_query, last_seen)
+                seen.clear()
                 continue
-            for entry in bundle.get("entry") or []:
-                mode = (entry.get("search") or {}).get("mode", "match")
-                resource = entry.get("resource")
+            for mode, resource, text in self._entries(bundle):
                 if mode != "match" or resource is None:
                     stats.skipped_entries[mode] = stats.skipped_entries.get(mode, 0) + 1
                     if mode == "outcome" and isinstance(resource, dict):
                         for issue in resource.get("issue") or []:
-                            text = issue.get("diagnostics") or (issue.get("details") or {}).get("text") or issue.get("code", "")
-                            stats.outcome_issues.append(str(text))
-                            log.warning("search outcome from %s: %s", url, text)
+                            said = issue.get("diagnostics") or (issue.get("details") or {}).get("text") or issue.get("code", "")
+                            stats.outcome_issues.append(str(said))
+                            log.warning("search outcome from %s: %s", redacted(url), said)
                     continue
                 if isinstance(resource, dict) and isinstance(resource.get("meta"), dict):
                     updated = resource["meta"].get("lastUpdated")
@@ -248,8 +351,8 @@ class FhirClient:
                         last_seen = updated
                         if updated > (stats.max_last_updated or ""):
                             stats.max_last_updated = updated
-                yield SearchEntry(resource, url)
-            url = self._next_link(bundle)
+                yield SearchEntry(resource, url, text)
+            url = self._next_link(bundle, url, seen, started)
             query = None  # the next link carries its own query, used exactly as given
 
     def count(self, resource_type: str, params: dict[str, str] | None = None,
@@ -267,9 +370,13 @@ class FhirClient:
         stats = stats if stats is not None else SearchStats()
         url: str | None = f"{self.base_url}/{resource_type + '/' if resource_type else ''}_history"
         query: dict[str, str] | None = {"_since": since, "_count": str(page_size)}
+        seen: set[str] = set()
+        started = time.monotonic()
         while url:
             bundle = self._bundle(url, query, stats)
             for entry in bundle.get("entry") or []:
+                if not isinstance(entry, dict):
+                    continue
                 request = entry.get("request") or {}
                 response = entry.get("response") or {}
                 resource = entry.get("resource")
@@ -287,6 +394,6 @@ class FhirClient:
                 yield HistoryEntry(rtype, rid, meta.get("versionId") or _etag_version(response.get("etag")),
                                    request.get("method") == "DELETE", resource if isinstance(resource, dict) else None,
                                    meta.get("lastUpdated") or response.get("lastModified"), url)
-            url = self._next_link(bundle)
+            url = self._next_link(bundle, url, seen, started)
             query = None
 

@@ -13,13 +13,20 @@ import orjson
 
 from .plausibility import plausibility_errors
 from .validation import validation_errors
+from .wire import wire_errors
 from .warehouse import ApplyResult, QuarantineRow, RawRow, Tombstone, Warehouse
 
 
 def check_resource(resource: Any, expected_type: str, text: bytes | None = None) -> list[str]:
-    """Structural R4 errors first; plausibility only for a structurally valid resource."""
-    errors = validation_errors(resource, expected_type, text)
-    return errors or plausibility_errors(resource)
+    """Structural R4 errors first; plausibility only for a structurally valid resource. With ``text`` (the JSON
+    the resource arrived as, from NDJSON, Bulk or a REST page) the text itself is checked too (``etl.wire``).
+    Nothing a resource holds can make this raise: a nesting too deep for Python's stack is a quarantine reason."""
+    try:
+        errors = wire_errors(text, resource) if text is not None else []
+        errors = errors or validation_errors(resource, expected_type, text)
+        return errors or plausibility_errors(resource)
+    except RecursionError:
+        return ["nested too deeply to validate (Python's recursion limit); FHIR resources are far shallower"]
 
 
 @dataclass

@@ -23,6 +23,11 @@ SUBJECT_FIELD = {"Condition": "subject", "MedicationStatement": "subject", "Proc
 MASS_TO_MG = {"kg": 1e6, "g": 1e3, "mg": 1.0, "ug": 1e-3, "mcg": 1e-3, "ng": 1e-6}
 NON_NEGATIVE_UNITS = {*("kg", "g", "mg", "ug", "mcg", "ng"), "cm", "m", "%", "[lb_av]"}
 MAX_SINGLE_DOSE_MG = 100_000.0  # 100 g in one administration: above any drug this pipeline reads (IVIG included)
+# The plausible ranges, in one place (the README's reliability section lists them):
+EARLIEST_DATE = "1850-01-01"     # no clinical date, birth date included, before this
+BODY_WEIGHT_CODES = {("http://loinc.org", "29463-7"), ("http://loinc.org", "3141-9")}
+BODY_WEIGHT_KG = (0.2, 700.0)    # a newborn to the heaviest recorded humans
+WEIGHT_TO_KG = {"kg": 1.0, "g": 1e-3, "[lb_av]": 0.45359237}
 
 
 def _scan(node: Any, link: Link | None, parent: str, limit: str, out: list[str]) -> None:
@@ -33,8 +38,11 @@ def _scan(node: Any, link: Link | None, parent: str, limit: str, out: list[str])
             if key in ("meta", "text", "contained"):
                 continue
             if isinstance(value, str):
-                if (key in DATE_KEYS or (key in ("start", "end") and parent in PERIOD_KEYS)) and value[:10] > limit:
-                    out.append(f"{render_path((link, key))}: {value} is in the future")
+                if key in DATE_KEYS or (key in ("start", "end") and parent in PERIOD_KEYS):
+                    if value[:10] > limit:
+                        out.append(f"{render_path((link, key))}: {value} is in the future")
+                    elif value[:10] < EARLIEST_DATE:
+                        out.append(f"{render_path((link, key))}: {value} is before {EARLIEST_DATE[:4]}")
                 continue
             if key in PERIOD_KEYS and isinstance(value, dict):
                 start, end = value.get("start"), value.get("end")
@@ -92,7 +100,24 @@ def doses(resource: dict[str, Any], today: date) -> list[str]:
     return out
 
 
-RULES: tuple[Callable[[dict[str, Any], date], list[str]], ...] = (dates_periods_measurements, subject_reference, doses)
+def life_and_body(resource: dict[str, Any], today: date) -> list[str]:
+    """A death before birth; a body weight outside what a human can weigh (10^30 kg was accepted once)."""
+    out = []
+    born, died = resource.get("birthDate"), resource.get("deceasedDateTime")
+    if isinstance(born, str) and isinstance(died, str) and died[:len(born)] < born[:len(died)]:
+        out.append(f"deceasedDateTime {died} is before birthDate {born}")
+    quantity = resource.get("valueQuantity")
+    codes = {(c.get("system"), c.get("code")) for c in (resource.get("code") or {}).get("coding") or [] if isinstance(c, dict)}
+    if isinstance(quantity, dict) and codes & BODY_WEIGHT_CODES and isinstance(quantity.get("value"), (int, float)):
+        factor = WEIGHT_TO_KG.get(quantity_unit(quantity) or "")
+        if factor is not None and not BODY_WEIGHT_KG[0] <= quantity["value"] * factor <= BODY_WEIGHT_KG[1]:
+            out.append(f"valueQuantity: a body weight of {quantity['value']:g} {quantity_unit(quantity)} is outside "
+                       f"{BODY_WEIGHT_KG[0]:g}-{BODY_WEIGHT_KG[1]:g} kg")
+    return out
+
+
+RULES: tuple[Callable[[dict[str, Any], date], list[str]], ...] = (dates_periods_measurements, subject_reference, doses,
+                                                                  life_and_body)
 
 
 def plausibility_errors(resource: dict[str, Any], today: date | None = None) -> list[str]:

@@ -48,7 +48,7 @@ def _ignored(stats: SearchStats, param: str) -> bool:
 def candidate_patients(client: FhirClient, seeds: Sequence[Seed], stats: SearchStats) -> set[str]:
     ids: set[str] = set()
     for seed in seeds:
-        for entry in client.search(seed.resource_type, seed.params, stats=stats):
+        for entry in client.search(seed.resource_type, {**seed.params, "_sort": "_lastUpdated"}, stats=stats):
             pid = patient_id(entry.resource, client.base_url) if isinstance(entry.resource, dict) else None
             if pid:
                 ids.add(pid)
@@ -58,7 +58,9 @@ def candidate_patients(client: FhirClient, seeds: Sequence[Seed], stats: SearchS
 def _chunk_search(client: FhirClient, resource_type: str, param: str, chunk: list[str]) -> tuple[list[SearchEntry], SearchStats]:
     stats = SearchStats()
     values = ",".join(chunk if param == "_id" else [f"Patient/{p}" for p in chunk])
-    return list(client.search(resource_type, {param: values}, stats=stats)), stats
+    # Sorted by _lastUpdated, so an expired page link restarts from the last instant seen (the client's
+    # windowed restart) instead of failing every attempt.
+    return list(client.search(resource_type, {param: values, "_sort": "_lastUpdated"}, stats=stats)), stats
 
 
 def pull_scoped_type(client: FhirClient, warehouse: Warehouse, resource_type: str, patients: set[str], *,
@@ -71,6 +73,10 @@ def pull_scoped_type(client: FhirClient, warehouse: Warehouse, resource_type: st
 
     def take(entry: SearchEntry) -> None:
         resource = entry.resource
+        if entry.text is not None:  # not valid JSON (NaN, Infinity): quarantined with the reason, as from NDJSON
+            loader.add_unparseable(entry.text.decode(errors="replace"), "invalid JSON: NaN or Infinity is not a JSON number",
+                                   entry.source)
+            return
         if resource_type not in UNSCOPED_TYPES and isinstance(resource, dict) and patient_id(resource, client.base_url) not in patients:
             return  # outside the scope: re-applied locally because servers may ignore the filter
         if isinstance(resource, dict) and isinstance(resource.get("id"), str):
@@ -78,7 +84,7 @@ def pull_scoped_type(client: FhirClient, warehouse: Warehouse, resource_type: st
         loader.add(resource, entry.source)
 
     if resource_type in UNSCOPED_TYPES:
-        for entry in client.search(resource_type, stats=report.search):
+        for entry in client.search(resource_type, {"_sort": "_lastUpdated"}, stats=report.search):
             take(entry)
         server_total = report.search.first_total
     else:
@@ -98,7 +104,7 @@ def pull_scoped_type(client: FhirClient, warehouse: Warehouse, resource_type: st
         if fallback:
             report.notes.append(f"server ignores {resource_type}?{param}=: pulled the type once and filtered locally")
             server_total = None
-            for entry in client.search(resource_type, stats=report.search):
+            for entry in client.search(resource_type, {"_sort": "_lastUpdated"}, stats=report.search):
                 take(entry)
     loader.flush()
     apply_id_reconciliation(warehouse, loader, seen, f"{client.base_url}/{resource_type} (cohort-first scope)")

@@ -22,7 +22,6 @@ from dataclasses import dataclass, field
 from concurrent.futures import Executor
 from typing import Any, Callable, Iterable, Iterator
 
-import orjson
 
 from .fhir_client import FhirClient, FhirError, SearchStats
 from .loader import LoadCounts, TypeLoader
@@ -125,7 +124,7 @@ def pull_type(client: FhirClient, warehouse: Warehouse, resource_type: str, *, f
 
     def lines() -> Iterator[Line]:
         for entry in client.search(resource_type, params, stats=report.search):
-            yield Line(entry.source, orjson.dumps(entry.resource), resource_type)
+            yield Line(entry.source, entry.wire(), resource_type)
 
     def counted(lines: Iterator[Line]) -> Iterator[Line]:
         for n, line in enumerate(lines, start=1):
@@ -159,7 +158,7 @@ def pull_window(client: FhirClient, warehouse: Warehouse, resource_type: str, st
     report = TypeReport(resource_type, "window", scope=f"_lastUpdated in [{start}, {end})")
     loader = NdjsonLoader(warehouse, [resource_type], batch_size)
     params = {"_sort": "_lastUpdated", "_lastUpdated": [f"ge{start}", f"lt{end}"]}
-    loader.load((Line(e.source, orjson.dumps(e.resource), resource_type)
+    loader.load((Line(e.source, e.wire(), resource_type)
                  for e in client.search(resource_type, params, stats=report.search)), pool, chunk_lines=200)
     loader.flush()
     report.load = loader.loader(resource_type).counts
@@ -251,7 +250,7 @@ def reconcile_type(client: FhirClient, warehouse: Warehouse, report: TypeReport,
     """Full id reconciliation: every id on the server (``_elements=id``) against the current table."""
     ids = SeenIds(warehouse, report.resource_type)
     for entry in client.search(report.resource_type, {"_elements": "id"}, stats=report.search):
-        if isinstance(entry.resource.get("id"), str):
+        if isinstance(entry.resource, dict) and isinstance(entry.resource.get("id"), str):
             ids.add(entry.resource["id"])
     loader = TypeLoader(warehouse, report.resource_type, batch_size)
     removed = apply_id_reconciliation(warehouse, loader, ids, f"{client.base_url}/{report.resource_type}?_elements=id",

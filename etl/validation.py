@@ -11,6 +11,8 @@ from typing import Any
 
 from pydantic import ValidationError
 
+from .references import ID
+
 
 @lru_cache(maxsize=None)
 def _model(resource_type: str) -> Any:
@@ -58,6 +60,8 @@ def validation_errors(resource: Any, expected_type: str, text: bytes | None = No
         return [f"resourceType is {actual!r}, expected {expected_type!r}"]
     if not resource.get("id"):
         return ["resource has no id"]
+    if not isinstance(resource["id"], str) or not ID.fullmatch(resource["id"]):
+        return ["id is not a FHIR R4 id (1 to 64 of A-Z, a-z, 0-9, '-' and '.')"]
     try:
         _model(expected_type).model_validate(resource)
     except ValidationError as exc:

@@ -14,9 +14,13 @@ an overlapping ``_lastUpdated`` window) leaves the same tables. Invalid resource
 """
 from __future__ import annotations
 
+import fcntl
 import hashlib
+import time
+from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime, timezone
+from pathlib import Path
 from typing import Any, Iterable, Iterator, Sequence
 
 import orjson
@@ -187,16 +191,60 @@ def _sqlite_write_ahead_log(dbapi_connection: Any, _record: Any) -> None:
     cursor.close()
 
 
+class WarehouseBusy(RuntimeError):
+    """Another run holds the warehouse's ingestion lock."""
+
+
 class Warehouse:
     def __init__(self, url: str) -> None:
         self.url = url
-        self.engine = sa.create_engine(url, future=True)
+        # hide_parameters: a failed statement's message (an IntegrityError, say) must not carry the rows it
+        # wrote into Dagster's logs, since those rows are patient resources.
+        self.engine = sa.create_engine(url, future=True, hide_parameters=True)
         if self.engine.dialect.name == "sqlite" and self.engine.url.database not in (None, "", ":memory:"):
             sa.event.listen(self.engine, "connect", _sqlite_write_ahead_log)
         self.postgres = self.engine.dialect.name == "postgresql"
         self.metadata = sa.MetaData()
         self._tables: dict[str, sa.Table] = {}
         self._define_shared_tables()
+
+    @contextmanager
+    def exclusive(self, purpose: str = "ingest", wait_s: float = 600.0, poll_s: float = 0.5) -> Iterator[None]:
+        """One writer of raw tables at a time: a second ingestion waits up to ``wait_s`` for the first, then
+        fails with a clear message (two at once broke each other's unique keys). PostgreSQL: a session advisory
+        lock; SQLite: an exclusive lock on a file beside the database."""
+        deadline = time.monotonic() + wait_s
+        if self.postgres:
+            key = int.from_bytes(hashlib.sha256(f"iimild:{purpose}".encode()).digest()[:8], "big", signed=True)
+            with self.engine.connect() as conn:
+                while not conn.execute(sa.text("SELECT pg_try_advisory_lock(:k)"), {"k": key}).scalar():
+                    if time.monotonic() > deadline:
+                        raise WarehouseBusy(f"another {purpose} run holds the warehouse lock; waited {wait_s:.0f}s")
+                    time.sleep(poll_s)
+                try:
+                    yield
+                finally:
+                    conn.execute(sa.text("SELECT pg_advisory_unlock(:k)"), {"k": key})
+            return
+        database = self.engine.url.database
+        path = Path(f"{database}.{purpose}.lock") if database not in (None, "", ":memory:") else None
+        if path is None:
+            yield
+            return
+        with path.open("a+") as handle:
+            while True:
+                try:
+                    fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                    break
+                except BlockingIOError:
+                    if time.monotonic() > deadline:
+                        raise WarehouseBusy(f"another {purpose} run holds the warehouse lock ({path.name}); "
+                                            f"waited {wait_s:.0f}s") from None
+                    time.sleep(poll_s)
+            try:
+                yield
+            finally:
+                fcntl.flock(handle, fcntl.LOCK_UN)
 
     def schema_of(self, name: str) -> str | None:
         """The schema a table lives in (None on SQLite, which has one namespace)."""

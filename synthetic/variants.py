@@ -341,7 +341,7 @@ def entered_in_error_copies(r: Resource, rng: random.Random) -> list[Resource]:
     if kind == "Observation":
         twin["status"] = rng.choice(["entered-in-error", "cancelled"])
         if isinstance(twin.get("valueQuantity"), dict):
-            twin["valueQuantity"]["value"] = twin["valueQuantity"]["value"] * 10
+            twin["valueQuantity"]["value"] = twin["valueQuantity"]["value"] * 3  # wrong, yet plausible
         if "valueCodeableConcept" in twin:
             twin["valueCodeableConcept"] = {"coding": [{"system": LOCAL, "code": "respiratory"}]}
     elif kind == "MedicationStatement":

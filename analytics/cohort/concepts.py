@@ -158,9 +158,21 @@ def _parse(data: Any, source: str, known_systems: dict[str, str] | None = None) 
     return ConceptMap(domains=domains, units=units, digest="")
 
 
+MAX_MAP_BYTES = 1024 * 1024  # a concept map is a few kilobytes; a bigger file is a mistake or an attack
+
+
 def _read(file: Path) -> tuple[str, Any]:
+    """Parse a concept-map file. Anchors and aliases are refused before the file is composed: YAML's
+    aliases let a few hundred bytes expand to billions of nodes (the "billion laughs"), and a code list
+    never needs them."""
+    if file.stat().st_size > MAX_MAP_BYTES:
+        raise ConceptMapError(f"{file}: {file.stat().st_size} bytes is too large for a concept map (limit {MAX_MAP_BYTES})")
     text = file.read_text(encoding="utf-8")
     try:
+        for token in yaml.scan(text, Loader=yaml.SafeLoader):
+            if isinstance(token, (yaml.AnchorToken, yaml.AliasToken)):
+                line = token.start_mark.line + 1
+                raise ConceptMapError(f"{file}:{line}: YAML anchors and aliases are not allowed in a concept map")
         return text, yaml.load(text, Loader=_LineLoader)  # noqa: S506 - a SafeLoader subclass
     except yaml.YAMLError as exc:
         raise ConceptMapError(f"{file}: not valid YAML: {exc}") from None

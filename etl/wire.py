@@ -1,0 +1,57 @@
+"""Checks on the JSON text a resource arrived as, which a parsed object can no longer show.
+
+* Duplicate keys: JSON parsers disagree on which value wins, so ``{"id":"dupA","id":"dupB"}`` could be
+  validated as one resource and read by an analyst's parser as another. Such a resource is refused.
+* Control characters (``\\u0000`` and the other C0 codes but tab, CR and LF): FHIR strings forbid them,
+  and PostgreSQL cannot store a NUL.
+* Size: one resource above ``MAX_RESOURCE_BYTES`` (a 50 MB string, say) is refused before anything else.
+"""
+from __future__ import annotations
+
+import json
+import re
+from typing import Any
+
+MAX_RESOURCE_BYTES = 4 * 1024 * 1024  # the study's types carry no attachments; a FHIR server's own limits are similar
+# An escape \u00XX preceded by an even number of backslashes (so not an escaped backslash followed by "u00").
+_CONTROL = re.compile(rb"(?:^|[^\\])(?:\\\\)*\\u00(?:0[0-8bcefBCEF]|1[0-9a-fA-F])")
+_KEY = re.compile(rb'"\s*:')
+
+
+def _keys(node: Any) -> int:
+    if isinstance(node, dict):
+        return len(node) + sum(_keys(v) for v in node.values() if isinstance(v, (dict, list)))
+    if isinstance(node, list):
+        return sum(_keys(v) for v in node if isinstance(v, (dict, list)))
+    return 0
+
+
+def _duplicates(text: bytes) -> list[str]:
+    found: list[str] = []
+
+    def pairs(items: list[tuple[str, Any]]) -> dict[str, Any]:
+        seen: set[str] = set()
+        for key, _ in items:
+            if key in seen:
+                found.append(key)
+            seen.add(key)
+        return dict(items)
+
+    json.loads(text, object_pairs_hook=pairs)
+    return found
+
+
+def wire_errors(text: bytes, parsed: Any) -> list[str]:
+    """Why the JSON ``text`` (already parsed into ``parsed``) must not be loaded; empty when it may."""
+    if len(text) > MAX_RESOURCE_BYTES:
+        return [f"resource is {len(text) / 1e6:.1f} MB, above the {MAX_RESOURCE_BYTES / 1e6:.0f} MB limit"]
+    errors = []
+    if b"\\u00" in text and _CONTROL.search(text):
+        errors.append("a string holds a control character (such as U+0000), which FHIR strings forbid")
+    # Every key is followed by '"' and ':'; when the text has more of those than the parsed object has keys,
+    # either a string contains '":' or a key was repeated: only then is the slower exact parse needed.
+    if len(_KEY.findall(text)) > _keys(parsed):
+        duplicated = _duplicates(text)
+        if duplicated:
+            errors.append(f"duplicate JSON keys {sorted(set(duplicated))}: parsers disagree on which value counts")
+    return errors
