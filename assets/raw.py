@@ -10,6 +10,7 @@ import dagster as dg
 
 from analytics.cohort.scope import candidate_searches
 from etl.bulk import sync_bulk
+from etl.fhir_client import FhirError
 from etl.ndjson import sync_ndjson_directory
 from etl.scoped import Seed, sync_cohort_first
 from etl.sync import TypeReport, sync_rest
@@ -83,7 +84,11 @@ def fhir_ingest(context: dg.AssetExecutionContext, config: IngestConfig, fhir: F
             reports = _run_sync(context, config, fhir, warehouse, study, types)
     except WarehouseBusy as exc:
         raise dg.Failure(description=f"{exc}: a second ingestion waits for the first, then stops here rather "
-                                     "than write the same rows twice") from None
+                                     "than write the same rows twice", allow_retries=False) from None
+    except FhirError as exc:
+        if not exc.permanent:
+            raise  # network trouble: the step's retry policy tries again later
+        raise dg.Failure(description=f"the FHIR server's answer was refused: {exc}", allow_retries=False) from None
     for resource_type in types:
         report = reports[resource_type]
         load = report.load

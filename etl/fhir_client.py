@@ -45,9 +45,10 @@ TRANSIENT_ERRORS = (httpx.TimeoutException, httpx.NetworkError, httpx.RemoteProt
 class FhirError(RuntimeError):
     """A FHIR request that failed for good; the message carries the server's OperationOutcome text."""
 
-    def __init__(self, message: str, status: int | None = None) -> None:
+    def __init__(self, message: str, status: int | None = None, *, permanent: bool = False) -> None:
         super().__init__(message)
         self.status = status
+        self.permanent = permanent  # the server's answer is wrong or hostile: retrying the run cannot help
 
 
 @dataclass
@@ -203,7 +204,7 @@ class FhirClient:
         """Refuse data from, and credentials to, an origin that is neither the server's nor trusted."""
         if origin(url) not in self.trusted_origins:
             raise FhirError(f"refused: {what} {redacted(url)} is not on the FHIR server's origin {self.origin} "
-                            f"(trust another origin with FHIR_TRUSTED_ORIGINS)")
+                            f"(trust another origin with FHIR_TRUSTED_ORIGINS)", permanent=True)
 
     def _sleep_before_retry(self, attempt: int, wait: float | None) -> float:
         # Exponential back-off with full jitter unless the server said how long to wait.
@@ -276,9 +277,9 @@ class FhirClient:
         bundle = _load_page(self.send("GET", url, stats, params=params).content)
         if not isinstance(bundle, dict) or bundle.get("resourceType") != "Bundle":
             kind = bundle.get("resourceType") if isinstance(bundle, dict) else type(bundle).__name__
-            raise FhirError(f"GET {redacted(url)} returned a {kind!r}, not a Bundle")
+            raise FhirError(f"GET {redacted(url)} returned a {kind!r}, not a Bundle", permanent=True)
         if not isinstance(bundle.get("entry", []), list) or not isinstance(bundle.get("link", []), list):
-            raise FhirError(f"GET {redacted(url)} returned a Bundle whose entry or link is not a list")
+            raise FhirError(f"GET {redacted(url)} returned a Bundle whose entry or link is not a list", permanent=True)
         if stats.pages == 0:
             stats.server_time = (bundle.get("meta") or {}).get("lastUpdated")
             stats.first_total = bundle.get("total") if isinstance(bundle.get("total"), int) else None
@@ -294,7 +295,8 @@ class FhirClient:
         url = urljoin(page_url, str(link))
         self.check_origin(url, "the next page link")
         if url in seen:
-            raise FhirError(f"paging loop: the next link of page {len(seen)} repeats a page already read ({redacted(url)})")
+            raise FhirError(f"paging loop: the next link of page {len(seen)} repeats a page already read ({redacted(url)})",
+                            permanent=True)
         if time.monotonic() - started > self.search_deadline_s:
             raise FhirError(f"search deadline: still paging after {self.search_deadline_s:.0f}s ({len(seen)} pages)")
         seen.add(url)

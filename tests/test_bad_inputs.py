@@ -34,6 +34,15 @@ def obs(**kw) -> dict:
             "valueQuantity": {"value": 60, "unit": "kg", "system": "http://unitsofmeasure.org", "code": "kg"}, **kw}
 
 
+def nested_extension(depth: int) -> dict:
+    node: dict = {"url": "http://example.org/x", "valueString": "leaf"}
+    for _ in range(depth):
+        node = {"url": "http://example.org/x", "extension": [node]}
+    return node
+
+
+NESTED = nested_extension(125)
+
 # (name, file name, line bytes, a phrase the quarantine reason must contain)
 CASES = [
     ("invalid JSON", "Patient.ndjson", b'{"resourceType": "Patient", "id": ', "invalid JSON"),
@@ -53,6 +62,19 @@ CASES = [
      orjson.dumps({k: v for k, v in obs().items() if k != "subject"}), "belongs to no patient"),
     ("subject that is not a Patient", "Observation.ndjson", orjson.dumps(obs(subject={"reference": "Group/g1"})),
      "not a Patient reference"),
+    # Issue 13's hostile data, accepted silently before:
+    ("id of 65 characters (R4 allows 64)", "Patient.ndjson", orjson.dumps({**P, "id": "x" * 65}), "1 to 64"),
+    ("a body weight of 10^30 kg", "Observation.ndjson",
+     orjson.dumps(obs(valueQuantity={"value": 1e30, "unit": "kg", "system": "http://unitsofmeasure.org", "code": "kg"})),
+     "outside 0.2-700 kg"),
+    ("birth date in year 1", "Patient.ndjson", orjson.dumps({**P, "birthDate": "0001-01-01"}), "before 1850"),
+    ("death before birth", "Patient.ndjson", orjson.dumps({**P, "deceasedDateTime": "1960-05-01"}), "before birthDate"),
+    ("duplicate JSON keys", "Patient.ndjson", b'{"resourceType":"Patient","id":"dupA","id":"dupB","gender":"female"}',
+     "duplicate JSON keys ['id']"),
+    ("a NUL character in a string", "Patient.ndjson",
+     orjson.dumps({**P, "name": [{"text": "Ann\u0000Lee"}]}), "control character"),
+    ("a 50 MB string", "Patient.ndjson", orjson.dumps({**P, "name": [{"text": "x" * 50_000_000}]}), "MB limit"),
+    ("125 nested extensions", "Patient.ndjson", orjson.dumps({**P, "extension": [NESTED]}), "nested too deeply"),
     ("subject with a path traversal", "Observation.ndjson", orjson.dumps(obs(subject={"reference": "Patient/../Patient/good"})),
      "not a Patient reference"),
     ("observation date in the future", "Observation.ndjson", orjson.dumps(obs(effectiveDateTime=FUTURE)), "in the future"),

@@ -213,3 +213,12 @@ def test_the_operators_command_materializes_everything(sandbox, small_hospital, 
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     truth = [t for t in small_hospital.truth if t["retro_reason"] is None]
     assert len(Warehouse(url).read_table("cohort")) == len(truth)
+    # No FHIR patient id reaches Dagster's storage (event log, run storage, compute logs) or the console:
+    # every Patient id of the hospital is a canary, searched for in every file under DAGSTER_HOME.
+    canaries = [t["fhir_patient_id"].encode() for t in small_hospital.truth]
+    assert len(canaries) > 100
+    leaks = {str(path.relative_to(home)): [c.decode() for c in canaries if c in path.read_bytes()][:3]
+             for path in home.rglob("*") if path.is_file()}
+    leaks = {path: ids for path, ids in leaks.items() if ids}
+    console = [c.decode() for c in canaries if c in (done.stdout + done.stderr).encode()][:3]
+    assert leaks == {} and console == [], (leaks, console)
