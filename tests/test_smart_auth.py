@@ -97,3 +97,24 @@ def test_failures_say_what_failed_and_never_show_the_secret(smart_server, monkey
 def test_sha_256_algorithms_are_refused():
     with pytest.raises(AuthError, match="RS384"):
         SmartBackendAuth("https://h", "me", "K", "kid", "RS256")
+
+
+def test_a_discovered_token_endpoint_on_another_origin_gets_no_assertion(monkeypatch):
+    """A tampered .well-known document must not send the signed client assertion elsewhere (issue 13)."""
+    import httpx
+    import orjson
+
+    from tests.stub_fhir import StubServer, json_response
+
+    with StubServer(lambda m, p, h: json_response(orjson.dumps({"access_token": "t", "expires_in": 300}))) as evil:
+        config = orjson.dumps({"token_endpoint": f"{evil.origin}/token"})
+        with StubServer(lambda m, p, h: json_response(config)) as server:
+            monkeypatch.setenv("K", pem(KEYS["RS384"]))
+            auth = SmartBackendAuth(server.base_url, "me", "K", "key-RS384", "RS384")
+            with FhirClient(server.base_url, auth=auth) as client:
+                with pytest.raises(AuthError, match="neither the FHIR server's origin nor in FHIR_TRUSTED_ORIGINS"):
+                    client.count("Patient")
+            assert evil.requests == []
+            trusted = SmartBackendAuth(server.base_url, "me", "K", "key-RS384", "RS384", trusted_origins=(evil.origin,))
+            with httpx.Client() as http:
+                assert trusted.headers(http) == {"Authorization": "Bearer t"} and len(evil.requests) == 1
