@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-stamp
 PYTEST_ARGS ?=
 
-.PHONY: venv demo test dev validate docs clean bench bench-venv
+.PHONY: venv demo test lint dev validate docs clean bench bench-venv
 
 venv: $(STAMP)
 
@@ -20,7 +20,10 @@ $(STAMP): pyproject.toml
 demo: venv
 	$(PY) -m synthetic.demo
 
-test: venv
+lint: venv
+	$(VENV)/bin/ruff check .
+
+test: venv lint
 	$(PY) -m pytest $(PYTEST_ARGS)
 
 dev: venv

@@ -20,8 +20,7 @@ from .cox import CoxConvergenceError, fit_cox
 from .extras import aalen_johansen, e_value, rmst_difference
 from .km import weighted_km
 from .logrank import iptw_logrank, logrank, xie_liu_logrank
-from .propensity import (PropensityModelError, c_statistic, design_matrix, fit_propensity, iptw_weights, overlap,
-                         truncate)
+from .propensity import PropensityModelError, c_statistic, design_matrix, fit_propensity, iptw_weights, overlap, truncate
 
 OUTCOMES = ("death", "relapse", "resp_relapse")
 RETROSPECTIVE_COMPARISONS: dict[str, str | None] = {

@@ -36,7 +36,7 @@ class CoxFit:
         z = stats.norm.ppf(1 - alpha / 2)
         out = []
         ses = self.robust_se if robust else np.sqrt(np.diag(self.naive_var))
-        for b, se in zip(self.coef, ses):
+        for b, se in zip(self.coef, ses, strict=True):
             out.append({"coef": float(b), "robust_se" if robust else "se": float(se), "hazard_ratio": float(np.exp(b)),
                         "ci_lower": float(np.exp(b - z * se)), "ci_upper": float(np.exp(b + z * se)),
                         "p_value": float(2 * stats.norm.sf(abs(b / se)))})
@@ -54,7 +54,7 @@ def _tie_groups(time_sorted: np.ndarray) -> list[tuple[int, int]]:
     bounds = np.flatnonzero(np.diff(time_sorted)) + 1
     starts = np.concatenate(([0], bounds))
     ends = np.concatenate((bounds, [len(time_sorted)]))
-    return list(zip(starts, ends))
+    return list(zip(starts, ends, strict=True))
 
 
 def _loglik_score_info(beta: np.ndarray, t: np.ndarray, d: np.ndarray, x: np.ndarray, w: np.ndarray,
@@ -159,7 +159,7 @@ def fit_cox(time, event, x, weights=None, *, max_iter: int = 50, tol: float = 1e
     groups = _tie_groups(ts)
     beta = np.zeros(X.shape[1])
     loglik, score, info = _loglik_score_info(beta, ts, ds, xs, ws, groups)
-    for iteration in range(1, max_iter + 1):
+    for iteration in range(1, max_iter + 1):  # noqa: B007 - reported after the loop
         step = np.linalg.solve(info, score)
         new_beta = beta + step
         new_loglik, new_score, new_info = _loglik_score_info(new_beta, ts, ds, xs, ws, groups)

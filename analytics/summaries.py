@@ -114,7 +114,7 @@ def _continuous(cohort_name: str, variable: str, values: pd.Series, group: pd.Se
         p, test = rtests.mann_whitney(a, b), "mann_whitney"
         fmt = lambda x: "{:.1f} [{:.1f}-{:.1f}]".format(*rtests.quantiles(x)) if len(x) else "NA"  # noqa: E731
     return [{"cohort": cohort_name, "variable": variable, "level": None, "group": g, "summary": fmt(x), "p_value": p,
-             "test": test, "smd": smd} for g, x in zip(groups, (a, b))]
+             "test": test, "smd": smd} for g, x in zip(groups, (a, b), strict=True)]
 
 
 def stats_normal(x: pd.Series) -> bool:

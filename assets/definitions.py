@@ -11,9 +11,9 @@ from .automation import jobs as scheduled_jobs
 from .automation import schedules
 from .backfill import fhir_backfill_job
 from .checks import all_checks
+from .effects import comparative_effects
 from .raw import raw_assets
 from .resources import resources_from_env
-from .effects import comparative_effects
 from .study import cohort
 from .summaries import descriptive_tables
 

@@ -10,10 +10,10 @@ from analytics.figures import km_plot, love_plot, ps_overlap
 
 from .automation import STUDY_AUTOMATION, STUDY_FRESHNESS
 from .dictionary import DICTIONARY
-from .provenance import record_provenance
-from .views import refresh_views
 from .metadata import table_metadata
+from .provenance import record_provenance
 from .resources import StudyResource, WarehouseResource
+from .views import refresh_views
 
 STUDY_GROUP = "study"
 OUTCOME_LABELS = {"death": "Survival", "relapse": "Relapse-free", "resp_relapse": "Free of respiratory relapse"}

@@ -29,7 +29,7 @@ class FhirServerResource(dg.ConfigurableResource):
 
     base_url: str = ""
     auth: str = "none"                      # none | bearer | smart
-    bearer_token_env: str = "FHIR_BEARER_TOKEN"
+    bearer_token_env: str = "FHIR_BEARER_TOKEN"  # noqa: S105 - the *name* of the variable holding the token
     smart_client_id: str = ""
     smart_private_key_env: str = "FHIR_SMART_PRIVATE_KEY"  # PEM text or a path to a PEM file
     smart_kid: str = ""

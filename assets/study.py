@@ -6,7 +6,6 @@ import dataclasses
 from datetime import datetime, timezone
 
 import dagster as dg
-import pandas as pd
 
 from analytics.cohort.facts import build_facts
 from analytics.cohort.tables import derive_cohort_tables
@@ -15,11 +14,11 @@ from etl.pseudonym import pseudonymise
 
 from .automation import STUDY_AUTOMATION, STUDY_FRESHNESS
 from .dictionary import DICTIONARY
-from .provenance import record_provenance
-from .views import refresh_views
 from .metadata import table_metadata
+from .provenance import record_provenance
 from .raw import RESOURCE_TYPES, raw_asset_key
 from .resources import FhirServerResource, StudyResource, WarehouseResource
+from .views import refresh_views
 
 STUDY_GROUP = "study"
 

@@ -11,10 +11,10 @@ from analytics.figures import scale_boxplots
 
 from .automation import STUDY_AUTOMATION, STUDY_FRESHNESS
 from .dictionary import DICTIONARY
-from .provenance import record_provenance
-from .views import refresh_views
 from .metadata import table_metadata
+from .provenance import record_provenance
 from .resources import StudyResource, WarehouseResource
+from .views import refresh_views
 
 BASELINE_LABS = ["ferritin", "esr", "crp", "creatine_kinase", "hrct_score"]
 _TABLES = {

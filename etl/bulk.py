@@ -19,10 +19,10 @@ import httpx
 import orjson
 
 from .fhir_client import FhirClient, FhirError, SearchStats, operation_outcome_text, retry_after_seconds
-from .urls import redacted
 from .ndjson import BLOCK_BYTES, Block, NdjsonLoader, blocks_of, validation_pool
 from .sync import TypeReport, apply_id_reconciliation, record_counts
 from .type_filter import TypeFilter, keep_function
+from .urls import redacted
 from .warehouse import Warehouse
 
 log = logging.getLogger(__name__)

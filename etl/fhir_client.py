@@ -208,7 +208,7 @@ class FhirClient:
 
     def _sleep_before_retry(self, attempt: int, wait: float | None) -> float:
         # Exponential back-off with full jitter unless the server said how long to wait.
-        seconds = wait if wait is not None else random.uniform(0, self.backoff_s * 2 ** attempt)
+        seconds = wait if wait is not None else random.uniform(0, self.backoff_s * 2 ** attempt)  # noqa: S311 - jitter, not a secret
         time.sleep(seconds)
         return seconds
 

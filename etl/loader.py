@@ -13,8 +13,8 @@ import orjson
 
 from .plausibility import plausibility_errors
 from .validation import validation_errors
-from .wire import wire_errors
 from .warehouse import ApplyResult, QuarantineRow, RawRow, Tombstone, Warehouse
+from .wire import wire_errors
 
 
 def check_resource(resource: Any, expected_type: str, text: bytes | None = None) -> list[str]:

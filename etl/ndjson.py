@@ -223,7 +223,8 @@ class NdjsonLoader:
             loader.add(resource, checked.source, list(checked.errors))
             return
         row = checked.row
-        assert row is not None
+        if row is None:  # a checked valid line always carries its row (check_line)
+            raise RuntimeError(f"a valid line without its row: {checked.source}")
         if self.keep is not None and not self.keep(rtype, orjson.loads(row.json_text())):
             self.filtered_out[rtype] = self.filtered_out.get(rtype, 0) + 1
             self.lines_per_type[rtype] -= 1

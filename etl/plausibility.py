@@ -15,7 +15,7 @@ from .paths import Link, render_path
 from .references import reference_shape
 
 DATE_KEYS = {"birthDate", "deceasedDateTime", "onsetDateTime", "abatementDateTime", "recordedDate",
-             "effectiveDateTime", "performedDateTime", "issued", "date", "dateAsserted", "detected", "recordedDate"}
+             "effectiveDateTime", "performedDateTime", "issued", "date", "dateAsserted", "detected"}
 PERIOD_KEYS = {"effectivePeriod", "performedPeriod", "onsetPeriod", "abatementPeriod", "period", "boundsPeriod"}
 SUBJECT_FIELD = {"Condition": "subject", "MedicationStatement": "subject", "Procedure": "subject",
                  "Observation": "subject", "AdverseEvent": "subject", "ResearchSubject": "individual"}

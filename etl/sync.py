@@ -17,11 +17,10 @@ from __future__ import annotations
 
 import logging
 import time
-from datetime import datetime
-from dataclasses import dataclass, field
 from concurrent.futures import Executor
+from dataclasses import dataclass, field
+from datetime import datetime
 from typing import Any, Callable, Iterable, Iterator
-
 
 from .fhir_client import FhirClient, FhirError, SearchStats
 from .loader import LoadCounts, TypeLoader

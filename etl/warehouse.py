@@ -86,7 +86,8 @@ class RawRow:
     def child_rows(self, resource_type: str) -> dict[str, list[tuple[Any, ...]]]:
         if self.children is not None:
             return self.children
-        assert self.resource is not None
+        if self.resource is None:
+            raise ValueError("a RawRow needs its children or its resource")
         return child_rows(resource_type, self.resource)
 
 
@@ -427,10 +428,11 @@ class Warehouse:
             if changed:
                 texts = [r.json_text() for r, _ in changed]
                 self._insert_rows(conn, raw, ("id", "version_id", "last_updated", "content_hash", "resource", "source", "loaded_at"),
-                                  [(r.id, r.version_id, r.last_updated, d, t, r.source, stamp) for (r, d), t in zip(changed, texts)])
+                                  [(r.id, r.version_id, r.last_updated, d, t, r.source, stamp)
+                                   for (r, d), t in zip(changed, texts, strict=True)])
                 self._insert_children(conn, resource_type, [r for r, _ in changed])
                 history_rows = [(resource_type, r.id, _version_key(r.version_id, r.last_updated, d), r.version_id,
-                                 r.last_updated, False, t, r.source, stamp) for (r, d), t in zip(changed, texts)]
+                                 r.last_updated, False, t, r.source, stamp) for (r, d), t in zip(changed, texts, strict=True)]
             else:
                 history_rows = []
             history_rows += [(resource_type, t.id, _version_key(t.version_id, t.last_updated, "deleted:" + now.isoformat()),
@@ -477,7 +479,7 @@ class Warehouse:
             return
         marks = ", ".join("?" if self.engine.dialect.paramstyle == "qmark" else "%s" for _ in columns)
         if self.postgres:
-            conn.exec_driver_sql(f"INSERT INTO {self.qualified(table.name)} ({cols}) VALUES ({marks})"
+            conn.exec_driver_sql(f"INSERT INTO {self.qualified(table.name)} ({cols}) VALUES ({marks})"  # noqa: S608 - identifiers are the warehouse's own, quoted
                                  + (" ON CONFLICT DO NOTHING" if ignore_conflicts else ""), rows)
         else:
             verb = "INSERT OR IGNORE INTO" if ignore_conflicts else "INSERT INTO"
@@ -493,13 +495,13 @@ class Warehouse:
         target = self.qualified(table.name)
         if ignore_conflicts:
             stage = f'"stage_{table.name}"'
-            conn.exec_driver_sql(f"CREATE TEMP TABLE IF NOT EXISTS {stage} AS SELECT {cols} FROM {target} WITH NO DATA")
+            conn.exec_driver_sql(f"CREATE TEMP TABLE IF NOT EXISTS {stage} AS SELECT {cols} FROM {target} WITH NO DATA")  # noqa: S608 - identifiers are the warehouse's own, quoted
         with conn.connection.driver_connection.cursor() as cursor:
             with cursor.copy(f"COPY {stage if ignore_conflicts else target} ({cols}) FROM STDIN") as copy:
                 for row in rows:
                     copy.write_row(row)
         if ignore_conflicts:
-            conn.exec_driver_sql(f"INSERT INTO {target} ({cols}) SELECT {cols} FROM {stage} ON CONFLICT DO NOTHING")
+            conn.exec_driver_sql(f"INSERT INTO {target} ({cols}) SELECT {cols} FROM {stage} ON CONFLICT DO NOTHING")  # noqa: S608 - identifiers are the warehouse's own, quoted
             conn.exec_driver_sql(f"TRUNCATE {stage}")
 
     def _insert_children(self, conn: sa.Connection, resource_type: str, rows: list[RawRow]) -> None:
@@ -685,7 +687,7 @@ class Warehouse:
             exists = inspector.has_table(name, schema=schema)
             same_columns = exists and [c["name"] for c in inspector.get_columns(name, schema=schema)] == [str(c) for c in frame.columns]
             if self.postgres and same_columns:
-                conn.execute(sa.text(f"DELETE FROM {self.qualified(name)}"))
+                conn.execute(sa.text(f"DELETE FROM {self.qualified(name)}"))  # noqa: S608 - identifiers are the warehouse's own, quoted
                 frame.to_sql(name, conn, schema=schema, if_exists="append", index=False, method="multi", chunksize=1000)
                 return
             if self.postgres and exists:

@@ -95,7 +95,7 @@ def prospective_visits(frame: pd.DataFrame) -> Suite:
     e = _gx()
     windows = VISITS  # month -> (first day, last day, nominal day): the cohort rule's own table
     in_window = [windows[m][0] <= d <= windows[m][1] if m in windows else False
-                 for m, d in zip(frame["visit_month"], frame["day"])]
+                 for m, d in zip(frame["visit_month"], frame["day"], strict=True)]
     frame = frame.assign(day_in_visit_window=pd.Series(in_window, index=frame.index, dtype=int))
     ex = [
         e.ExpectCompoundColumnsToBeUnique(column_list=["patient_key", "measure", "visit_month"], severity=CRITICAL),
@@ -198,7 +198,7 @@ def raw_observation(frame: pd.DataFrame, concepts: ConceptMap) -> Suite:
     e = _gx()
     mapped = concepts.annotate("observations", frame)
     quantities = mapped[mapped["value_quantity"].notna() & mapped["concept"].isin(list(concepts.units))]
-    convertible = [unit in concepts.units[c].convert for c, unit in zip(quantities["concept"], quantities["value_unit"])]
+    convertible = [unit in concepts.units[c].convert for c, unit in zip(quantities["concept"], quantities["value_unit"], strict=True)]
     quantities = quantities.assign(unit_convertible=pd.Series(convertible, index=quantities.index, dtype=int))
     ex = [e.ExpectColumnValuesToBeInSet(column="unit_convertible", value_set=[1], severity=WARNING),
           e.ExpectColumnValuesToNotBeNull(column="patient_id", severity=CRITICAL)]

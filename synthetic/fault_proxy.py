@@ -79,7 +79,8 @@ class FaultProxy:
         if fault == "slow":
             await asyncio.sleep(self.slow_s)
         forward = {k: v for k, v in headers if k.lower() not in ("host", "content-length", "connection", "accept-encoding")}
-        assert self._client is not None
+        if self._client is None:
+            raise RuntimeError("the proxy is not started")
         try:
             response = await self._client.request(method, self.upstream + target, headers=forward, content=body)
         except httpx.HTTPError:

@@ -367,7 +367,8 @@ def entered_in_error_copies(r: Resource, rng: random.Random) -> list[Resource]:
 def _renamed(resources: list[Resource], new_id: Callable[[str, str], str]) -> Rewritten:
     out = _deepcopy(resources)
     ids = {(r["resourceType"], r["id"]): new_id(r["resourceType"], r["id"]) for r in out}
-    assert len(set(ids.values())) == len(ids), "an id rewrite must stay one-to-one"
+    if len(set(ids.values())) != len(ids):
+        raise ValueError("an id rewrite must stay one-to-one")
     for r in out:
         r["id"] = ids[(r["resourceType"], r["id"])]
     _rewrite_references(out, lambda kind, rid: f"{kind}/{ids.get((kind, rid), rid)}")

@@ -36,7 +36,7 @@ def test_cohort_first_downloads_less_and_derives_the_same_cohorts(sandbox, small
         reports = sync_cohort_first(client, scoped, TYPES, seeds, chunk_size=10, workers=3)
     assert 0 < len(scoped.current_ids("Patient")) < len(full.current_ids("Patient"))
     assert len(scoped.current_ids("Observation")) < len(full.current_ids("Observation"))
-    for left, right in zip(cohorts(full), cohorts(scoped)):
+    for left, right in zip(cohorts(full), cohorts(scoped), strict=True):
         assert len(left) > 0
         pd.testing.assert_frame_equal(left, right)
     # AdverseEvent?patient= is not supported by the sandbox: it says so, and the type is filtered locally.

@@ -53,7 +53,8 @@ def test_the_study_job_runs_its_steps_on_celery_workers(sandbox, broker, tmp_pat
     config.write_text(yaml.safe_dump({"execution": {"config": {"broker": f"{broker}/0", "backend": f"{broker}/1"}}}))
     log = tmp_path / "worker.log"
     worker = subprocess.Popen(
-        [str(Path(sys.executable).with_name("dagster-celery")), "worker", "start", "-A", "dagster_celery.app", "-y", str(config), "-n", "w1@%h",
+        [str(Path(sys.executable).with_name("dagster-celery")), "worker", "start", "-A", "dagster_celery.app", "-y", str(config),
+         "-n", "w1@%h",
          "-l", "info"], cwd=ROOT, stdout=log.open("wb"), stderr=subprocess.STDOUT,
         # dagster-celery starts `celery` from PATH: the venv's own
         env={**os.environ, **env, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"})
@@ -63,7 +64,6 @@ def test_the_study_job_runs_its_steps_on_celery_workers(sandbox, broker, tmp_pat
             assert worker.poll() is None and time.monotonic() < deadline, log.read_text(errors="replace")[-3000:]
             time.sleep(0.5)
         from assets.distributed import celery_study_job
-
         from assets.study import cohort
 
         selection = [*(dg.AssetKey(k) for k in ("raw_patient", "raw_condition", "raw_medicationstatement",

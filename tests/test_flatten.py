@@ -5,8 +5,16 @@ from datetime import date
 
 import pytest
 
-from etl.flatten import (adverse_events, clinical_date, conditions, first_dosage, medication_statements, observations,
-                         quantity_unit, reference_id)
+from etl.flatten import (
+    adverse_events,
+    clinical_date,
+    conditions,
+    first_dosage,
+    medication_statements,
+    observations,
+    quantity_unit,
+    reference_id,
+)
 
 
 def test_clinical_date_is_the_local_date_written_in_the_resource():

@@ -8,8 +8,25 @@ import pytest
 from synthetic import fhir_builders as fb
 from synthetic.fhir_builders import ICD10, LOCAL
 
-from .fhir_fixtures import (CTX, INDEX, MTX, PID, PREDNISOLONE, PREDNISONE, TACROLIMUS, day, derive, drug, exacerbation, new_id,
-                            obs_quantity, only_row, radiological, reason, reference_patient)
+from .fhir_fixtures import (
+    CTX,
+    INDEX,
+    MTX,
+    PID,
+    PREDNISOLONE,
+    PREDNISONE,
+    TACROLIMUS,
+    day,
+    derive,
+    drug,
+    exacerbation,
+    new_id,
+    obs_quantity,
+    only_row,
+    radiological,
+    reason,
+    reference_patient,
+)
 
 
 def test_reference_patient_is_in_the_tacrolimus_group_with_full_follow_up():

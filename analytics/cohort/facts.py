@@ -100,7 +100,7 @@ def exposure_intervals(statements: pd.DataFrame) -> pd.DataFrame:
     df["next_start"] = next_start
     df["end"] = [
         (ns - timedelta(days=1) if ns is not None else OPEN_END) if og else e
-        for og, e, ns in zip(df["ongoing"], df["end"], df["next_start"])
+        for og, e, ns in zip(df["ongoing"], df["end"], df["next_start"], strict=True)
     ]
     return df.drop(columns=["ongoing", "next_start", "ingredient"])
 
@@ -140,7 +140,8 @@ def build_facts(flat: dict[str, pd.DataFrame], concepts: ConceptMap) -> StudyFac
     # One row per statement and concept; of two glucocorticoid codings naming different drugs (a coding
     # error), the first ingredient by name wins, so the coding order cannot choose.
     meds = meds.sort_values(["statement_id", "concept", "ingredient"], kind="stable").drop_duplicates(["statement_id", "concept"])
-    meds["daily_dose_mg"] = [daily_dose_mg(*r) for r in meds[["dose_value", "dose_unit", "frequency", "period", "period_unit"]].itertuples(index=False)]
+    dosing = meds[["dose_value", "dose_unit", "frequency", "period", "period_unit"]]
+    meds["daily_dose_mg"] = [daily_dose_mg(*r) for r in dosing.itertuples(index=False)]
     no_dose = meds["daily_dose_mg"].isna() & (meds["concept"] == "glucocorticoid")
     quality += [{"patient_id": p, "issue": "glucocorticoid_dose_not_computable"} for p in meds.loc[no_dose, "patient_id"]]
     meds["pred_factor"] = meds["factor"].where(meds["concept"] == "glucocorticoid")

@@ -93,7 +93,8 @@ class PatientRecord:
     def followup(self, index: date) -> dict[str, int]:
         p = self.p
         end = min(p.followup_days, (self.last_contact(index) - index).days, (p.data_cutoff - index).days)
-        death_day = (self.row.deceased_date - index).days if self.row.deceased_date is not None and not pd.isna(self.row.deceased_date) else None
+        died = self.row.deceased_date
+        death_day = (died - index).days if died is not None and not pd.isna(died) else None
         death = death_day is not None and death_day <= min(p.followup_days, (p.data_cutoff - index).days)
         followup = max(death_day, 0) if death else max(end, 0)
         return {"followup_days": followup, "death_event": int(death), "death_days": followup}
@@ -150,7 +151,7 @@ class PatientRecord:
         def near(days: set[int], t: int) -> bool:
             return any(max(1, t - w) <= d <= t + w for d in days)
 
-        for t, category in sorted(zip(exac["day"], exac["value_code"])):
+        for t, category in sorted(zip(exac["day"], exac["value_code"], strict=True)):
             crit = {"ferritin_esr": near(lab_days, t), "radiological": near(rad_days, t), "gc_increase": near(gc_days, t)}
             if near(unevaluable, t):
                 self.quality.add("relapse_gc_criterion_not_evaluable_no_weight")

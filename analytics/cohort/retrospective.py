@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from datetime import date, timedelta
+
 import pandas as pd
 
 from .facts import CONVENTIONAL, IMMUNOSUPPRESSANTS, StudyFacts

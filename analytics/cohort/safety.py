@@ -15,7 +15,7 @@ DISCONTINUATION_COLUMNS = ["patient_id", "cohort", "group", "drug", "day"]
 
 def _follow_up(cohort: pd.DataFrame) -> pd.DataFrame:
     return cohort[["patient_id", "group", "index_date", "followup_days"]].assign(
-        end=[i + timedelta(days=int(f)) for i, f in zip(cohort["index_date"], cohort["followup_days"])])
+        end=[i + timedelta(days=int(f)) for i, f in zip(cohort["index_date"], cohort["followup_days"], strict=True)])
 
 
 def safety_events(facts: StudyFacts, cohort: pd.DataFrame, cohort_name: str) -> pd.DataFrame:
@@ -29,7 +29,7 @@ def safety_events(facts: StudyFacts, cohort: pd.DataFrame, cohort_name: str) -> 
     ae = ae[(ae["date"] >= ae["index_date"]) & (ae["date"] <= ae["end"])]
     suspects = [";".join(sorted({drug_of[sid] for sid in ids or () if sid in drug_of.index})) or None
                 for ids in ae["suspect_statement_ids"]]
-    out = ae.assign(cohort=cohort_name, day=[(d - i).days for d, i in zip(ae["date"], ae["index_date"])],
+    out = ae.assign(cohort=cohort_name, day=[(d - i).days for d, i in zip(ae["date"], ae["index_date"], strict=True)],
                     suspected_drug=suspects, serious=ae["serious"].astype(int))
     return out.sort_values(EVENT_COLUMNS, na_position="first")[EVENT_COLUMNS].reset_index(drop=True)
 
@@ -39,5 +39,5 @@ def drug_discontinuations(facts: StudyFacts, cohort: pd.DataFrame, cohort_name: 
     stopped = facts.exposures[facts.exposures["stopped_for_adverse_event"]].rename(columns={"end": "stop", "concept": "drug"})
     ex = stopped.merge(_follow_up(cohort), on="patient_id")
     ex = ex[(ex["stop"] >= ex["index_date"]) & (ex["stop"] <= ex["end"])]
-    out = ex.assign(cohort=cohort_name, day=[(d - i).days for d, i in zip(ex["stop"], ex["index_date"])])
+    out = ex.assign(cohort=cohort_name, day=[(d - i).days for d, i in zip(ex["stop"], ex["index_date"], strict=True)])
     return out[DISCONTINUATION_COLUMNS].sort_values(["patient_id", "day"]).reset_index(drop=True)
