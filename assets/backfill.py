@@ -27,8 +27,11 @@ def pull_month(context: dg.OpExecutionContext, fhir: FhirServerResource, warehou
     key = context.partition_key.keys_by_dimension  # type: ignore[attr-defined]
     resource_type = key["resource_type"]
     window = MONTHS.time_window_for_partition_key(key["last_updated"])
-    with fhir.client() as client:
-        report = pull_window(client, warehouse.get(), resource_type, window.start.isoformat(), window.end.isoformat())
+    wh = warehouse.get()
+    # Slices write the same raw tables as the regular sync: one writer at a time (the sync's lock), so a slice
+    # and a sync cannot both insert one id. Slices then run one after another, each still small.
+    with wh.exclusive("ingest"), fhir.client() as client:
+        report = pull_window(client, wh, resource_type, window.start.isoformat(), window.end.isoformat())
     context.log.info(f"{resource_type} {key['last_updated']}: {report.load.received} received, "
                      f"{report.load.applied.inserted} new, {report.load.applied.updated} updated")
     context.log_event(dg.AssetMaterialization(asset_key=raw_asset_key(resource_type), metadata=report.as_metadata()))

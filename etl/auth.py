@@ -100,11 +100,15 @@ class SmartBackendAuth:
         if self.token_url:
             return self.token_url
         url = f"{self.base_url.rstrip('/')}/.well-known/smart-configuration"
-        response = http.get(url, headers={"Accept": "application/json"})
+        # No redirects: a hop to another origin would carry what the pin above refuses (httpx re-sends a POST body).
+        response = http.get(url, headers={"Accept": "application/json"}, follow_redirects=False)
         if response.status_code != 200:
             raise AuthError(f"SMART discovery at {url} answered HTTP {response.status_code}")
-        config = response.json()
-        if "token_endpoint" not in config:
+        try:
+            config = response.json()
+        except ValueError:
+            raise AuthError(f"SMART configuration at {url} is not JSON") from None
+        if not isinstance(config, dict) or "token_endpoint" not in config:
             raise AuthError(f"SMART configuration at {url} has no token_endpoint")
         supported = config.get("token_endpoint_auth_signing_alg_values_supported")
         if supported and self.algorithm not in supported:
@@ -131,7 +135,7 @@ class SmartBackendAuth:
 
     def _fetch_token(self, http: httpx.Client) -> None:
         token_url = self.discover(http)
-        response = http.post(token_url, data={
+        response = http.post(token_url, follow_redirects=False, data={
             "grant_type": "client_credentials", "scope": self.scope,
             "client_assertion_type": ASSERTION_TYPE, "client_assertion": self.client_assertion(token_url)})
         if response.status_code != 200:
@@ -141,9 +145,15 @@ class SmartBackendAuth:
             except ValueError:
                 reason = response.text[:200]
             raise AuthError(f"SMART token request to {token_url} failed (HTTP {response.status_code}): {reason}")
-        body = response.json()
-        self._token = body["access_token"]
-        self._expires_at = time.time() + float(body.get("expires_in", 300))
+        try:
+            body = response.json()
+            token, lifetime = body["access_token"], float(body.get("expires_in", 300))
+        except (ValueError, KeyError, TypeError, AttributeError):
+            raise AuthError(f"SMART token endpoint {origin(token_url)} answered without a usable access_token") from None
+        if not isinstance(token, str) or not token:
+            raise AuthError(f"SMART token endpoint {origin(token_url)} answered without a usable access_token")
+        self._token = token
+        self._expires_at = time.time() + lifetime
 
     def headers(self, http: httpx.Client) -> dict[str, str]:
         with self._lock:

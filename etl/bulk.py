@@ -73,11 +73,24 @@ class BulkReport:
     stats: SearchStats = field(default_factory=SearchStats)
 
 
+def _well_formed(manifest: Any) -> bool:
+    if not isinstance(manifest, dict) or not isinstance(manifest.get("output"), list):
+        return False
+    for key in ("output", "error", "deleted"):
+        items = manifest.get(key) or []
+        if not isinstance(items, list) or not all(isinstance(i, dict) and isinstance(i.get("url"), str) for i in items):
+            return False
+        if any(not isinstance(i.get("count", 0), int) or isinstance(i.get("count"), bool) for i in items):
+            return False
+    return True
+
+
 class BulkExportClient:
     def __init__(self, client: FhirClient, *, poll_cap_s: float = 120.0, initial_poll_s: float = 1.0,
                  timeout_s: float = 7 * 24 * 3600.0, sleep: Callable[[float], None] = time.sleep,
-                 block_bytes: int = BLOCK_BYTES) -> None:
+                 block_bytes: int = BLOCK_BYTES, file_deadline_s: float = 6 * 3600.0) -> None:
         self.client = client
+        self.file_deadline_s = file_deadline_s  # one output file, all its bytes (a dripping file store stops here)
         self.block_bytes = block_bytes
         self.poll_cap_s = poll_cap_s
         self.initial_poll_s = initial_poll_s
@@ -91,6 +104,8 @@ class BulkExportClient:
         location = response.headers.get("Content-Location")
         if not location:
             raise BulkExportError("bulk kick-off answered 202 without a Content-Location polling URL")
+        # Checked before the job is recorded: a foreign polling URL must not wedge every later run.
+        self.client.check_origin(location, "the Bulk status URL")
         return location
 
     def poll(self, status_url: str, report: BulkReport, progress: Progress | None = None) -> dict[str, Any]:
@@ -102,11 +117,15 @@ class BulkExportClient:
             try:
                 response = self.client.send("GET", status_url, report.stats, ok=(200, 202), parse_json=False)
             except FhirError as exc:
-                raise BulkExportError(f"bulk export failed: {exc}", exc.status) from None
+                raise BulkExportError(f"bulk export failed: {exc}", exc.status, permanent=exc.permanent) from None
             if response.status_code == 200:
-                manifest = orjson.loads(response.content)
-                if not isinstance(manifest, dict) or "output" not in manifest:
-                    raise BulkExportError(f"bulk status {redacted(status_url)} answered 200 without a manifest")
+                try:
+                    manifest = orjson.loads(response.content)
+                except orjson.JSONDecodeError:
+                    manifest = None
+                if not _well_formed(manifest):
+                    raise BulkExportError(f"bulk status {redacted(status_url)} answered 200 without a well-formed manifest "
+                                          "(output, error and deleted must list objects with a url)", permanent=True)
                 return manifest
             status = response.headers.get("X-Progress", "in progress")
             report.progress.append(status)
@@ -123,11 +142,29 @@ class BulkExportClient:
     def cancel(self, status_url: str, stats: SearchStats | None = None) -> None:
         self.client.send("DELETE", status_url, stats or SearchStats(), ok=(200, 202, 204, 404), parse_json=False)
 
+    def _timed_chunks(self, response: httpx.Response, url: str, deadline: float) -> Iterator[bytes]:
+        """The body in pieces of about ``block_bytes``, the deadline checked at every network read (a size-based
+        ``iter_bytes`` would wait for a whole piece of a dripping file before anything could be checked)."""
+        pending: list[bytes] = []
+        size = 0
+        for chunk in response.iter_bytes():
+            if time.monotonic() > deadline:
+                raise BulkExportError(f"GET {redacted(url)}: the file did not arrive within {self.file_deadline_s:.0f}s "
+                                      "(file deadline)")
+            pending.append(chunk)
+            size += len(chunk)
+            if size >= self.block_bytes:
+                yield b"".join(pending)
+                pending, size = [], 0
+        if pending:
+            yield b"".join(pending)
+
     def blocks(self, url: str, with_token: bool, type_hint: str | None, stats: SearchStats) -> Iterator[Block]:
         """Stream one output file in blocks of whole lines. A broken download restarts and skips the
         lines already yielded; a block that ends mid-line is held back until its line is complete."""
         # A manifest may point anywhere: files are read (and given the token) only on trusted origins.
         self.client.check_origin(url, "the Bulk output file")
+        deadline = time.monotonic() + self.file_deadline_s
         done, attempt = 0, 0
         while True:
             stats.requests += 1
@@ -143,7 +180,7 @@ class BulkExportClient:
                             raise httpx.NetworkError(f"HTTP {response.status_code}")
                         raise BulkExportError(f"GET {redacted(url)} -> HTTP {response.status_code}: {operation_outcome_text(response)}",
                                               response.status_code)
-                    for block in blocks_of(response.iter_bytes(self.block_bytes), url, type_hint):
+                    for block in blocks_of(self._timed_chunks(response, url, deadline), url, type_hint):
                         if block.last_line <= done:
                             continue
                         yield block if block.first_line > done else block.from_line(done + 1)
@@ -197,7 +234,7 @@ def sync_bulk(client: FhirClient, warehouse: Warehouse, resource_types: list[str
     try:
         manifest = exporter.poll(status_url, report, progress)
     except BulkExportError as exc:
-        if exc.status in (404, 410):  # the server forgot the job: start afresh next run
+        if exc.status in (404, 410) or exc.permanent:  # forgotten or refused: start afresh next run
             warehouse.record_bulk_job(status_url, state="expired")
         raise
     report.transaction_time = manifest.get("transactionTime")

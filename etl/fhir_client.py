@@ -27,7 +27,7 @@ import random
 import time
 from dataclasses import dataclass, field
 from typing import Any, Iterator
-from urllib.parse import urljoin
+from urllib.parse import parse_qsl, urljoin, urlsplit
 
 import httpx
 import orjson
@@ -39,6 +39,7 @@ log = logging.getLogger(__name__)
 
 RETRY_STATUSES = {429, 502, 503, 504}
 GONE_STATUSES = {404, 410}
+MAX_RESTARTS = 50  # expired page links restarted within one search before it gives up
 TRANSIENT_ERRORS = (httpx.TimeoutException, httpx.NetworkError, httpx.RemoteProtocolError)
 
 
@@ -79,13 +80,22 @@ class SearchStats:
 
 @dataclass(frozen=True)
 class SearchEntry:
-    resource: Any     # the entry's resource as parsed (a dict, unless the server sent something else)
-    source: str       # the page URL it came from, for quarantine and lineage
-    text: bytes | None = None  # the resource's own JSON when it is not valid JSON (NaN, Infinity): quarantined
+    resource: Any       # the entry's resource as parsed (a dict, unless the server sent something else)
+    source: str         # the page URL it came from, for quarantine and lineage
+    text: bytes = b""   # the resource as JSON for the validating loader (``wire_text``)
+    invalid: bool = False  # ``text`` is not valid JSON (NaN, a lone surrogate, too deep): it is quarantined
 
     def wire(self) -> bytes:
-        """The resource as JSON bytes for the validating loader (its invalid text, when it has one)."""
-        return self.text if self.text is not None else orjson.dumps(self.resource)
+        return self.text or wire_text(self.resource)[0]
+
+
+def scrub(text: str, url: str) -> str:
+    """``text`` with every value of ``url``'s query (and each comma-separated part of it) replaced by '…'."""
+    values = {v for _, value in parse_qsl(urlsplit(url).query) for v in (value, *value.split(","), *value.split("/"))
+              if len(v) >= 3}
+    for value in sorted(values, key=len, reverse=True):
+        text = text.replace(value, "…")
+    return text
 
 
 def _non_finite(constant: str) -> float:
@@ -98,16 +108,41 @@ def _load_page(content: bytes) -> Any:
     try:
         return orjson.loads(content)
     except orjson.JSONDecodeError:
-        return json.loads(content, parse_constant=_non_finite)
+        try:
+            return json.loads(content, parse_constant=_non_finite)
+        except RecursionError:
+            raise ValueError("the page is nested too deeply to read") from None
 
 
-def _has_non_finite(node: Any) -> bool:
-    if isinstance(node, float):
-        return node != node or node in (float("inf"), float("-inf"))
-    if isinstance(node, dict):
-        return any(_has_non_finite(v) for v in node.values())
-    if isinstance(node, list):
-        return any(_has_non_finite(v) for v in node)
+def wire_text(resource: Any) -> tuple[bytes, bool]:
+    """The resource as JSON bytes for the validating loader, and whether that text is invalid JSON.
+
+    orjson cannot write everything a lenient parse can hold faithfully: a NaN or Infinity (it would
+    write null), a lone surrogate, a nesting deeper than it writes. Such a resource keeps the standard
+    library's text, which the loader then quarantines as invalid JSON, as it would the same NDJSON line."""
+    try:
+        text = orjson.dumps(resource)
+        if not _any_non_finite(resource):
+            return text, False
+    except TypeError:
+        pass
+    try:
+        return json.dumps(resource, allow_nan=True).encode(), True
+    except (RecursionError, ValueError):
+        return b'"a resource nested too deeply to write"', True
+
+
+def _any_non_finite(node: Any) -> bool:
+    """Iterative, so a hostile nesting cannot exhaust the stack."""
+    stack = [node]
+    while stack:
+        item = stack.pop()
+        if isinstance(item, float) and (item != item or item in (float("inf"), float("-inf"))):
+            return True
+        if isinstance(item, dict):
+            stack.extend(item.values())
+        elif isinstance(item, list):
+            stack.extend(item)
     return False
 
 
@@ -122,15 +157,29 @@ class HistoryEntry:
     source: str
 
 
+def issue_text(issue: Any) -> str:
+    """One OperationOutcome issue as text, whatever shape a server gave it."""
+    if not isinstance(issue, dict):
+        return str(issue)[:200]
+    details = issue.get("details") if isinstance(issue.get("details"), dict) else {}
+    return str(issue.get("diagnostics") or details.get("text") or issue.get("code") or "")[:200]
+
+
 def operation_outcome_text(response: httpx.Response) -> str:
+    """What the server said, for an error message: an OperationOutcome's issues, else the start of the body.
+    Every value of the request's query is blanked out, since a server may echo it (patient ids)."""
     try:
         body = response.json()
     except ValueError:
-        return response.text[:500]
-    if isinstance(body, dict) and body.get("resourceType") == "OperationOutcome":
-        return "; ".join(i.get("diagnostics") or i.get("details", {}).get("text", "") or i.get("code", "")
-                         for i in body.get("issue", []))
-    return response.text[:500]
+        text = response.text[:300]
+    else:
+        issues = body.get("issue") if isinstance(body, dict) and body.get("resourceType") == "OperationOutcome" else None
+        text = "; ".join(issue_text(i) for i in issues) if isinstance(issues, list) else response.text[:300]
+    try:
+        url = str(response.request.url)
+    except RuntimeError:  # a response built without its request
+        url = ""
+    return scrub(text, url)
 
 
 def retry_after_seconds(value: str | None, cap_s: float) -> float | None:
@@ -281,7 +330,8 @@ class FhirClient:
         if not isinstance(bundle.get("entry", []), list) or not isinstance(bundle.get("link", []), list):
             raise FhirError(f"GET {redacted(url)} returned a Bundle whose entry or link is not a list", permanent=True)
         if stats.pages == 0:
-            stats.server_time = (bundle.get("meta") or {}).get("lastUpdated")
+            meta = bundle.get("meta") if isinstance(bundle.get("meta"), dict) else {}
+            stats.server_time = meta.get("lastUpdated") if isinstance(meta.get("lastUpdated"), str) else None
             stats.first_total = bundle.get("total") if isinstance(bundle.get("total"), int) else None
         stats.pages += 1
         return bundle
@@ -303,17 +353,16 @@ class FhirClient:
         return url
 
     @staticmethod
-    def _entries(bundle: dict[str, Any]) -> Iterator[tuple[str, Any, bytes | None]]:
-        """(search mode, resource, invalid text) per entry; an entry that is not an object is passed on as its
-        resource, so the loader quarantines it instead of the page failing."""
+    def _entries(bundle: dict[str, Any]) -> Iterator[tuple[str, Any]]:
+        """(search mode, resource) per entry; an entry that is not an object is passed on as its resource,
+        so the loader quarantines it instead of the page failing."""
         for entry in bundle.get("entry") or []:
             if not isinstance(entry, dict):
-                yield "match", entry, None
+                yield "match", entry
                 continue
-            mode = (entry.get("search") or {}).get("mode", "match") if isinstance(entry.get("search"), dict) else "match"
-            resource = entry.get("resource")
-            text = json.dumps(resource, allow_nan=True).encode() if _has_non_finite(resource) else None
-            yield mode, resource, text
+            search = entry.get("search") if isinstance(entry.get("search"), dict) else {}
+            mode = search.get("mode", "match") if isinstance(search.get("mode", "match"), str) else "match"
+            yield mode, entry.get("resource")
 
     def search(self, resource_type: str, params: dict[str, Any] | None = None,
                stats: SearchStats | None = None) -> Iterator[SearchEntry]:
@@ -324,6 +373,8 @@ class FhirClient:
         url: str | None = f"{self.base_url}/{resource_type}"
         query: dict[str, str] | None = base_query
         last_seen: str | None = None
+        restarted_from: str | None = None
+        in_order = True  # the server really sorts by _lastUpdated (a restart from last_seen would skip nothing)
         seen: set[str] = set()
         started = time.monotonic()
         while url:
@@ -332,28 +383,37 @@ class FhirClient:
             except FhirError as exc:
                 if not (exc.status in GONE_STATUSES and query is None and restartable and last_seen):
                     raise
+                if not in_order:
+                    raise FhirError(f"a {resource_type} page link expired and the server does not sort by _lastUpdated, "
+                                    "so the search cannot resume without losing resources", exc.status, permanent=True) from None
+                if last_seen == restarted_from or stats.restarts >= MAX_RESTARTS:
+                    raise FhirError(f"{resource_type} page links keep expiring without progress ({stats.restarts} restarts)",
+                                    exc.status, permanent=True) from None
+                restarted_from = last_seen
                 stats.restarts += 1
                 log.warning("a %s page link expired (HTTP %s); restarting from _lastUpdated=ge%s", resource_type,
                             exc.status, last_seen)
                 url, query = f"{self.base_url}/{resource_type}", _restarted(base_query, last_seen)
                 seen.clear()
                 continue
-            for mode, resource, text in self._entries(bundle):
+            for mode, resource in self._entries(bundle):
                 if mode != "match" or resource is None:
                     stats.skipped_entries[mode] = stats.skipped_entries.get(mode, 0) + 1
-                    if mode == "outcome" and isinstance(resource, dict):
-                        for issue in resource.get("issue") or []:
-                            said = issue.get("diagnostics") or (issue.get("details") or {}).get("text") or issue.get("code", "")
-                            stats.outcome_issues.append(str(said))
+                    if mode == "outcome" and isinstance(resource, dict) and isinstance(resource.get("issue"), list):
+                        for issue in resource["issue"]:
+                            said = scrub(issue_text(issue), url)
+                            stats.outcome_issues.append(said)
                             log.warning("search outcome from %s: %s", redacted(url), said)
                     continue
                 if isinstance(resource, dict) and isinstance(resource.get("meta"), dict):
                     updated = resource["meta"].get("lastUpdated")
+                    if isinstance(updated, str) and last_seen and updated < last_seen:
+                        in_order = False
                     if isinstance(updated, str) and updated > (last_seen or ""):
                         last_seen = updated
                         if updated > (stats.max_last_updated or ""):
                             stats.max_last_updated = updated
-                yield SearchEntry(resource, url, text)
+                yield SearchEntry(resource, url, *wire_text(resource))
             url = self._next_link(bundle, url, seen, started)
             query = None  # the next link carries its own query, used exactly as given
 
@@ -379,10 +439,11 @@ class FhirClient:
             for entry in bundle.get("entry") or []:
                 if not isinstance(entry, dict):
                     continue
-                request = entry.get("request") or {}
-                response = entry.get("response") or {}
+                request = entry.get("request") if isinstance(entry.get("request"), dict) else {}
+                response = entry.get("response") if isinstance(entry.get("response"), dict) else {}
                 resource = entry.get("resource")
-                target = (request.get("url") or entry.get("fullUrl") or "").split("?")[0]
+                target = request.get("url") or entry.get("fullUrl") or ""
+                target = target.split("?")[0] if isinstance(target, str) else ""
                 parts = [p for p in target.split("/") if p]
                 if isinstance(resource, dict):
                     rtype, rid = resource.get("resourceType"), resource.get("id")
@@ -390,9 +451,9 @@ class FhirClient:
                     rtype, rid = parts[-2], parts[-1]
                 else:
                     continue
-                if not rtype or not rid:
+                if not isinstance(rtype, str) or not isinstance(rid, str) or not rtype or not rid:
                     continue
-                meta = (resource or {}).get("meta") or {}
+                meta = resource.get("meta") if isinstance(resource, dict) and isinstance(resource.get("meta"), dict) else {}
                 yield HistoryEntry(rtype, rid, meta.get("versionId") or _etag_version(response.get("etag")),
                                    request.get("method") == "DELETE", resource if isinstance(resource, dict) else None,
                                    meta.get("lastUpdated") or response.get("lastModified"), url)

@@ -6,6 +6,7 @@ Batches keep memory flat however large the hospital is.
 """
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -27,6 +28,19 @@ def check_resource(resource: Any, expected_type: str, text: bytes | None = None)
         return errors or plausibility_errors(resource)
     except RecursionError:
         return ["nested too deeply to validate (Python's recursion limit); FHIR resources are far shallower"]
+
+
+def _quarantine_text(resource: Any, text: bytes | None) -> str:
+    """The text a quarantined resource is kept as; anything that cannot be written as JSON still leaves a row."""
+    if text is not None:
+        return text.decode(errors="replace")
+    try:
+        return orjson.dumps(resource).decode()
+    except TypeError:  # too deep for orjson, or a lone surrogate
+        try:
+            return json.dumps(resource, allow_nan=True)
+        except (RecursionError, ValueError):
+            return "(not writable as JSON: nested too deeply)"
 
 
 @dataclass
@@ -58,16 +72,17 @@ class TypeLoader:
     def _pending(self) -> int:
         return len(self._rows) + len(self._tombstones) + len(self._quarantine)
 
-    def add(self, resource: Any, source: str, errors: list[str] | None = None) -> bool:
-        """Offer one parsed resource; ``errors`` may be given when validation ran elsewhere (a worker)."""
+    def add(self, resource: Any, source: str, errors: list[str] | None = None, text: bytes | None = None) -> bool:
+        """Offer one parsed resource; ``errors`` may be given when validation ran elsewhere (a worker), ``text``
+        (the JSON it came as) lets the checks on the text itself run too."""
         self.counts.received += 1
-        errors = check_resource(resource, self.resource_type) if errors is None else errors
+        errors = check_resource(resource, self.resource_type, text) if errors is None else errors
         if errors:
             rid = resource.get("id") if isinstance(resource, dict) else None
             version = ((resource.get("meta") or {}).get("versionId") if isinstance(resource, dict)
                        and isinstance(resource.get("meta"), dict) else None)
             self._add_quarantine(QuarantineRow(self.resource_type, rid if isinstance(rid, str) else None,
-                                               orjson.dumps(resource).decode(), errors, source, version))
+                                               _quarantine_text(resource, text), errors, source, version))
             return False
         self._rows.append(RawRow.of(resource, source))
         self._maybe_flush()

@@ -23,6 +23,7 @@ import orjson
 from .children import child_rows
 from .loader import TypeLoader, check_resource
 from .warehouse import RawRow, SeenIds, Warehouse, content_hash
+from .wire import MAX_RESOURCE_BYTES
 
 if TYPE_CHECKING:
     from .sync import TypeReport
@@ -86,6 +87,9 @@ class Checked:
 
 def check_line(line: Line) -> list[Checked]:
     """Parse and validate one NDJSON line (runs in a worker). A Bulk ``deleted`` Bundle yields tombstones."""
+    if len(line.text) > MAX_RESOURCE_BYTES:  # not even parsed (an endless line arrives cut at the limit)
+        return [Checked(line.source, line.type_hint, line.text[:1000],
+                        (f"line is longer than the {MAX_RESOURCE_BYTES / 1e6:.0f} MB a resource may be",))]
     try:
         resource = orjson.loads(line.text)
     except orjson.JSONDecodeError as exc:
@@ -120,12 +124,22 @@ def check_block(block: Block) -> list[Checked]:
 def blocks_of(chunks: Iterable[bytes], path: str, type_hint: str | None = None) -> Iterator[Block]:
     """Blocks of whole lines from bytes cut anywhere (file reads, an HTTP body); a chunk that ends
     mid-line keeps its tail for the next block, and a line longer than a chunk makes a longer block."""
-    number, carry = 1, b""
+    number, carry, overlong = 1, b"", False
     for data in chunks:
+        if overlong:
+            # The rest of a line already longer than any resource may be: dropped up to its newline (the part
+            # kept is quarantined for its size), so one endless line costs neither memory nor quadratic copies.
+            cut = data.find(b"\n")
+            if cut < 0:
+                continue
+            data, overlong = data[cut:], False
         data = carry + data
         cut = data.rfind(b"\n") + 1
         if cut == 0:
             carry = data
+            if len(carry) > MAX_RESOURCE_BYTES:
+                yield Block(path, number, carry[:MAX_RESOURCE_BYTES + 1], type_hint)
+                carry, overlong = b"", True
             continue
         block, carry = data[:cut], data[cut:]
         yield Block(path, number, block, type_hint)

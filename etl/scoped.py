@@ -35,9 +35,12 @@ class Seed:
 
 def patient_id(resource: dict[str, Any], base: str | None = None) -> str | None:
     """The patient a resource is about, read as the cohort does (``etl.references``)."""
-    if resource.get("resourceType") == "Patient":
-        return resource.get("id")
-    field = SUBJECT_FIELD.get(resource.get("resourceType", ""), "subject")
+    rtype = resource.get("resourceType")
+    if rtype == "Patient":
+        return resource["id"] if isinstance(resource.get("id"), str) else None
+    if not isinstance(rtype, str):
+        return None
+    field = SUBJECT_FIELD.get(rtype, "subject")
     return reference_id(resource.get(field), "Patient", base)
 
 
@@ -73,15 +76,15 @@ def pull_scoped_type(client: FhirClient, warehouse: Warehouse, resource_type: st
 
     def take(entry: SearchEntry) -> None:
         resource = entry.resource
-        if entry.text is not None:  # not valid JSON (NaN, Infinity): quarantined with the reason, as from NDJSON
-            loader.add_unparseable(entry.text.decode(errors="replace"), "invalid JSON: NaN or Infinity is not a JSON number",
-                                   entry.source)
+        if entry.invalid:  # not valid JSON (NaN, a lone surrogate, too deep): quarantined, as from NDJSON
+            loader.add_unparseable(entry.text.decode(errors="replace"), "invalid JSON: not representable in JSON "
+                                   "(NaN, Infinity, a lone surrogate or too deep a nesting)", entry.source)
             return
         if resource_type not in UNSCOPED_TYPES and isinstance(resource, dict) and patient_id(resource, client.base_url) not in patients:
             return  # outside the scope: re-applied locally because servers may ignore the filter
         if isinstance(resource, dict) and isinstance(resource.get("id"), str):
-            seen.add(resource["id"])
-        loader.add(resource, entry.source)
+            seen.add(resource["id"])  # a malformed id is quarantined by the loader below
+        loader.add(resource, entry.source, text=entry.text)
 
     if resource_type in UNSCOPED_TYPES:
         for entry in client.search(resource_type, {"_sort": "_lastUpdated"}, stats=report.search):

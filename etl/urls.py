@@ -7,7 +7,10 @@ from urllib.parse import urlsplit
 def origin(url: str) -> str:
     """scheme://host:port of a URL: the unit credentials and data are trusted by (as in browsers)."""
     parts = urlsplit(str(url))
-    port = parts.port or {"http": 80, "https": 443}.get(parts.scheme, 0)
+    try:
+        port = parts.port or {"http": 80, "https": 443}.get(parts.scheme, 0)
+    except ValueError:  # a port out of range or not a number: an origin nobody trusts
+        return f"invalid://{parts.netloc}"
     return f"{parts.scheme}://{(parts.hostname or '').lower()}:{port}"
 
 

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import fcntl
 import hashlib
+import re
 import time
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -196,6 +197,10 @@ class WarehouseBusy(RuntimeError):
     """Another run holds the warehouse's ingestion lock."""
 
 
+class WarehouseWriteError(RuntimeError):
+    """A batch could not be written; the message names the table and the error, never the rows."""
+
+
 class Warehouse:
     def __init__(self, url: str) -> None:
         self.url = url
@@ -367,7 +372,20 @@ class Warehouse:
         """Upsert one batch of valid resources, deletes and quarantine rows in a single transaction.
 
         Within a batch, the newest version of each id wins. Nothing is written for a resource
-        whose version is already stored, so an unchanged re-run writes no rows at all."""
+        whose version is already stored, so an unchanged re-run writes no rows at all. A database error
+        is re-raised without its details: PostgreSQL's ``DETAIL`` quotes the offending key (a FHIR id)."""
+        try:
+            return self._apply(resource_type, rows, tombstones, quarantined)
+        except Exception as exc:  # every driver's error, re-raised without the rows it quotes
+            orig = getattr(exc, "orig", exc)
+            if not isinstance(exc, sa.exc.DBAPIError) and type(orig).__module__.split(".")[0] not in ("psycopg", "sqlite3"):
+                raise
+            first_line = str(orig).splitlines()[0] if str(orig) else ""
+            first_line = re.sub(r"\(.*?\)=\(.*?\)", "(…)=(…)", first_line)
+            raise WarehouseWriteError(f"{type(orig).__name__} writing a batch of {resource_type}: {first_line}") from None
+
+    def _apply(self, resource_type: str, rows: Sequence[RawRow], tombstones: Sequence[Tombstone],
+               quarantined: Sequence[QuarantineRow]) -> ApplyResult:
         result = ApplyResult()
         raw, history, quarantine = self._raw_table(resource_type), self._tables[HISTORY], self._tables[QUARANTINE]
         latest: dict[str, RawRow] = {}

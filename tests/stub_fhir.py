@@ -87,10 +87,11 @@ class StubServer:
         return f"{self.origin}/fhir"
 
 
-def bundle(entries: list[dict], next_url: str | None = None, **extra: object) -> bytes:
+def bundle(entries: list[dict], next_url: str | None = None, search_mode_list: bool = False, **extra: object) -> bytes:
     links = [{"relation": "next", "url": next_url}] if next_url else []
+    mode = ["match"] if search_mode_list else "match"
     return orjson.dumps({"resourceType": "Bundle", "type": "searchset", "link": links,
-                         "entry": [{"resource": r, "search": {"mode": "match"}} for r in entries], **extra})
+                         "entry": [{"resource": r, "search": {"mode": mode}} for r in entries], **extra})
 
 
 def json_response(body: bytes, status: int = 200, **headers: str) -> tuple[int, dict[str, str], bytes]:

@@ -74,8 +74,10 @@ CASES = [
      "duplicate JSON keys ['id']"),
     ("a NUL character in a string", "Patient.ndjson",
      orjson.dumps({**P, "name": [{"text": "Ann\u0000Lee"}]}), "control character"),
-    ("a 50 MB string", "Patient.ndjson", orjson.dumps({**P, "name": [{"text": "x" * 50_000_000}]}), "MB limit"),
+    ("a 50 MB string", "Patient.ndjson", orjson.dumps({**P, "name": [{"text": "x" * 50_000_000}]}), "4 MB"),
     ("125 nested extensions", "Patient.ndjson", orjson.dumps({**P, "extension": [NESTED]}), "nested too deeply"),
+    ("450 nested extensions", "Patient.ndjson", b'{"resourceType":"Patient","id":"p1","extension":['
+     + b'{"url":"http://x","extension":[' * 450 + b'{"url":"http://x","valueString":"y"}' + b"]}" * 450 + b"]}", "nested too deeply"),
     ("subject with a path traversal", "Observation.ndjson", orjson.dumps(obs(subject={"reference": "Patient/../Patient/good"})),
      "not a Patient reference"),
     ("observation date in the future", "Observation.ndjson", orjson.dumps(obs(effectiveDateTime=FUTURE)), "in the future"),

@@ -140,7 +140,8 @@ def test_protocol_corners_retry_after_date_token_rules_errors_and_deletes(tmp_pa
     wh.save_sync_state("Patient", watermark="2025-12-01T00:00:00Z", watermark_source="test", mode="bulk", full=True)
     waits: list[float] = []
     from etl.auth import BearerTokenAuth
-    with FhirClient(BASE, auth=BearerTokenAuth("BULK_TOKEN")) as client:
+    # The operator trusts the file store (FHIR_TRUSTED_ORIGINS); files elsewhere are refused (test_hostile_servers).
+    with FhirClient(BASE, auth=BearerTokenAuth("BULK_TOKEN"), trusted_origins=("https://files.example.org",)) as client:
         exporter = BulkExportClient(client, initial_poll_s=0.5, poll_cap_s=10, sleep=waits.append)
         report, reports = sync_bulk(client, wh, ["Patient"], exporter=exporter, workers=1)
     assert report.progress == ["50% done", "90% done"]
@@ -177,7 +178,7 @@ def test_a_broken_download_resumes_and_yields_every_line_once_with_its_file_line
     def sleep(_seconds: float) -> None:  # the retry receives the body cut at other places
         exporter.block_bytes = 300
 
-    with FhirClient(BASE) as client:
+    with FhirClient(BASE, trusted_origins=("https://files.example.org",)) as client:
         exporter = BulkExportClient(client, sleep=sleep, block_bytes=256)
         blocks = list(exporter.blocks(url, False, "Patient", stats))
     got = [(line.source, line.text) for block in blocks for line in block.lines()]

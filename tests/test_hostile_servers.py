@@ -160,3 +160,152 @@ def test_cohort_first_survives_an_expired_page_link(monkeypatch, tmp_path):
             wh = warehouse(tmp_path)
             reports = sync_cohort_first(c, wh, ["Patient"], [Seed("Condition", {"code": "x"})])
     assert wh.current_ids("Patient") == {"p1", "p2", "p3", "p4"} and reports["Patient"].search.restarts == 1
+
+
+# -- holes found by a second reading (issue 13) -----------------------------------------------------------
+
+def test_a_token_endpoint_that_redirects_elsewhere_does_not_forward_the_assertion(monkeypatch):
+    """httpx re-sends a POST body on a 307: the signed client assertion must not follow a redirect."""
+    from etl.auth import AuthError, SmartBackendAuth
+    from tests.test_smart_auth import KEYS, pem
+
+    with StubServer(lambda m, p, h: json_response(orjson.dumps({"access_token": "stolen", "expires_in": 300}))) as evil:
+        def handle(method, path, headers):
+            if path.endswith("/.well-known/smart-configuration"):
+                return json_response(orjson.dumps({"token_endpoint": f"{server.base_url}/token"}))
+            return 307, {"Location": f"{evil.origin}/steal"}, b""
+        with StubServer(handle) as server:
+            monkeypatch.setenv("K", pem(KEYS["RS384"]))
+            auth = SmartBackendAuth(server.base_url, "me", "K", "key-RS384", "RS384")
+            with FhirClient(server.base_url, auth=auth) as c:
+                with pytest.raises(AuthError, match="HTTP 307"):
+                    c.count("Patient")
+        assert evil.requests == []
+
+
+def test_expired_links_without_progress_or_from_an_unsorted_server_stop_instead_of_losing_data(monkeypatch):
+    def looping(method, path, headers):
+        if "page=" in path:
+            return 410, {}, b""
+        return json_response(bundle([patient("a")], f"{server.base_url}/Patient?page=2"))
+
+    with StubServer(looping) as server:
+        with client(server.base_url, monkeypatch) as c:
+            with pytest.raises(FhirError, match="keep expiring without progress"):
+                list(c.search("Patient", {"_sort": "_lastUpdated"}))
+    assert len(server.requests) < 10
+
+    unsorted = [patient("p1", "2024-01-03T00:00:00Z"), patient("p2", "2024-01-01T00:00:00Z")]
+
+    def ignores_sort(method, path, headers):
+        if "page=" in path:
+            return 410, {}, b""
+        return json_response(bundle(unsorted, f"{server.base_url}/Patient?page=2"))
+
+    with StubServer(ignores_sort) as server:
+        with client(server.base_url, monkeypatch) as c:
+            with pytest.raises(FhirError, match="does not sort by _lastUpdated"):
+                list(c.search("Patient", {"_sort": "_lastUpdated"}))
+
+
+@pytest.mark.parametrize("resource_text, phrase", [
+    (b'{"resourceType":"Patient","id":"deep","extension":[' + b'{"url":"http://x","extension":[' * 150 + b'{"url":"http://x","valueString":"y"}'
+     + b"]}" * 150 + b"]}", "nested too deeply"),
+    (b'{"resourceType":"Patient","id":"sur","name":[{"text":"\\ud800"}]}', "invalid JSON"),
+])
+def test_resources_orjson_cannot_write_are_quarantined_from_a_page(monkeypatch, tmp_path, resource_text, phrase):
+    page = (b'{"resourceType":"Bundle","type":"searchset","entry":[{"resource":' + orjson.dumps(patient("good"))
+            + b'},{"resource":' + resource_text + b'}]}')
+
+    def handle(method, path, headers):
+        return json_response(bundle([], total=2) if "_summary=count" in path else page)
+
+    with StubServer(handle) as server:
+        with client(server.base_url, monkeypatch) as c:
+            wh = warehouse(tmp_path)
+            sync_rest(c, wh, ["Patient"])
+    assert wh.current_ids("Patient") == {"good"}
+    assert phrase in wh.read_table("quarantine")["errors"].iloc[0]
+
+
+@pytest.mark.parametrize("page", [
+    bundle([patient("a")], search_mode_list=True),
+    orjson.dumps({"resourceType": "Bundle", "type": "searchset", "meta": "yesterday", "entry": [{"resource": patient("a")}]}),
+    orjson.dumps({"resourceType": "Bundle", "type": "searchset", "entry": [
+        {"resource": {"resourceType": "OperationOutcome", "issue": ["odd", {"details": "text"}]}, "search": {"mode": "outcome"}},
+        {"resource": patient("a"), "search": {"mode": ["match"]}}]}),
+])
+def test_odd_page_shapes_do_not_crash(monkeypatch, page):
+    with StubServer(lambda m, p, h: json_response(page)) as server:
+        with client(server.base_url, monkeypatch) as c:
+            assert [e.resource["id"] for e in c.search("Patient")] == ["a"]
+
+
+def test_a_next_link_with_an_impossible_port_is_refused(monkeypatch):
+    with StubServer(lambda m, p, h: json_response(bundle([patient("a")], "http://127.0.0.1:99999/fhir/Patient?p=2"))) as server:
+        with client(server.base_url, monkeypatch) as c:
+            with pytest.raises(FhirError, match="refused"):
+                list(c.search("Patient"))
+
+
+def test_a_foreign_bulk_status_url_is_refused_before_it_is_recorded(monkeypatch, tmp_path):
+    def handle(method, path, headers):
+        return 202, {"Content-Location": "https://evil.example.org/status/1"}, b""
+
+    wh = warehouse(tmp_path)
+    with StubServer(handle) as server:
+        with client(server.base_url, monkeypatch) as c:
+            with pytest.raises(FhirError, match="refused: the Bulk status URL"):
+                sync_bulk(c, wh, ["Patient"], exporter=BulkExportClient(c, initial_poll_s=0.01))
+    assert wh.open_bulk_job() is None
+
+
+def test_a_malformed_bulk_manifest_is_a_clear_permanent_error(monkeypatch, tmp_path):
+    def handle(method, path, headers):
+        if "$export" in path:
+            return 202, {"Content-Location": f"{server.base_url}/status/1"}, b""
+        return json_response(orjson.dumps({"output": ["not-an-object"]}))
+
+    with StubServer(handle) as server:
+        with client(server.base_url, monkeypatch) as c:
+            with pytest.raises(FhirError, match="well-formed manifest") as caught:
+                sync_bulk(c, warehouse(tmp_path), ["Patient"], exporter=BulkExportClient(c, initial_poll_s=0.01))
+    assert caught.value.permanent
+
+
+def test_a_dripping_bulk_file_hits_the_file_deadline(monkeypatch, tmp_path):
+    line = orjson.dumps(patient("a")) + b"\n"
+
+    def handle(method, path, headers):
+        if "$export" in path:
+            return 202, {"Content-Location": f"{server.base_url}/status/1"}, b""
+        if path.startswith("/fhir/status"):
+            return json_response(orjson.dumps({"transactionTime": "2024-01-01T00:00:00Z", "requiresAccessToken": True,
+                                               "output": [{"type": "Patient", "url": f"{server.base_url}/file"}]}))
+        return 200, {}, drip(line * 20, 0.02)
+
+    with StubServer(handle) as server:
+        with client(server.base_url, monkeypatch) as c:
+            started = time.monotonic()
+            with pytest.raises(FhirError, match="file deadline"):
+                sync_bulk(c, warehouse(tmp_path), ["Patient"],
+                          exporter=BulkExportClient(c, initial_poll_s=0.01, file_deadline_s=0.5))
+    assert time.monotonic() - started < 10
+
+
+def test_cohort_first_applies_the_same_text_checks(monkeypatch, tmp_path):
+    """A NUL in a string is quarantined in cohort-first mode too (PostgreSQL could not store it)."""
+    bad = {**patient("p1"), "name": [{"text": "Ann\u0000Lee"}]}
+
+    def handle(method, path, headers):
+        if path.startswith("/fhir/Condition"):
+            return json_response(bundle([{"resourceType": "Condition", "id": "c1", "subject": {"reference": "Patient/p1"},
+                                          "code": {"text": "x"}}]))
+        return json_response(bundle([bad]))
+
+    with StubServer(handle) as server:
+        with client(server.base_url, monkeypatch) as c:
+            wh = warehouse(tmp_path)
+            sync_cohort_first(c, wh, ["Patient"], [Seed("Condition", {"code": "x"})])
+    assert wh.current_ids("Patient") == set()
+    assert "control character" in wh.read_table("quarantine")["errors"].iloc[0]
