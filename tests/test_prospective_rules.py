@@ -183,3 +183,32 @@ def test_overlapping_pirfenidone_statements_add_their_daily_doses(doses, expecte
     assert outcome(result) == expected
     if expected == "combination":
         assert result.cohort["pirfenidone_mg_day"].iloc[0] == 600.0
+
+
+@pytest.mark.parametrize("value, expected", [({"valueBoolean": True}, 1), ({"valueBoolean": False}, 0),
+                                             ({"valueCodeableConcept": fb.concept(LOCAL, "positive")}, 1),
+                                             ({"valueCodeableConcept": fb.concept(LOCAL, "negative")}, 0)])
+def test_anti_mda5_from_a_boolean_or_a_coded_value(value, expected):
+    mda5 = fb.observation(new_id("obs"), PID, LOCAL, "anti-mda5", day(-5), **value)
+    assert derive16(reference_patient() + [enrol(), mda5]).cohort["anti_mda5"].iloc[0] == expected
+
+
+@pytest.mark.parametrize("enrolled, expected", [(date(2018, 1, 1), "tacrolimus"), (date(2020, 12, 31), "tacrolimus"),
+                                                (date(2017, 12, 31), "enrolment_outside_window")])
+def test_the_enrolment_window_includes_both_ends(enrolled, expected):
+    from datetime import timedelta
+
+    shift = (enrolled - day(-3)).days
+    res = [fb.patient(PID, "female", "1966-01-15"), fb.condition(new_id("cond"), PID, fb.ICD10, "M33.10", day(shift - 60)),
+           fb.medication_statement(new_id("ms"), PID, RXNORM, "42316", enrolled + timedelta(days=3), None, dose=1.5,
+                                   status="active"),
+           fb.observation(new_id("obs"), PID, LOCAL, "mmrc", enrolled + timedelta(days=400), valueInteger=1),
+           fb.research_subject(new_id("rs"), PID, "study", enrolled, status="off-study", end=enrolled + timedelta(days=400))]
+    assert outcome(derive(res)) == expected
+
+
+def test_a_death_before_12_months_makes_the_hrct_analysis_unavailable():
+    def hrct(d: int, total: int) -> dict:
+        return fb.observation(new_id("obs"), PID, LOCAL, "hrct-score", day(d), valueInteger=total)
+    result = derive16(reference_patient(deceased=day(300), last_contact=290) + [enrol(end=300), hrct(0, 18), hrct(290, 7)])
+    assert result.cohort["hrct_analysable"].iloc[0] == 0

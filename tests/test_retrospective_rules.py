@@ -318,3 +318,74 @@ def test_a_hospital_with_no_conditions_or_no_patient_subjects_derives_empty_tabl
     assert result.cohort.empty
     assert reason(result) == "no_iim_condition"
     assert result.data_quality.set_index("issue")["n_patients"]["resource_without_patient_subject"] == 1
+
+
+# -- rules a second reading of the contract found without a pinning test -------------------------------------
+
+def _dx(system: str, code: str, d: int = -60) -> dict:
+    return fb.condition(new_id("cond"), PID, system, code, day(d))
+
+
+@pytest.mark.parametrize("extra, subset", [
+    ([(LOCAL, "cadm"), (LOCAL, "antisynthetase-syndrome"), (ICD10, "M33.20")], "CADM"),
+    ([(LOCAL, "antisynthetase-syndrome"), (ICD10, "M33.20")], "ASS"),
+    ([(ICD10, "M33.99")], "DM"),   # dermatopolymyositis, unspecified, counts as DM
+])
+def test_diagnosis_subset_priority_cadm_then_ass_then_dm_then_pm(extra, subset):
+    res = reference_patient() + [_dx(s, c) for s, c in extra]
+    assert only_row(derive(res))["diagnosis_subset"] == subset
+
+
+def test_polymyositis_alone_is_pm():
+    res = [r for r in reference_patient() if not (r["resourceType"] == "Condition" and "M33.10" in str(r["code"]))]
+    assert only_row(derive(res + [_dx(ICD10, "M33.29")]))["diagnosis_subset"] == "PM"
+
+
+@pytest.mark.parametrize("code, expected", [("G72.41", "inclusion_body_myositis"), ("M35.1", "overlap_myositis"),
+                                            ("M33.05", "juvenile_dm")])
+def test_each_exclusion_diagnosis_gives_its_own_attrition_reason(code, expected):
+    assert reason(derive(reference_patient() + [_dx(ICD10, code, -50)])) == expected
+
+
+def test_ivig_started_within_30_days_of_index_is_a_covariate():
+    ivig = fb.medication_statement(new_id("ms"), PID, LOCAL, "ivig", day(30), day(34), dose=20, unit="g")
+    assert only_row(derive(reference_patient() + [ivig]))["ivig"] == 1
+
+
+def test_a_condition_with_only_a_recorded_date_counts_on_that_date():
+    res = [r for r in reference_patient(ild=False)]
+    res.append(fb.condition(new_id("cond"), PID, ICD10, "J84.10", day(-30), recorded_only=True))
+    assert only_row(derive(res))["group"] == "tacrolimus"
+
+
+def test_plasma_exchange_dated_by_performed_period_start():
+    pe = fb.procedure(new_id("proc"), PID, fb.SNOMED, "127788007", day(10))
+    pe["performedPeriod"] = {"start": pe.pop("performedDateTime")}
+    pe_local = fb.procedure(new_id("proc"), PID, LOCAL, "plasma-exchange", day(-31))  # outside ±30 d
+    assert only_row(derive(reference_patient() + [pe, pe_local]))["plasma_exchange"] == 1
+    assert only_row(derive(reference_patient() + [pe_local]))["plasma_exchange"] == 0
+
+
+def test_baseline_is_the_value_closest_to_index_the_earlier_on_a_tie_within_minus_30_to_plus_7():
+    # Baselines 500 (day -2, from the reference patient); add 100 at day +2 (a tie: the earlier, 500, wins).
+    res = reference_patient() + [obs_quantity("2276-4", 2, 100, "ng/mL"), exacerbation(100),
+                                 obs_quantity("2276-4", 100, 900, "ng/mL")]
+    assert only_row(derive(res))["relapse_event"] == 0           # 900 is not > 2 × 500
+    res = reference_patient() + [obs_quantity("2276-4", 1, 100, "ng/mL"), exacerbation(100),
+                                 obs_quantity("2276-4", 100, 900, "ng/mL")]
+    assert only_row(derive(res))["relapse_event"] == 1           # day +1 is closer: 900 > 2 × 100
+
+
+def test_relapse_gc_threshold_uses_the_latest_weight_on_or_before_the_day_and_is_strict():
+    # 60 kg at day -3; 80 kg at day 70: a rescue of 35 mg/day on day 75 is not > 0.5 × 80.
+    res = reference_patient(gc=(-5, 27)) + [exacerbation(80), drug(PREDNISONE, 75, 90, dose=35),
+                                            obs_quantity("29463-7", 70, 80, "kg")]
+    assert only_row(derive(res))["relapse_event"] == 0
+    res = reference_patient(gc=(-5, 27)) + [exacerbation(80), drug(PREDNISONE, 75, 90, dose=30)]
+    assert only_row(derive(res))["relapse_event"] == 0           # exactly 0.5 mg/kg is not "strictly >"
+
+
+def test_death_before_a_respiratory_relapse_censors_it_at_death():
+    res = reference_patient(deceased=day(40)) + [exacerbation(50, "respiratory"), radiological(50)]
+    row = only_row(derive(res))
+    assert (row["resp_relapse_event"], row["resp_relapse_days"], row["death_days"]) == (0, 40, 40)
