@@ -38,7 +38,7 @@ def km_plot(curves: pd.DataFrame, title: str, *, label: str = "Survival", logran
     fig, (ax, table) = plt.subplots(2, 1, figsize=(7, 5.2), gridspec_kw={"height_ratios": [4, 1]}, sharex=True)
     ticks = list(range(0, horizon + 1, 60))
     groups = list(dict.fromkeys(curves["group"]))
-    for colour, group in zip(COLOURS, groups, strict=True):
+    for colour, group in zip(COLOURS, groups, strict=False):  # more colours than groups
         c = curves[curves["group"] == group].sort_values("time_days")
         x = np.concatenate(([0], c["time_days"].to_numpy()))
         y = np.concatenate(([1.0], c["survival"].to_numpy()))
@@ -102,7 +102,7 @@ def scale_boxplots(visits: pd.DataFrame, scales: list[str], title: str) -> bytes
     cols = 4
     rows = int(np.ceil(len(scales) / cols))
     fig, axes = plt.subplots(rows, cols, figsize=(3.2 * cols, 2.6 * rows), squeeze=False)
-    for ax, scale in zip(axes.flat, scales, strict=True):
+    for ax, scale in zip(axes.flat, scales, strict=False):  # the grid may have spare axes
         s = visits[visits["measure"] == scale]
         months = sorted(s["visit_month"].unique())
         ax.boxplot([s.loc[s["visit_month"] == m, "value"].to_numpy() for m in months], showfliers=False)
