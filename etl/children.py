@@ -7,6 +7,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from .flatten import dose_quantity, quantity_unit
 from .paths import Link, render_path
 
 CODING, COMPONENT, DOSAGE = "fhir_coding", "fhir_observation_component", "fhir_dosage"
@@ -54,13 +55,13 @@ def child_rows(resource_type: str, resource: dict[str, Any]) -> dict[str, list[t
             coding = next(iter((comp.get("code") or {}).get("coding") or []), {})
             quantity = comp.get("valueQuantity") or {}
             rows[COMPONENT].append((rid, i, coding.get("system"), coding.get("code"), _number(quantity.get("value")),
-                                    quantity.get("code") or quantity.get("unit"), comp.get("valueString")))
+                                    quantity_unit(quantity), comp.get("valueString")))
     if resource_type == "MedicationStatement":
         rows[DOSAGE] = []
         for i, dosage in enumerate(resource.get("dosage") or []):
-            dose = next(iter(dosage.get("doseAndRate") or []), {}).get("doseQuantity") or {}
+            dose = dose_quantity(dosage)
             repeat = (dosage.get("timing") or {}).get("repeat") or {}
-            rows[DOSAGE].append((rid, i, _number(dose.get("value")), dose.get("code") or dose.get("unit"),
+            rows[DOSAGE].append((rid, i, _number(dose.get("value")), quantity_unit(dose),
                                  repeat.get("frequency"), _number(repeat.get("period")), repeat.get("periodUnit"),
                                  dosage.get("text")))
     return rows

@@ -58,6 +58,12 @@ def quantity_unit(quantity: dict[str, Any]) -> str | None:
     return quantity.get("unit")
 
 
+def dose_quantity(dosage: dict[str, Any]) -> dict[str, Any]:
+    """The dose of one dosage instruction: the first ``doseAndRate`` that gives a ``doseQuantity``."""
+    return next((d["doseQuantity"] for d in dosage.get("doseAndRate") or []
+                 if isinstance(d, dict) and isinstance(d.get("doseQuantity"), dict)), {})
+
+
 def first_dosage(dosages: list[dict[str, Any]] | None) -> dict[str, Any]:
     """The contract's ``dosage[0]``: the instruction with the lowest ``sequence`` when every line has one
     (FHIR gives the order there, not in the array), else the first line."""
@@ -111,7 +117,7 @@ def medication_statements(resources: Iterable[Resource], base: str | None = None
         else:
             kind, start, end = None, None, None
         dosage = first_dosage(r.get("dosage"))
-        dose = next((d["doseQuantity"] for d in dosage.get("doseAndRate") or [] if d.get("doseQuantity")), {})
+        dose = dose_quantity(dosage)
         repeat = (dosage.get("timing") or {}).get("repeat") or {}
         reasons = coding_set(*(r.get("statusReason") or []))
         for system, code in codings(r.get("medicationCodeableConcept")):
