@@ -212,3 +212,15 @@ def test_a_death_before_12_months_makes_the_hrct_analysis_unavailable():
         return fb.observation(new_id("obs"), PID, LOCAL, "hrct-score", day(d), valueInteger=total)
     result = derive16(reference_patient(deceased=day(300), last_contact=290) + [enrol(end=300), hrct(0, 18), hrct(290, 7)])
     assert result.cohort["hrct_analysable"].iloc[0] == 0
+
+
+@pytest.mark.parametrize("first_id, second_id", [("a-1", "z-9"), ("z-9", "a-1")])
+def test_same_day_duplicates_are_resolved_by_content_not_by_resource_id(first_id, second_id):
+    """Ids are the hospital's choice (issue 12): a same-day tie picks the lower value, a positive anti-MDA5."""
+    low = fb.observation(first_id, PID, LOCAL, "mmrc", day(30), valueInteger=1)
+    high = fb.observation(second_id, PID, LOCAL, "mmrc", day(30), valueInteger=4)
+    pos = fb.observation(first_id + "m", PID, LOCAL, "anti-mda5", day(-5), valueBoolean=True)
+    neg = fb.observation(second_id + "m", PID, LOCAL, "anti-mda5", day(-5), valueBoolean=False)
+    result = derive16(reference_patient() + [enrol(), high, low, neg, pos])
+    visits = result.visits[result.visits["measure"] == "mmrc"].set_index("visit_month")
+    assert visits.loc[1, "value"] == 1 and result.cohort["anti_mda5"].iloc[0] == 1

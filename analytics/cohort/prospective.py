@@ -97,25 +97,27 @@ def _select(patient: PatientRecord, enrolment: pd.DataFrame, pp: ProspectivePara
 
 
 def _anti_mda5(patient: PatientRecord, index: date) -> int | None:
-    """The latest anti-MDA5 result up to the end of the baseline window (index + 7 d)."""
+    """The latest anti-MDA5 result up to the end of the baseline window (index + 7 d); of a positive and a
+    negative result on that same day, the positive (the order the server listed them in cannot decide)."""
     obs = patient.obs
     if obs.empty:
         return None
     o = obs[(obs["concept"] == "anti_mda5") & (obs["date"] <= index + timedelta(days=VISITS[0][1]))]
-    o = o[o["value_boolean"].notna() | o["value_code"].isin(["positive", "negative"])].sort_values("date")
+    o = o[o["value_boolean"].notna() | o["value_code"].isin(["positive", "negative"])]
     if o.empty:
         return None
-    last = o.iloc[-1]
-    return int(bool(last["value_boolean"])) if pd.notna(last["value_boolean"]) else int(last["value_code"] == "positive")
+    positive = [bool(b) if pd.notna(b) else c == "positive" for b, c in zip(o["value_boolean"], o["value_code"], strict=True)]
+    latest = o.assign(positive=positive).sort_values(["date", "positive"], kind="stable").iloc[-1]
+    return int(latest["positive"])
 
 
 def visit_values(patient: PatientRecord, index: date, followup_days: int) -> list[dict[str, Any]]:
     """For each measure and visit: the observation closest to the nominal day (the earlier on a tie).
 
-    Several results on that same day (a duplicate entry) are resolved by the lowest resource id,
-    so the choice is deterministic. The glucocorticoid dose at a visit is the prednisolone-
-    equivalent total on the nominal day, for visits within follow-up only (after death or the last
-    contact a zero dose would be invented, not observed).
+    Several results on that same day (a duplicate entry) are resolved by the lowest value, so the
+    choice is deterministic and does not depend on how the hospital writes its resource ids. The
+    glucocorticoid dose at a visit is the prednisolone-equivalent total on the nominal day, for visits
+    within follow-up only (after death or the last contact a zero dose would be invented, not observed).
     """
     rows: list[dict[str, Any]] = []
     obs = patient.obs
@@ -125,7 +127,8 @@ def visit_values(patient: PatientRecord, index: date, followup_days: int) -> lis
     for month, (lo, hi, nominal) in VISITS.items():
         if not obs.empty:
             window = obs[obs["day"].between(lo, hi)]
-            window = window.assign(dist=(window["day"] - nominal).abs()).sort_values(["concept", "dist", "day", "observation_id"])
+            # Same-day results are ordered by value, not by resource id: ids are the hospital's choice.
+            window = window.assign(dist=(window["day"] - nominal).abs()).sort_values(["concept", "dist", "day", "value"])
             for row in window.drop_duplicates("concept").itertuples(index=False):
                 rows.append({"patient_id": patient.pid, "measure": row.concept, "visit_month": month,
                              "nominal_day": nominal, "day": int(row.day), "value": float(row.value)})
