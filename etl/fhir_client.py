@@ -102,6 +102,12 @@ def _non_finite(constant: str) -> float:
     return float(constant)  # NaN, Infinity, -Infinity: parsed so the page can be read, then quarantined
 
 
+def _may_be_non_finite(content: bytes) -> bool:
+    """Whether a page can hold NaN or Infinity at all: a byte search, so the per-resource walk in
+    ``wire_text`` runs only for such a page, not on the hot path."""
+    return b"NaN" in content or b"Infinity" in content
+
+
 def _load_page(content: bytes) -> Any:
     """orjson first; a body it refuses only for NaN/Infinity (which JSON forbids) is read by the standard
     library instead, so one bad resource is quarantined rather than making the whole page fail."""
@@ -114,7 +120,7 @@ def _load_page(content: bytes) -> Any:
             raise ValueError("the page is nested too deeply to read") from None
 
 
-def wire_text(resource: Any) -> tuple[bytes, bool]:
+def wire_text(resource: Any, lenient: bool = True) -> tuple[bytes, bool]:
     """The resource as JSON bytes for the validating loader, and whether that text is invalid JSON.
 
     orjson cannot write everything a lenient parse can hold faithfully: a NaN or Infinity (it would
@@ -122,7 +128,9 @@ def wire_text(resource: Any) -> tuple[bytes, bool]:
     library's text, which the loader then quarantines as invalid JSON, as it would the same NDJSON line."""
     try:
         text = orjson.dumps(resource)
-        if not _any_non_finite(resource):
+        # Only a page read by the lenient fallback can hold NaN or Infinity (orjson refuses them): the walk
+        # is skipped on the hot path.
+        if not lenient or not _any_non_finite(resource):
             return text, False
     except TypeError:
         pass
@@ -323,7 +331,12 @@ class FhirClient:
             waited += self._sleep_before_retry(attempt, wait)
 
     def _bundle(self, url: str, params: dict[str, str] | None, stats: SearchStats) -> dict[str, Any]:
-        bundle = _load_page(self.send("GET", url, stats, params=params).content)
+        return self._page(url, params, stats)[0]
+
+    def _page(self, url: str, params: dict[str, str] | None, stats: SearchStats) -> tuple[dict[str, Any], bool]:
+        """A Bundle page, and whether it may hold NaN or Infinity (``_may_be_non_finite``)."""
+        content = self.send("GET", url, stats, params=params).content
+        bundle = _load_page(content)
         if not isinstance(bundle, dict) or bundle.get("resourceType") != "Bundle":
             kind = bundle.get("resourceType") if isinstance(bundle, dict) else type(bundle).__name__
             raise FhirError(f"GET {redacted(url)} returned a {kind!r}, not a Bundle", permanent=True)
@@ -334,7 +347,7 @@ class FhirClient:
             stats.server_time = meta.get("lastUpdated") if isinstance(meta.get("lastUpdated"), str) else None
             stats.first_total = bundle.get("total") if isinstance(bundle.get("total"), int) else None
         stats.pages += 1
-        return bundle
+        return bundle, _may_be_non_finite(content)
 
     def _next_link(self, bundle: dict[str, Any], page_url: str, seen: set[str], started: float) -> str | None:
         """The ``next`` link, resolved against the page, on the server's origin, never one already read."""
@@ -379,7 +392,7 @@ class FhirClient:
         started = time.monotonic()
         while url:
             try:
-                bundle = self._bundle(url, query, stats)
+                bundle, non_finite = self._page(url, query, stats)
             except FhirError as exc:
                 if not (exc.status in GONE_STATUSES and query is None and restartable and last_seen):
                     raise
@@ -413,7 +426,7 @@ class FhirClient:
                         last_seen = updated
                         if updated > (stats.max_last_updated or ""):
                             stats.max_last_updated = updated
-                yield SearchEntry(resource, url, *wire_text(resource))
+                yield SearchEntry(resource, url, *wire_text(resource, non_finite))
             url = self._next_link(bundle, url, seen, started)
             query = None  # the next link carries its own query, used exactly as given
 
