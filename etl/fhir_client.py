@@ -86,7 +86,7 @@ class SearchEntry:
     invalid: bool = False  # ``text`` is not valid JSON (NaN, a lone surrogate, too deep): it is quarantined
 
     def wire(self) -> bytes:
-        return self.text or wire_text(self.resource)[0]
+        return self.text or wire_text(self.resource, lenient=False)[0]
 
 
 def scrub(text: str, url: str) -> str:
@@ -263,11 +263,9 @@ class FhirClient:
             raise FhirError(f"refused: {what} {redacted(url)} is not on the FHIR server's origin {self.origin} "
                             f"(trust another origin with FHIR_TRUSTED_ORIGINS)", permanent=True)
 
-    def _sleep_before_retry(self, attempt: int, wait: float | None) -> float:
-        # Exponential back-off with full jitter unless the server said how long to wait.
-        seconds = wait if wait is not None else random.uniform(0, self.backoff_s * 2 ** attempt)  # noqa: S311 - jitter, not a secret
-        time.sleep(seconds)
-        return seconds
+    def _delay(self, attempt: int, wait: float | None) -> float:
+        """Exponential back-off with full jitter unless the server said how long to wait."""
+        return wait if wait is not None else random.uniform(0, self.backoff_s * 2 ** attempt)  # noqa: S311 - jitter
 
     def _request(self, method: str, url: str, params: dict[str, str] | None, headers: dict[str, str]) -> httpx.Response:
         """One HTTP exchange whose whole body must arrive within ``request_deadline_s``: httpx's timeout is
@@ -276,7 +274,9 @@ class FhirClient:
         with self._http.stream(method, url, params=params, headers=headers) as response:
             self.check_origin(str(response.url), "a redirect to")
             chunks = []
-            for chunk in response.iter_bytes():
+            # Raw (still compressed) bytes: the Response rebuilt below carries the server's Content-Encoding
+            # and decodes them once when read (collecting decoded bytes would make it decode them twice).
+            for chunk in response.iter_raw():
                 chunks.append(chunk)
                 if time.monotonic() > deadline:
                     raise FhirError(f"{method} {redacted(url)}: the body did not arrive within "
@@ -324,11 +324,13 @@ class FhirClient:
                     stats.retry_after_s += wait
             attempt += 1
             stats.retries += 1
-            if waited + (wait or 0.0) > self.max_wait_s:
-                raise FhirError(f"{method} {where}: the server asked to wait {wait:.0f}s more after {waited:.0f}s; "
-                                f"waits are capped at {self.retry_after_cap_s:.0f}s each and {self.max_wait_s:.0f}s "
+            seconds = self._delay(attempt, wait)
+            if waited + seconds > self.max_wait_s:
+                raise FhirError(f"{method} {where}: another wait of {seconds:.0f}s after {waited:.0f}s would pass the "
+                                f"bound; waits are capped at {self.retry_after_cap_s:.0f}s each and {self.max_wait_s:.0f}s "
                                 "per request")
-            waited += self._sleep_before_retry(attempt, wait)
+            time.sleep(seconds)
+            waited += seconds
 
     def _bundle(self, url: str, params: dict[str, str] | None, stats: SearchStats) -> dict[str, Any]:
         return self._page(url, params, stats)[0]

@@ -12,10 +12,19 @@ import json
 import re
 from typing import Any
 
+import orjson
+
 MAX_RESOURCE_BYTES = 4 * 1024 * 1024  # the study's types carry no attachments; a FHIR server's own limits are similar
 # An escape \u00XX preceded by an even number of backslashes (so not an escaped backslash followed by "u00").
 _CONTROL = re.compile(rb"(?:^|[^\\])(?:\\\\)*\\u00(?:0[0-8bcefBCEF]|1[0-9a-fA-F])")
 _KEY = re.compile(rb'"\s*:')
+
+
+def _compact(parsed: Any) -> bytes | None:
+    try:
+        return orjson.dumps(parsed)
+    except TypeError:
+        return None
 
 
 def _keys(node: Any) -> int:
@@ -48,9 +57,11 @@ def wire_errors(text: bytes, parsed: Any) -> list[str]:
     errors = []
     if b"\\u00" in text and _CONTROL.search(text):
         errors.append("a string holds a control character (such as U+0000), which FHIR strings forbid")
-    # Every key is followed by '"' and ':'; when the text has more of those than the parsed object has keys,
-    # either a string contains '":' or a key was repeated: only then is the slower exact parse needed.
-    if len(_KEY.findall(text)) > _keys(parsed):
+    # Text that is exactly the compact serialisation of the parsed object has no repeated key (REST resources,
+    # which the client writes itself, and compact NDJSON). Otherwise: every key is followed by '"' and ':';
+    # when the text has more of those than the object has keys, a string contains '":' or a key was
+    # repeated, and only then is the slower exact parse needed.
+    if _compact(parsed) != text and sum(1 for _ in _KEY.finditer(text)) > _keys(parsed):
         duplicated = _duplicates(text)
         if duplicated:
             errors.append(f"duplicate JSON keys {sorted(set(duplicated))}: parsers disagree on which value counts")

@@ -309,3 +309,20 @@ def test_cohort_first_applies_the_same_text_checks(monkeypatch, tmp_path):
             sync_cohort_first(c, wh, ["Patient"], [Seed("Condition", {"code": "x"})])
     assert wh.current_ids("Patient") == set()
     assert "control character" in wh.read_table("quarantine")["errors"].iloc[0]
+
+
+def test_a_gzip_compressed_page_is_read_once_decoded(monkeypatch):
+    """Most servers compress: the deadline-bounded reader must leave decoding to httpx, once."""
+    import gzip
+
+    body = gzip.compress(bundle([patient("a"), patient("b")]))
+    with StubServer(lambda m, p, h: (200, {"Content-Type": "application/fhir+json", "Content-Encoding": "gzip"}, body)) as server:
+        with client(server.base_url, monkeypatch) as c:
+            assert [e.resource["id"] for e in c.search("Patient")] == ["a", "b"]
+
+
+def test_back_off_without_retry_after_is_bounded_by_the_total_wait_too(monkeypatch):
+    with StubServer(lambda m, p, h: (503, {}, b"")) as server:
+        with client(server.base_url, monkeypatch, backoff_s=0.2, max_wait_s=0.3, max_retries=20) as c:
+            with pytest.raises(FhirError, match="would pass the bound"):
+                list(c.search("Patient"))
