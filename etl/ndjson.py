@@ -23,7 +23,7 @@ import orjson
 from .children import child_rows
 from .loader import TypeLoader, check_resource
 from .warehouse import RawRow, SeenIds, Warehouse, content_hash
-from .wire import MAX_RESOURCE_BYTES
+from .wire import MAX_RESOURCE_BYTES, oversize_error
 
 if TYPE_CHECKING:
     from .sync import TypeReport
@@ -87,9 +87,9 @@ class Checked:
 
 def check_line(line: Line) -> list[Checked]:
     """Parse and validate one NDJSON line (runs in a worker). A Bulk ``deleted`` Bundle yields tombstones."""
-    if len(line.text) > MAX_RESOURCE_BYTES:  # not even parsed (an endless line arrives cut at the limit)
-        return [Checked(line.source, line.type_hint, line.text[:1000],
-                        (f"line is longer than the {MAX_RESOURCE_BYTES / 1e6:.0f} MB a resource may be",))]
+    too_big = oversize_error(len(line.text))
+    if too_big:  # not even parsed (an endless line arrives cut just over the limit)
+        return [Checked(line.source, line.type_hint, line.text[:1000], (too_big,))]
     try:
         resource = orjson.loads(line.text)
     except orjson.JSONDecodeError as exc:

@@ -50,10 +50,18 @@ def _duplicates(text: bytes) -> list[str]:
     return found
 
 
+def oversize_error(n_bytes: int) -> str | None:
+    """The one size rule, for a parsed resource and for an NDJSON line too long to be worth parsing."""
+    if n_bytes > MAX_RESOURCE_BYTES:
+        return f"resource is over the {MAX_RESOURCE_BYTES / 1e6:.0f} MB limit ({n_bytes / 1e6:.1f} MB or more)"
+    return None
+
+
 def wire_errors(text: bytes, parsed: Any) -> list[str]:
     """Why the JSON ``text`` (already parsed into ``parsed``) must not be loaded; empty when it may."""
-    if len(text) > MAX_RESOURCE_BYTES:
-        return [f"resource is {len(text) / 1e6:.1f} MB, above the {MAX_RESOURCE_BYTES / 1e6:.0f} MB limit"]
+    too_big = oversize_error(len(text))
+    if too_big:
+        return [too_big]
     errors = []
     if b"\\u00" in text and _CONTROL.search(text):
         errors.append("a string holds a control character (such as U+0000), which FHIR strings forbid")

@@ -74,7 +74,7 @@ CASES = [
      "duplicate JSON keys ['id']"),
     ("a NUL character in a string", "Patient.ndjson",
      orjson.dumps({**P, "name": [{"text": "Ann\u0000Lee"}]}), "control character"),
-    ("a 50 MB string", "Patient.ndjson", orjson.dumps({**P, "name": [{"text": "x" * 50_000_000}]}), "4 MB"),
+    ("a 50 MB string", "Patient.ndjson", orjson.dumps({**P, "name": [{"text": "x" * 50_000_000}]}), "4 MB limit"),
     ("125 nested extensions", "Patient.ndjson", orjson.dumps({**P, "extension": [NESTED]}), "nested too deeply"),
     ("450 nested extensions", "Patient.ndjson", b'{"resourceType":"Patient","id":"p1","extension":['
      + b'{"url":"http://x","extension":[' * 450 + b'{"url":"http://x","valueString":"y"}' + b"]}" * 450 + b"]}", "nested too deeply"),

@@ -65,9 +65,12 @@ class ConceptMap:
     units: dict[str, UnitRule]
     digest: str
 
+    def matching_rules(self, domain: str, system: str | None, code: str | None) -> list[tuple[str, CodeRule]]:
+        """(concept, rule) for every rule of ``domain`` that the coding matches: the one matching loop."""
+        return [(name, rule) for name, rules in self.domains[domain].items() for rule in rules if rule.matches(system, code)]
+
     def concepts(self, domain: str, system: str | None, code: str | None) -> list[tuple[str, float | None]]:
-        return [(name, rule.factor) for name, rules in self.domains[domain].items()
-                for rule in rules if rule.matches(system, code)]
+        return [(name, rule.factor) for name, rule in self.matching_rules(domain, system, code)]
 
     def concepts_of(self, domain: str, codings: Codings | None) -> frozenset[str]:
         """Every concept that any of ``codings`` carries: a set, so coding order and extra systems cannot matter."""
@@ -81,8 +84,7 @@ class ConceptMap:
         """
         pairs = frame[["system", "code"]].drop_duplicates()
         matched = [{"system": s, "code": c, "concept": name, "factor": rule.factor, "ingredient": rule.ingredient_of(s, c)}
-                   for s, c in pairs.itertuples(index=False)
-                   for name, rules in self.domains[domain].items() for rule in rules if rule.matches(s, c)]
+                   for s, c in pairs.itertuples(index=False) for name, rule in self.matching_rules(domain, s, c)]
         lookup = pd.DataFrame(matched, columns=["system", "code", "concept", "factor", "ingredient"])
         return frame.merge(lookup, on=["system", "code"], how="inner")
 
