@@ -276,11 +276,15 @@ class FhirClient:
             chunks = []
             # Raw (still compressed) bytes: the Response rebuilt below carries the server's Content-Encoding
             # and decodes them once when read (collecting decoded bytes would make it decode them twice).
-            for chunk in response.iter_raw():
-                chunks.append(chunk)
-                if time.monotonic() > deadline:
-                    raise FhirError(f"{method} {redacted(url)}: the body did not arrive within "
-                                    f"{self.request_deadline_s:.0f}s (request deadline)")
+            try:
+                for chunk in response.iter_raw():
+                    chunks.append(chunk)
+                    if time.monotonic() > deadline:
+                        raise FhirError(f"{method} {redacted(url)}: the body did not arrive within "
+                                        f"{self.request_deadline_s:.0f}s (request deadline)")
+            except httpx.StreamConsumed:  # a transport that answered with its body already in memory
+                response.read()
+                return response
             return httpx.Response(response.status_code, headers=response.headers, content=b"".join(chunks),
                                   request=response.request)
 
