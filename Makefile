@@ -13,8 +13,8 @@ $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
 	$(PY) -m pip install --quiet -e '.[dev]'
-	@# The project's `dagster` wrapper must win over dagster's own console script (assets/dagster_cli.py).
-	grep -q assets.dagster_cli $(VENV)/bin/dagster || $(PY) -m pip install --quiet --no-deps --force-reinstall -e .
+	@# The project's `dagster` wrapper must win over dagster's own console script (deploy/dagster_cli.py).
+	grep -q deploy.dagster_cli $(VENV)/bin/dagster || $(PY) -m pip install --quiet --no-deps --force-reinstall -e .
 	touch $(STAMP)
 
 demo: venv
@@ -30,7 +30,7 @@ dev: venv
 	$(PY) -m synthetic.demo --ui
 
 docs: venv
-	$(PY) -m assets.dictionary
+	$(PY) -m deploy.docs
 
 validate: venv
 	$(VENV)/bin/dagster definitions validate -w workspace.yaml

@@ -16,6 +16,7 @@ import numpy as np
 import pandas as pd
 
 from .balance import kish_ess, standardized_differences
+from .catalog import columns_of
 from .cox import CoxConvergenceError, fit_cox
 from .extras import aalen_johansen, e_value, rmst_difference
 from .km import weighted_km
@@ -27,16 +28,14 @@ RETROSPECTIVE_COMPARISONS: dict[str, str | None] = {
     "tacrolimus_vs_conventional": None, "tacrolimus_vs_CTX": "CTX", "tacrolimus_vs_MTX": "MTX",
     "tacrolimus_vs_AZA": "AZA"}
 PROSPECTIVE_COMPARISON = "combination_vs_tacrolimus"
-EFFECT_COLUMNS = ["analysis", "comparison", "outcome", "hazard_ratio", "ci_lower", "ci_upper", "p_value", "logrank_p",
-                  "n_treated", "n_control", "events_treated", "events_control", "logrank_p_svy"]
-CURVE_COLUMNS = ["analysis", "comparison", "outcome", "group", "time_days", "survival", "ci_lower", "ci_upper",
-                 "n_at_risk"]
-WEIGHT_COLUMNS = ["patient_key", "analysis", "propensity_score", "weight", "stabilized_weight"]
-BALANCE_COLUMNS = ["analysis", "covariate", "smd_unweighted", "smd_weighted"]
-RMST_COLUMNS = ["comparison", "outcome", "tau_days", "rmst_treated", "rmst_control", "difference", "ci_lower",
-                "ci_upper", "p_value"]
-E_VALUE_COLUMNS = ["analysis", "comparison", "outcome", "hazard_ratio", "e_value_point", "e_value_ci", "common_outcome"]
-CIF_COLUMNS = ["comparison", "group", "time_days", "cif_relapse", "cif_death_without_relapse", "n_at_risk"]
+# Column orders are the catalog's (analytics.catalog): one place documents and orders every published column.
+EFFECT_COLUMNS = columns_of("effect_estimates")
+CURVE_COLUMNS = columns_of("survival_curves")
+WEIGHT_COLUMNS = columns_of("iptw_weights")
+BALANCE_COLUMNS = columns_of("covariate_balance")
+RMST_COLUMNS = columns_of("rmst_differences")
+E_VALUE_COLUMNS = columns_of("e_values")
+CIF_COLUMNS = columns_of("cumulative_incidence")
 COMMON_OUTCOME = 0.15  # VanderWeele & Ding: above this cumulative incidence the HR is converted to a risk ratio
 
 

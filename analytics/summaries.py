@@ -8,16 +8,15 @@ import numpy as np
 import pandas as pd
 
 from . import rtests
+from .catalog import columns_of
 
 SCALE_MEASURES = ("6mwt", "mmrc", "patient_global_activity", "mmt8", "myoact", "mitax", "mdi", "cat", "hama", "hamd",
                   "gc_pred_mg_day")
 HRCT_MEASURES = ("hrct_score", "hrct_ground_glass", "hrct_consolidation", "hrct_reticular", "hrct_traction_bronchiectasis")
-SCALE_COLUMNS = ["scale", "group", "visit_month", "n", "median", "q1", "q3", "p_vs_baseline", "p_adjusted",
-                 "p_between_groups"]
-HRCT_COLUMNS = ["measure", "group", "n", "baseline_median", "month12_median", "p_within", "p_between_delta"]
-SAFETY_COLUMNS = ["cohort", "group", "category", "n_patients_with_event", "n_patients", "percent", "serious_events",
-                  "p_value", "odds_ratio"]
-BASELINE_COLUMNS = ["cohort", "variable", "level", "group", "summary", "p_value", "test", "smd"]
+SCALE_COLUMNS = columns_of("scale_changes")  # column orders are the catalog's (analytics.catalog)
+HRCT_COLUMNS = columns_of("hrct_changes")
+SAFETY_COLUMNS = columns_of("safety_summary")
+BASELINE_COLUMNS = columns_of("baseline_characteristics")
 PROSPECTIVE_GROUPS = ("combination", "tacrolimus")
 
 
@@ -157,3 +156,33 @@ def baseline_characteristics(cohort_name: str, cohort: pd.DataFrame, groups: tup
                      "summary": str(int((cohort["group"] == g).sum())), "p_value": float("nan"), "test": "none",
                      "smd": float("nan")})
     return pd.DataFrame(rows, columns=BASELINE_COLUMNS)
+
+
+BASELINE_LABS = ["ferritin", "esr", "crp", "creatine_kinase", "hrct_score"]
+
+
+def prospective_with_baseline_labs(cohort: pd.DataFrame, visits: pd.DataFrame) -> pd.DataFrame:
+    base = visits[(visits["visit_month"] == 0) & visits["measure"].isin(BASELINE_LABS)]
+    wide = base.pivot_table(index="patient_key", columns="measure", values="value", aggfunc="first")
+    return cohort.merge(wide.reindex(columns=BASELINE_LABS), left_on="patient_key", right_index=True, how="left")
+
+
+def descriptive_tables(retro: pd.DataFrame, prosp: pd.DataFrame, visits: pd.DataFrame, events: pd.DataFrame,
+                       categories: list[str]) -> dict[str, pd.DataFrame]:
+    """Tables 1-2, the scale and HRCT changes (Figures 2-4) and the safety summary (Supplementary Table 1)."""
+    return {
+        "baseline_characteristics": pd.concat([
+            baseline_characteristics("retrospective", retro, ("tacrolimus", "conventional"),
+                                     ["age", "initial_pred_mg_day"], ["sex", "diagnosis_subset", "plasma_exchange", "ivig"]),
+            baseline_characteristics("prospective", prospective_with_baseline_labs(prosp, visits),
+                                     ("combination", "tacrolimus"), ["age", "initial_pred_mg_day", *BASELINE_LABS],
+                                     ["sex", "diagnosis_subset", "anti_mda5", "plasma_exchange", "ivig"]),
+        ], ignore_index=True),
+        "scale_changes": scale_changes(prosp, visits),
+        "hrct_changes": hrct_changes(prosp, visits),
+        "safety_summary": pd.concat([
+            safety_summary("retrospective", retro, events, ("tacrolimus", "conventional"), categories),
+            safety_summary("prospective", prosp, events, ("combination", "tacrolimus"), categories),
+        ], ignore_index=True),
+    }
+

@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 from contextlib import contextmanager
 from datetime import date
+from functools import lru_cache
 from pathlib import Path
 from typing import Iterator
 
@@ -12,8 +13,8 @@ import dagster as dg
 
 from analytics.cohort.concepts import ConceptMap, load_concept_map
 from analytics.cohort.params import RuleParams
-from etl.auth import Auth, BearerTokenAuth, NoAuth, SmartBackendAuth
-from etl.fhir_client import FhirClient
+from etl.fhir.auth import Auth, AuthSettings, build_auth
+from etl.fhir.client import FhirClient
 from etl.warehouse import Warehouse
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
@@ -62,15 +63,10 @@ class FhirServerResource(dg.ConfigurableResource):
                 "request_deadline_s": self.request_deadline_s}
 
     def _auth(self) -> Auth:
-        if self.auth == "none":
-            return NoAuth()
-        if self.auth == "bearer":
-            return BearerTokenAuth(self.bearer_token_env)
-        if self.auth == "smart":
-            return SmartBackendAuth(self.base_url, self.smart_client_id, self.smart_private_key_env, self.smart_kid,
-                                    self.smart_algorithm, self.smart_scope, self.smart_token_url or None,
-                                    trusted_origins=self.trusted())
-        raise ValueError(f"FHIR_AUTH must be none, bearer or smart, not {self.auth!r}")
+        return build_auth(self.auth, AuthSettings(
+            self.base_url, bearer_token_env=self.bearer_token_env, smart_client_id=self.smart_client_id,
+            smart_private_key_env=self.smart_private_key_env, smart_kid=self.smart_kid, smart_algorithm=self.smart_algorithm,
+            smart_scope=self.smart_scope, smart_token_url=self.smart_token_url, trusted_origins=self.trusted()))
 
     @contextmanager
     def client(self) -> Iterator[FhirClient]:
@@ -91,9 +87,16 @@ class WarehouseResource(dg.ConfigurableResource):
     url: str
 
     def get(self) -> Warehouse:
-        if self.url.startswith("sqlite:///"):
-            Path(self.url.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
-        return Warehouse(self.url)
+        """The warehouse of this URL, built once per process: every check and asset of a step shares one engine
+        (and its connection pool) instead of building its own."""
+        return _warehouse(self.url)
+
+
+@lru_cache(maxsize=8)
+def _warehouse(url: str) -> Warehouse:
+    if url.startswith("sqlite:///"):
+        Path(url.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
+    return Warehouse(url)
 
 
 class StudyResource(dg.ConfigurableResource):

@@ -3,7 +3,7 @@
 Prints its figures; run with `.venv/bin/python -m benchmarks.ingest` (about 1M resources,
 several minutes) or `--resources 200000` for a quicker look.
 
-* NDJSON path: end-to-end resources/s (read, validate, plausibility, flatten to child tables, load
+* NDJSON path: end-to-end resources/s (read, validate, plausibility, load
   into SQLite) beside the ceiling, bare ``fhir.resources.R4B`` validation of the same lines on
   every core. Peak RSS at N/4 and N shows whether memory stays flat.
 * fhiry (a popular NDJSON-to-pandas library) on a sample of the same files, when its own venv
@@ -87,7 +87,7 @@ def write_files(n: int, directory: Path) -> int:
 # ---------------------------------------------------------------- ceiling
 
 def _validate_chunk(lines: list[bytes]) -> int:
-    from etl.validation import _model
+    from etl.fhir.validation import _model
 
     for line in lines:
         r = orjson.loads(line)
@@ -120,7 +120,7 @@ def _peak_rss_mb() -> float:
 
 
 def _e2e_child(directory: str, url: str) -> None:
-    from etl.ndjson import sync_ndjson_directory
+    from etl.ingest.ndjson_dir import sync_ndjson_directory
     from etl.warehouse import Warehouse
 
     started = time.perf_counter()
@@ -169,7 +169,7 @@ def fhiry_rate(directory: Path, sample: int) -> float | None:
 
 def bulk_export_rate(client: Any, db: Path) -> float:
     """A system-level Bulk $export of the same server, downloaded and loaded (kick-off and polling included)."""
-    from etl.bulk import BulkExportClient, sync_bulk
+    from etl.ingest.bulk import BulkExportClient, sync_bulk
     from etl.warehouse import Warehouse
 
     started = time.perf_counter()
@@ -179,8 +179,8 @@ def bulk_export_rate(client: Any, db: Path) -> float:
 
 
 def rest_path(n: int, workdir: Path, page_size: int) -> dict[str, float]:
-    from etl.fhir_client import FhirClient, SearchStats
-    from etl.sync import sync_rest
+    from etl.fhir.client import FhirClient, SearchStats
+    from etl.ingest.rest import sync_rest
     from etl.warehouse import Warehouse
     from synthetic.load import load_server
     from synthetic.sandbox import SandboxFhirServer
@@ -231,7 +231,7 @@ def main() -> None:
             rows.append((written, e2e))
         ceiling = validation_ceiling(files, args.workers)
         print()
-        print("NDJSON path (read, validate, plausibility, child tables, load into SQLite)")
+        print("NDJSON path (read, validate, plausibility, load into SQLite)")
         print(f"{'resources':>10} {'e2e res/s':>10} {'ceiling res/s':>14} {'ratio':>6} {'peak RSS parent MB':>19} "
               f"{'peak RSS worker MB':>19}")
         for written, e2e in rows:

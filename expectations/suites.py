@@ -216,3 +216,26 @@ RAW_SUITES: dict[str, Callable[[pd.DataFrame, ConceptMap], Suite]] = {
     "Patient": raw_patient, "MedicationStatement": raw_medicationstatement, "Observation": raw_observation,
     "Condition": raw_condition,
 }
+
+
+@dataclass(frozen=True)
+class SuiteSettings:
+    """What a study table's suite needs beyond the table: the study window and the concept map's AE categories."""
+    window: tuple[str, str]
+    categories: list[str]
+
+
+# The suite of each study table that has one (its promise, in words, is the table's ``check`` in analytics.catalog).
+TABLE_SUITES: dict[str, Callable[[pd.DataFrame, SuiteSettings], Suite]] = {
+    "cohort": lambda f, s: cohort(f, s.window),
+    "cohort_attrition": lambda f, _: cohort_attrition(f),
+    "prospective_cohort": lambda f, _: prospective_cohort(f),
+    "prospective_visits": lambda f, _: prospective_visits(f),
+    "safety_events": lambda f, s: safety_events(f, s.categories),
+    "iptw_weights": lambda f, _: iptw_weights(f),
+    "effect_estimates": lambda f, _: effect_estimates(f),
+    "scale_changes": lambda f, _: probabilities(f, ["p_vs_baseline", "p_adjusted", "p_between_groups"],
+                                                ("scale", "group", "visit_month")),
+    "hrct_changes": lambda f, _: probabilities(f, ["p_within", "p_between_delta"], ("measure", "group")),
+    "safety_summary": lambda f, _: probabilities(f, ["p_value"], ("cohort", "group", "category")),
+}

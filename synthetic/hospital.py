@@ -9,6 +9,7 @@ compare what the pipeline derives against what the generator intended.
 Treatment choice is confounded by the covariates (older, clinically amyopathic, IVIg-treated
 patients get tacrolimus more often, and those covariates also raise the hazards), and the true
 hazard ratios are parameters, so IPTW has a bias to correct.
+One long module on purpose: a patient's plan and the resources written from it must be read together.
 """
 from __future__ import annotations
 

@@ -9,6 +9,7 @@ other way. The synthetic hospital itself draws a seeded mix of the preserving on
 (``messy_mix``), so every other test also runs on messy-but-legal FHIR.
 
 Every rewrite keeps the resource valid R4 (the ingestion tests validate the mixed hospital).
+One long module on purpose: the catalogue of rewrites reads in one place, each a short function.
 """
 from __future__ import annotations
 

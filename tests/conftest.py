@@ -6,7 +6,8 @@ from typing import Iterator
 
 import pytest
 
-from etl.warehouse import INGEST_SCHEMA, RESTRICTED_SCHEMA, Warehouse
+from etl.warehouse import Warehouse
+from etl.warehouse.schema import INGEST_SCHEMA, RESTRICTED_SCHEMA
 from synthetic.hospital import Hospital, HospitalParams, generate_hospital
 from synthetic.load import load_server
 from synthetic.sandbox import SandboxFhirServer

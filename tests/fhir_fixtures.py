@@ -9,7 +9,7 @@ from analytics.cohort.concepts import load_concept_map
 from analytics.cohort.facts import StudyFacts, build_facts
 from analytics.cohort.params import RuleParams
 from analytics.cohort.retrospective import RetrospectiveResult, derive_retrospective
-from etl.flatten import flatten_all
+from etl.fhir.types import flatten_all
 from synthetic import fhir_builders as fb
 from synthetic.fhir_builders import ICD10, LOCAL, LOINC, RXNORM
 

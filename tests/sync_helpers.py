@@ -6,7 +6,7 @@ from pathlib import Path
 import pandas as pd
 import sqlalchemy as sa
 
-from assets.raw import RESOURCE_TYPES as TYPES
+from etl.fhir.types import RESOURCE_TYPES as TYPES
 from etl.warehouse import Warehouse
 
 

@@ -9,9 +9,9 @@ from datetime import date, timedelta
 import orjson
 import pytest
 
-from etl.fhir_client import FhirClient
-from etl.ndjson import sync_ndjson_directory
-from etl.sync import sync_rest
+from etl.fhir.client import FhirClient
+from etl.ingest.ndjson_dir import sync_ndjson_directory
+from etl.ingest.rest import sync_rest
 from synthetic.load import load_server
 from synthetic.sandbox import SandboxFhirServer
 from tests.sync_helpers import warehouse

@@ -1,4 +1,4 @@
-"""Bulk Data $export v2 (etl.bulk) against the real sandbox server, and the protocol corners a
+"""Bulk Data $export v2 (etl.ingest.bulk) against the real sandbox server, and the protocol corners a
 mocked server can stage (Retry-After dates, requiresAccessToken, error and deleted files)."""
 from __future__ import annotations
 
@@ -12,9 +12,9 @@ import pytest
 import respx
 import sqlalchemy as sa
 
-from etl.bulk import BulkExportClient, BulkExportError, ExportRequest, sync_bulk
-from etl.fhir_client import FhirClient, SearchStats
-from etl.sync import sync_rest
+from etl.fhir.client import FhirClient, SearchStats
+from etl.ingest.bulk import BulkExportClient, BulkExportError, ExportRequest, sync_bulk
+from etl.ingest.rest import sync_rest
 from synthetic.load import load_server
 from synthetic.sandbox import SandboxFhirServer
 from tests.sync_helpers import TYPES, assert_same, snapshot, warehouse
@@ -139,7 +139,7 @@ def test_protocol_corners_retry_after_date_token_rules_errors_and_deletes(tmp_pa
     # An incremental export (_since): only the deleted file can remove "old".
     wh.save_sync_state("Patient", watermark="2025-12-01T00:00:00Z", watermark_source="test", mode="bulk", full=True)
     waits: list[float] = []
-    from etl.auth import BearerTokenAuth
+    from etl.fhir.auth import BearerTokenAuth
     # The operator trusts the file store (FHIR_TRUSTED_ORIGINS); files elsewhere are refused (test_hostile_servers).
     with FhirClient(BASE, auth=BearerTokenAuth("BULK_TOKEN"), trusted_origins=("https://files.example.org",)) as client:
         exporter = BulkExportClient(client, initial_poll_s=0.5, poll_cap_s=10, sleep=waits.append)
@@ -196,7 +196,7 @@ def test_a_failed_export_reports_the_servers_reason():
     with FhirClient(BASE, max_retries=0) as client:
         exporter = BulkExportClient(client, sleep=lambda s: None)
         url = exporter.kickoff(ExportRequest(), SearchStats())
-        from etl.bulk import BulkReport
+        from etl.ingest.bulk import BulkReport
         with pytest.raises(BulkExportError, match="disk full"):
             exporter.poll(url, BulkReport(url, False))
 

@@ -1,4 +1,4 @@
-"""Cohort-first pull (etl.scoped + analytics.cohort.scope): only candidate patients' data is
+"""Cohort-first pull (etl.ingest.scoped + analytics.cohort.scope): only candidate patients' data is
 downloaded, and both cohorts come out exactly as from a full pull."""
 from __future__ import annotations
 
@@ -12,17 +12,17 @@ from analytics.cohort.params import RuleParams
 from analytics.cohort.prospective import ProspectiveParams, derive_prospective
 from analytics.cohort.retrospective import derive_retrospective
 from analytics.cohort.scope import candidate_searches
-from etl.fhir_client import FhirClient
-from etl.flatten import FLATTENERS, flatten_all
-from etl.scoped import Seed, sync_cohort_first
-from etl.sync import sync_rest
+from etl.fhir.client import FhirClient
+from etl.fhir.types import flatten_all
+from etl.ingest.rest import sync_rest
+from etl.ingest.scoped import Seed, sync_cohort_first
 from tests.sync_helpers import TYPES, warehouse
 
 PARAMS = RuleParams(window_start=date(2014, 1, 1), window_end=date(2020, 9, 30), data_cutoff=date(2021, 6, 30))
 
 
 def cohorts(wh) -> tuple[pd.DataFrame, pd.DataFrame]:
-    facts = build_facts(flatten_all({t: wh.raw_resources(t) for t in FLATTENERS}), load_concept_map())
+    facts = build_facts(flatten_all({t: wh.raw_resources(t) for t in TYPES}), load_concept_map())
     retro = derive_retrospective(facts, PARAMS).cohort
     pro = derive_prospective(facts, ProspectiveParams(rules=PARAMS)).cohort
     return (retro.sort_values("patient_id").reset_index(drop=True), pro.sort_values("patient_id").reset_index(drop=True))

@@ -95,7 +95,7 @@ def test_a_glucocorticoid_coded_in_two_systems_is_one_ingredient_whatever_the_co
     from datetime import date
 
     from analytics.cohort.facts import build_facts
-    from etl.flatten import flatten_all
+    from etl.fhir.types import flatten_all
     from synthetic import fhir_builders as fb
 
     own = tmp_path / "map.yaml"

@@ -8,7 +8,7 @@ import dagster as dg
 import pytest
 
 from analytics.cohort.concepts import ConceptMapError, load_concept_map
-from assets.raw import fhir_ingest
+from assets.fhir.ingest import fhir_ingest
 from assets.resources import FhirServerResource, StudyResource, WarehouseResource
 from etl.warehouse import Warehouse, WarehouseBusy
 from synthetic.load import write_ndjson

@@ -1,11 +1,11 @@
-"""The project's `dagster` wrapper makes `asset materialize -w workspace.yaml` work (assets.dagster_cli)."""
+"""The project's `dagster` wrapper makes `asset materialize -w workspace.yaml` work (deploy.dagster_cli)."""
 from __future__ import annotations
 
 from pathlib import Path
 
 import pytest
 
-from assets.dagster_cli import WorkspaceError, translate
+from deploy.dagster_cli import WorkspaceError, translate
 
 ROOT = Path(__file__).resolve().parent.parent
 

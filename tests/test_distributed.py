@@ -64,7 +64,7 @@ def test_the_study_job_runs_its_steps_on_celery_workers(sandbox, broker, tmp_pat
             assert worker.poll() is None and time.monotonic() < deadline, log.read_text(errors="replace")[-3000:]
             time.sleep(0.5)
         from assets.distributed import celery_study_job
-        from assets.study import cohort
+        from assets.study.cohort import cohort
 
         selection = [*(dg.AssetKey(k) for k in ("raw_patient", "raw_condition", "raw_medicationstatement",
                                                 "raw_procedure", "raw_observation", "raw_adverseevent",

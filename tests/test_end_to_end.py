@@ -11,8 +11,7 @@ import dagster as dg
 import pandas as pd
 import pytest
 
-from assets.checks import all_checks
-from assets.definitions import all_assets
+from assets.definitions import all_assets, all_checks
 from assets.resources import FhirServerResource, StudyResource, WarehouseResource
 from etl.warehouse import Warehouse
 

@@ -7,8 +7,8 @@ import dagster as dg
 import pandas as pd
 import pytest
 
-from assets.checks import table_checks
 from assets.resources import StudyResource, WarehouseResource
+from assets.study.checks import table_checks
 from etl.warehouse import Warehouse
 from expectations import suites
 from expectations.runner import run_suite

@@ -1,11 +1,11 @@
-"""Search paging and retries of etl.fhir_client, against a mocked transport (respx)."""
+"""Search paging and retries of etl.fhir.client, against a mocked transport (respx)."""
 from __future__ import annotations
 
 import httpx
 import pytest
 import respx
 
-from etl.fhir_client import FhirClient, FhirError, SearchStats
+from etl.fhir.client import FhirClient, FhirError, SearchStats
 
 BASE = "https://fhir.example.org/r4"
 
@@ -82,7 +82,7 @@ def test_gives_up_after_max_retries_without_leaking_headers(monkeypatch):
 
 
 def test_a_restart_moves_the_lower_lastupdated_bound_and_keeps_the_upper_one():
-    from etl.fhir_client import _restarted
+    from etl.fhir.client import _restarted
 
     query = {"_count": "10", "_sort": "_lastUpdated", "_lastUpdated": ["ge2024-01-01", "lt2024-02-01"]}
     assert _restarted(query, "2024-01-15T10:00:00Z")["_lastUpdated"] == ["ge2024-01-15T10:00:00Z", "lt2024-02-01"]

@@ -1,11 +1,11 @@
-"""Flattening rules that the study depends on (etl.flatten)."""
+"""Flattening rules that the study depends on (etl.fhir.flatten)."""
 from __future__ import annotations
 
 from datetime import date
 
 import pytest
 
-from etl.flatten import (
+from etl.fhir.flatten import (
     adverse_events,
     clinical_date,
     conditions,

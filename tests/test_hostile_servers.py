@@ -8,10 +8,10 @@ from urllib.parse import parse_qs, urlsplit
 import orjson
 import pytest
 
-from etl.bulk import BulkExportClient, sync_bulk
-from etl.fhir_client import FhirClient, FhirError
-from etl.scoped import Seed, sync_cohort_first
-from etl.sync import sync_rest
+from etl.fhir.client import FhirClient, FhirError
+from etl.ingest.bulk import BulkExportClient, sync_bulk
+from etl.ingest.rest import sync_rest
+from etl.ingest.scoped import Seed, sync_cohort_first
 from tests.stub_fhir import StubServer, bundle, drip, json_response
 from tests.sync_helpers import warehouse
 
@@ -166,7 +166,7 @@ def test_cohort_first_survives_an_expired_page_link(monkeypatch, tmp_path):
 
 def test_a_token_endpoint_that_redirects_elsewhere_does_not_forward_the_assertion(monkeypatch):
     """httpx re-sends a POST body on a 307: the signed client assertion must not follow a redirect."""
-    from etl.auth import AuthError, SmartBackendAuth
+    from etl.fhir.auth import AuthError, SmartBackendAuth
     from tests.test_smart_auth import KEYS, pem
 
     with StubServer(lambda m, p, h: json_response(orjson.dumps({"access_token": "stolen", "expires_in": 300}))) as evil:

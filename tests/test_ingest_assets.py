@@ -5,9 +5,10 @@ import dagster as dg
 import pytest
 import sqlalchemy as sa
 
-from assets.checks import all_checks
-from assets.raw import RESOURCE_TYPES, fhir_ingest, raw_asset_key
+from assets.definitions import all_checks
+from assets.fhir.ingest import fhir_ingest, raw_asset_key
 from assets.resources import FhirServerResource, StudyResource, WarehouseResource
+from etl.fhir.types import RESOURCE_TYPES
 from etl.warehouse import Warehouse
 from synthetic.load import write_ndjson
 
@@ -64,3 +65,16 @@ def test_a_count_mismatch_fails_the_blocking_check(sandbox, tmp_path):
                                        "study": StudyResource(pseudonym_key=KEY)})
     evaluation = result.get_asset_check_evaluations()[0]
     assert not evaluation.passed and evaluation.metadata["difference"].value == -1
+
+
+@pytest.mark.parametrize(("settings", "message"), [
+    ({"sync_mode": "bluk"}, "FHIR_SYNC_MODE must be one of incremental, bulk, cohort-first, ndjson, not 'bluk'"),
+    ({"sync_mode": "incremental", "auth": "basic"}, "FHIR_AUTH must be one of none, bearer, smart, not 'basic'"),
+])
+def test_a_configuration_mistake_fails_the_step_at_once_with_its_reason(tmp_path, settings, message):
+    fhir = FhirServerResource(base_url="https://fhir.example.org/r4", **settings)
+    result = run(fhir, f"sqlite:///{tmp_path / 'w.sqlite'}")
+    assert not result.success
+    failures = [e for e in result.all_events if e.event_type_value == "STEP_FAILURE"]
+    assert len(failures) == 1 and message in failures[0].step_failure_data.user_failure_data.description
+    assert not [e for e in result.all_events if e.event_type_value == "STEP_UP_FOR_RETRY"]

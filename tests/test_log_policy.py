@@ -6,11 +6,11 @@ import orjson
 import pytest
 import sqlalchemy as sa
 
-from assets.checks import _raw_check
+from analytics.pseudonym import patient_key
+from assets.fhir.checks import _raw_check
 from assets.resources import StudyResource, WarehouseResource
-from etl.fhir_client import FhirClient, FhirError
-from etl.ndjson import sync_ndjson_directory
-from etl.pseudonym import patient_key
+from etl.fhir.client import FhirClient, FhirError
+from etl.ingest.ndjson_dir import sync_ndjson_directory
 from etl.warehouse import Warehouse
 from tests.stub_fhir import StubServer
 

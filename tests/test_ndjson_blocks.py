@@ -1,7 +1,8 @@
-"""Reading NDJSON in blocks (etl.ndjson.file_blocks): every line once, with its own line number."""
+"""Reading NDJSON in blocks (etl.fhir.ndjson.file_blocks): every line once, with its own line number."""
 from __future__ import annotations
 
-from etl.ndjson import check_block, file_blocks
+from etl.fhir.ndjson import file_blocks
+from etl.ingest.worker import check_block
 
 
 def test_blocks_keep_every_line_and_its_number_across_block_edges(tmp_path):

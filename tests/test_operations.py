@@ -5,10 +5,9 @@ from __future__ import annotations
 import dagster as dg
 import sqlalchemy as sa
 
-from assets.automation import nightly_pull, weekly_reconciliation
-from assets.checks import all_checks
-from assets.definitions import all_assets
-from assets.raw import fhir_ingest
+from assets.definitions import all_assets, all_checks
+from assets.fhir.ingest import fhir_ingest
+from assets.fhir.schedules import nightly_pull, weekly_reconciliation
 from assets.resources import FhirServerResource, StudyResource, WarehouseResource
 
 KEY = "test-pseudonym-key-0123456789"
@@ -68,7 +67,7 @@ def test_a_new_pull_flows_to_the_study_tables_only_when_its_blocking_checks_pass
 def test_backfill_partitions_pull_one_type_and_month_each(sandbox, small_hospital, tmp_path):
     from datetime import datetime, timezone
 
-    from assets.backfill import BACKFILL_PARTITIONS, MONTHS, fhir_backfill_job
+    from assets.fhir.backfill import BACKFILL_PARTITIONS, MONTHS, fhir_backfill_job
     from etl.warehouse import Warehouse
 
     url = f"sqlite:///{tmp_path / 'w.sqlite'}"

@@ -11,8 +11,7 @@ import dagster as dg
 import pytest
 import sqlalchemy as sa
 
-from assets.checks import all_checks
-from assets.definitions import all_assets
+from assets.definitions import all_assets, all_checks
 from assets.resources import FhirServerResource, StudyResource, WarehouseResource
 from etl.warehouse import Warehouse
 from synthetic.scratch_postgres import scratch_database
@@ -44,7 +43,7 @@ def test_the_study_materializes_into_postgres_with_schemas_keys_views_and_grants
     inspector = sa.inspect(engine)
     assert inspector.has_table("patient_xref", schema="restricted") and not inspector.has_table("patient_xref")
     assert inspector.has_table("quarantine", schema="restricted")
-    assert inspector.has_table("raw_observation", schema="fhir") and inspector.has_table("fhir_coding", schema="fhir")
+    assert inspector.has_table("raw_observation", schema="fhir") and inspector.has_table("raw_history", schema="fhir")
     assert inspector.get_pk_constraint("cohort")["constrained_columns"] == ["patient_key"]
     assert inspector.get_pk_constraint("raw_history", schema="fhir")["constrained_columns"] == ["resource_type", "id", "version_key"]
     assert {"v_primary_effects", "v_cohort_groups", "current_provenance"} <= set(inspector.get_view_names())

@@ -1,4 +1,4 @@
-"""etl.prefetch.prefetched: order kept, producer errors surface, an abandoned consumer stops the producer."""
+"""etl.ingest.prefetch.prefetched: order kept, producer errors surface, an abandoned consumer stops the producer."""
 from __future__ import annotations
 
 import threading
@@ -6,7 +6,7 @@ import time
 
 import pytest
 
-from etl.prefetch import prefetched
+from etl.ingest.prefetch import prefetched
 
 
 def test_items_arrive_complete_and_in_order():

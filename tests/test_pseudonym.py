@@ -1,10 +1,10 @@
-"""Pseudonyms are keyed HMAC-SHA256 (etl.pseudonym)."""
+"""Pseudonyms are keyed HMAC-SHA256 (analytics.pseudonym)."""
 from __future__ import annotations
 
 import pandas as pd
 import pytest
 
-from etl.pseudonym import PseudonymKeyError, patient_key, pseudonymise
+from analytics.pseudonym import PseudonymKeyError, patient_key, pseudonymise
 
 
 def test_hmac_sha256_known_answer_rfc4231_case_1():

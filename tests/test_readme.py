@@ -3,7 +3,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from assets.dictionary import BEGIN, DICTIONARY, END, render_markdown
+from analytics.catalog import CATALOG, render_markdown
+from deploy.docs import BEGIN, END
 
 README = (Path(__file__).resolve().parent.parent / "README.md").read_text()
 
@@ -15,9 +16,9 @@ def test_the_two_setup_commands_come_first():
 
 
 def test_every_dictionary_column_is_documented():
-    for table, columns in DICTIONARY.items():
+    for table, spec in CATALOG.items():
         assert f"**`{table}`**" in README, table
-        for column in columns:
+        for column in spec.columns:
             assert f"| `{column}` |" in README, (table, column)
 
 

@@ -1,4 +1,4 @@
-"""SMART Backend Services against the sandbox server with SMART auth switched on (etl.auth)."""
+"""SMART Backend Services against the sandbox server with SMART auth switched on (etl.fhir.auth)."""
 from __future__ import annotations
 
 import time
@@ -10,8 +10,8 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from jwt.algorithms import ECAlgorithm, RSAAlgorithm
 
-from etl.auth import AuthError, SmartBackendAuth
-from etl.fhir_client import FhirClient, FhirError
+from etl.fhir.auth import AuthError, SmartBackendAuth
+from etl.fhir.client import FhirClient, FhirError
 from synthetic.sandbox import SandboxFhirServer
 
 KEYS = {"RS384": rsa.generate_private_key(public_exponent=65537, key_size=2048),

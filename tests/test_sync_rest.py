@@ -1,5 +1,5 @@
 """Incremental REST sync against the real sandbox server: watermarks, updates, deletes, counts,
-expired page links, faults, crash and re-run (etl.sync, etl.warehouse)."""
+expired page links, faults, crash and re-run (etl.ingest.rest, etl.warehouse)."""
 from __future__ import annotations
 
 from typing import Iterator
@@ -8,8 +8,8 @@ import httpx
 import pytest
 import sqlalchemy as sa
 
-from etl.fhir_client import FhirClient
-from etl.sync import sync_rest
+from etl.fhir.client import FhirClient
+from etl.ingest.rest import sync_rest
 from synthetic.fault_proxy import FaultProxy
 from synthetic.load import load_server
 from synthetic.sandbox import SandboxFhirServer
@@ -89,7 +89,7 @@ def test_only_types_the_history_shows_changed_are_searched_and_the_others_waterm
 
 
 def test_history_entries_compare_as_instants_not_strings():
-    from etl.sync import _at_or_after, _strictly_after
+    from etl.ingest.rest import _at_or_after, _strictly_after
 
     assert not _at_or_after("2026-01-01T10:30:00+01:00", "2026-01-01T09:45:00Z")  # 09:30Z is before 09:45Z
     assert _at_or_after("2026-01-01T09:45:00Z", "2026-01-01T10:45:00+01:00")  # the same instant

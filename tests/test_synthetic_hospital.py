@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import collections
 
-from etl.validation import validation_errors
+from etl.fhir.validation import validation_errors
 from synthetic.hospital import PROSPECTIVE_ATTRITION_REASONS, RETRO_ATTRITION_REASONS, HospitalParams, generate_hospital
 
 from .conftest import SMALL_HOSPITAL

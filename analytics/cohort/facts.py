@@ -8,7 +8,8 @@ from datetime import date, timedelta
 
 import pandas as pd
 
-from etl.flatten import OBSERVATION_COMPONENTS, clinical_date
+from etl.fhir.flatten import OBSERVATION_COMPONENTS, clinical_date
+from etl.fhir.units import MASS_TO_MG
 
 from .concepts import ConceptMap
 
@@ -16,7 +17,6 @@ IGNORED_CONDITION_VERIFICATION = {"refuted", "entered-in-error"}  # concepts of 
 IGNORED_MEDICATION_STATUS = {"entered-in-error", "not-taken"}
 IGNORED_OBSERVATION_STATUS = {"entered-in-error", "cancelled"}
 FINAL_OBSERVATION_STATUS = {"final", "amended", "corrected"}
-MASS_TO_MG = {"mg": 1.0, "g": 1000.0, "ug": 0.001, "mcg": 0.001}
 PERIOD_UNIT_DAYS = {"s": 1 / 86400, "min": 1 / 1440, "h": 1 / 24, "d": 1.0, "wk": 7.0, "mo": 30.0, "a": 365.0}
 IMMUNOSUPPRESSANTS = ("tacrolimus", "CTX", "MTX", "AZA", "MMF", "CsA")
 CONVENTIONAL = ("CTX", "MTX", "AZA", "MMF", "CsA")  # also the tie-break order for conventional_agent
@@ -106,7 +106,7 @@ def exposure_intervals(statements: pd.DataFrame) -> pd.DataFrame:
 
 
 def build_facts(flat: dict[str, pd.DataFrame], concepts: ConceptMap) -> StudyFacts:
-    """From the flattened tables (``etl.flatten.flatten_all``) to the study's facts."""
+    """From the flattened tables (``etl.fhir.types.flatten_all``) to the study's facts."""
     quality: list[dict[str, str]] = []
 
     pat = flat["Patient"]

@@ -9,7 +9,7 @@ from analytics.cohort.concepts import load_concept_map
 from analytics.cohort.facts import build_facts
 from analytics.cohort.params import RuleParams
 from analytics.cohort.tables import derive_cohort_tables
-from etl.flatten import flatten_all
+from etl.fhir.types import flatten_all
 from synthetic.hospital import HospitalParams
 from synthetic.variants import SERVER_BASE
 

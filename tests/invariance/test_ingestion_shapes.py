@@ -8,10 +8,10 @@ import random
 import orjson
 import pytest
 
-from assets.raw import RESOURCE_TYPES
-from etl.fhir_client import FhirClient
-from etl.ndjson import sync_ndjson_directory
-from etl.sync import sync_rest
+from etl.fhir.client import FhirClient
+from etl.fhir.types import RESOURCE_TYPES
+from etl.ingest.ndjson_dir import sync_ndjson_directory
+from etl.ingest.rest import sync_rest
 from synthetic.variants import BY_NAME
 from tests.sync_helpers import warehouse
 

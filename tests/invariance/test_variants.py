@@ -11,7 +11,7 @@ import orjson
 import pytest
 
 from analytics.cohort.tables import COHORT_TABLES
-from etl.loader import check_resource
+from etl.ingest.pipeline import check_resource
 from synthetic.hospital import generate_hospital
 from synthetic.variants import BY_NAME, VARIANTS
 

@@ -1,0 +1,24 @@
+"""Great Expectations suites run as Dagster asset checks (a thin adapter: dagster-ge requires GX < 1.0).
+
+A failed ``critical`` expectation makes the check fail with ERROR severity, which blocks the assets
+downstream; ``warning`` expectations fail with WARN and do not block.
+"""
+import dagster as dg
+
+from expectations import suites
+from expectations.runner import SuiteOutcome, run_suite
+
+
+def check_result(outcome: SuiteOutcome) -> dg.AssetCheckResult:
+    return dg.AssetCheckResult(
+        passed=not outcome.failures,
+        severity=dg.AssetCheckSeverity.ERROR if outcome.blocking else dg.AssetCheckSeverity.WARN,
+        metadata={"expectations_evaluated": outcome.evaluated,
+                  "expectations_failed": len(outcome.failures),
+                  "failing_rows": sum(f.unexpected_count for f in outcome.failures),
+                  "failures": dg.MetadataValue.md(outcome.as_markdown())},
+    )
+
+
+def run_check(name: str, suite: suites.Suite) -> dg.AssetCheckResult:
+    return check_result(run_suite(name, suite.frame, suite.expectations, suite.key_columns))

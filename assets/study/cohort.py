@@ -1,0 +1,48 @@
+"""The cohort tables, derived in one pass over the study facts: both cohorts, their attrition and
+data quality, relapse detail, prospective visits, safety events and the pseudonym cross-reference.
+Thin: reads the warehouse's raw tables, calls ``analytics.cohort`` and publishes the results."""
+
+import dataclasses
+from datetime import datetime, timezone
+
+import dagster as dg
+
+from analytics.cohort.facts import build_facts
+from analytics.cohort.tables import derive_cohort_tables
+from analytics.pseudonym import pseudonymise
+from etl.fhir.types import RESOURCE_TYPES, TYPES, flatten_all
+
+from ..fhir.ingest import raw_asset_key
+from ..resources import FhirServerResource, StudyResource, WarehouseResource
+from .publish import asset_specs, table_result, write_tables
+
+
+@dg.multi_asset(specs=asset_specs("cohort", kinds={"sql", "pandas"}, deps=[raw_asset_key(t) for t in RESOURCE_TYPES]))
+def cohort(context: dg.AssetExecutionContext, warehouse: WarehouseResource, study: StudyResource, fhir: FhirServerResource):
+    wh = warehouse.get()
+    # Absolute references count as ours only under the configured FHIR server's base URL.
+    flat = flatten_all({rtype: wh.raw_resources(rtype) for rtype in TYPES}, base=fhir.base_url or None)
+    facts = build_facts(flat, study.concepts())
+    extracted = wh.extraction_time() or datetime.now(timezone.utc)
+    params = study.retrospective_params(extracted.date())
+    derived = derive_cohort_tables(facts, params)
+    result, prospective = derived.retrospective, derived.prospective
+    context.log.info(f"cohort: {len(result.cohort)} of {len(facts.patients)} patients, prospective cohort: "
+                     f"{len(prospective.cohort)}, data cut-off {params.data_cutoff}")
+    key = study.pseudonym_key
+    tables = {name: pseudonymise(frame, key) if "patient_id" in frame.columns else frame
+              for name, frame in derived.tables.items()}
+    tables["patient_xref"] = pseudonymise(facts.patients[["patient_id"]].assign(fhir_patient_id=facts.patients["patient_id"]), key)
+    write_tables(wh, context.run.run_id, study, tables,
+                 {"table_set": "cohort", "contract_parameters": dataclasses.asdict(params)})
+    groups = result.cohort["group"].value_counts().to_dict()
+    prospective_groups = prospective.cohort["group"].value_counts().to_dict()
+    extra: dict[str, dict] = {
+        "cohort": {"n_tacrolimus": int(groups.get("tacrolimus", 0)), "n_conventional": int(groups.get("conventional", 0)),
+                   "data_cutoff": params.data_cutoff.isoformat(), "concept_map_sha256": study.concepts().digest},
+        "prospective_cohort": {"n_combination": int(prospective_groups.get("combination", 0)),
+                               "n_tacrolimus": int(prospective_groups.get("tacrolimus", 0))},
+        "cohort_attrition": {"attrition": dg.MetadataValue.md(tables["cohort_attrition"].to_markdown(index=False))},
+    }
+    for name, frame in tables.items():
+        yield table_result(name, frame, preview=name != "patient_xref", extra=extra.get(name))

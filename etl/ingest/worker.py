@@ -1,0 +1,91 @@
+"""What a validation worker does with one line of FHIR JSON: parse, check, and hand back a row ready to
+write or the reasons to quarantine it. Runs in worker processes, so it imports no database code.
+"""
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from typing import Any
+
+import orjson
+
+from etl.fhir.ndjson import Block, Line
+from etl.fhir.plausibility import plausibility_errors
+from etl.fhir.validation import validation_errors
+from etl.fhir.wire import oversize_error, wire_errors
+from etl.records import RawRow, content_hash
+
+
+def check_resource(resource: Any, expected_type: str, text: bytes | None = None) -> list[str]:
+    """Structural R4 errors first; plausibility only for a structurally valid resource. With ``text`` (the JSON
+    the resource arrived as, from NDJSON, Bulk or a REST page) the text itself is checked too (``etl.wire``).
+    Nothing a resource holds can make this raise: a nesting too deep for Python's stack is a quarantine reason."""
+    try:
+        errors = wire_errors(text, resource) if text is not None else []
+        errors = errors or validation_errors(resource, expected_type, text)
+        return errors or plausibility_errors(resource)
+    except RecursionError:
+        return ["nested too deeply to validate (Python's recursion limit); FHIR resources are far shallower"]
+
+
+def quarantine_text(resource: Any, text: bytes | None) -> str:
+    """The text a quarantined resource is kept as; anything that cannot be written as JSON still leaves a row."""
+    if text is not None:
+        return text.decode(errors="replace")
+    try:
+        return orjson.dumps(resource).decode()
+    except TypeError:  # too deep for orjson, or a lone surrogate
+        try:
+            return json.dumps(resource, allow_nan=True)
+        except (RecursionError, ValueError):
+            return "(not writable as JSON: nested too deeply)"
+
+
+@dataclass(frozen=True)
+class Checked:
+    source: str
+    resource_type: str | None
+    text: bytes
+    errors: tuple[str, ...]
+    tombstone: tuple[str, str | None] | None = None  # (id, versionId) for a deleted-resource entry
+    row: RawRow | None = None  # a valid resource, serialised and hashed by the worker
+    known: tuple[str, str | None] | None = None  # the line's (id, versionId) when its sender knew them
+
+    def __reduce__(self) -> tuple:
+        return Checked, (self.source, self.resource_type, self.text, self.errors, self.tombstone, self.row, self.known)
+
+
+def check_line(line: Line) -> list[Checked]:
+    """Parse and validate one NDJSON line (runs in a worker). A Bulk ``deleted`` Bundle yields tombstones."""
+    too_big = oversize_error(len(line.text))
+    if too_big:  # not even parsed (an endless line arrives cut just over the limit)
+        return [Checked(line.source, line.type_hint, line.text[:1000], (too_big,), known=line.known)]
+    try:
+        resource = orjson.loads(line.text)
+    except orjson.JSONDecodeError as exc:
+        return [Checked(line.source, line.type_hint, line.text, (f"invalid JSON: {exc}",), known=line.known)]
+    actual = resource.get("resourceType") if isinstance(resource, dict) else None
+    if actual == "Bundle" and resource.get("type") in ("transaction", "batch", "history") and line.type_hint in (None, "Bundle"):
+        out = []
+        for entry in resource.get("entry") or []:
+            request = entry.get("request") or {}
+            parts = [p for p in (request.get("url") or "").split("?")[0].split("/") if p]
+            if request.get("method") == "DELETE" and len(parts) >= 2:
+                out.append(Checked(line.source, parts[-2], b"", (), (parts[-1], None)))
+        return out
+    expected = line.type_hint or (actual if isinstance(actual, str) else None) or "Unknown"
+    errors = tuple(check_resource(resource, expected, line.text))
+    if errors:
+        return [Checked(line.source, expected, line.text, errors)]
+    meta = resource.get("meta") or {}
+    row = RawRow(resource["id"], meta.get("versionId"), meta.get("lastUpdated"), None, line.source,
+                 text=line.text.decode(), digest=content_hash(resource))
+    return [Checked(line.source, expected, b"", (), row=row)]
+
+
+def check_chunk(lines: list[Line]) -> list[Checked]:
+    return [c for line in lines for c in check_line(line)]
+
+
+def check_block(block: Block) -> list[Checked]:
+    return [checked for line in block.lines() for checked in check_line(line)]
