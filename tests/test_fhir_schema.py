@@ -41,6 +41,16 @@ def test_the_validator_is_compiled_once_per_process():
     assert _load() is _load()
 
 
+def test_another_fhir_resources_version_turns_the_fast_path_off_not_wrong(monkeypatch, caplog):
+    """A schema generated for other models could accept what the installed fhir.resources refuses."""
+    monkeypatch.setattr("etl.fhir_schema.runtime._compiled", None)
+    monkeypatch.setattr("etl.fhir_schema.runtime.version", lambda package: "8.4.0")
+    assert not schema_accepts(P, "Patient")
+    assert "generated for fhir.resources 8.3.0, 8.4.0 is installed" in caplog.text
+    assert validation_errors({**P, "birthDate": "2019-02-29"}, "Patient") != []
+    assert validation_errors(P, "Patient") == []
+
+
 @pytest.mark.parametrize("resource", [P, OBS, *EXTRA_SEEDS], ids=lambda r: f"{r['resourceType']}-{r['id']}")
 def test_a_valid_resource_never_reaches_fhir_resources(monkeypatch, resource):
     def refuse(resource_type):

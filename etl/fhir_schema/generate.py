@@ -15,7 +15,7 @@ fhir.resources model that validates it; the official schema contributes the defi
 primitive regexes, made calendar-exact here. Its value sets (``enum``) are left out: fhir.resources does
 not enforce them, the official schema enumerates only some (Patient.gender but not MedicationStatement.status)
 and at least one is not a required binding (Expression.language), so they are no quarantine reason and
-would only send such resources down the slow path (see etl/fhir_schema/README.md). Only the resource
+would only send such resources down the slow path (etl/fhir_schema/runtime.py says what is a reason). Only the resource
 types the pipeline ingests are top-level types; a contained resource may be one of those or of
 ``CONTAINED_EXTRA`` (anything else is left to fhir.resources: the schema refuses it, so the slow path runs).
 

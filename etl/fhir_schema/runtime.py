@@ -12,7 +12,9 @@ strings the official regexes are stricter about) defers to fhir.resources' verdi
 """
 from __future__ import annotations
 
+import logging
 import threading
+from importlib.metadata import version
 from typing import Any
 
 import orjson
@@ -24,6 +26,7 @@ from .generate import JSON_INTEGER, OUTPUT, load_text, parse
 # are under 20 levels deep.
 MAX_FAST_DEPTH = 64
 
+log = logging.getLogger(__name__)
 _lock = threading.Lock()
 _compiled: tuple[Any, frozenset[str]] | None = None
 
@@ -41,6 +44,8 @@ class _JsonInteger:
 
 
 def _load() -> tuple[Any, frozenset[str]]:
+    """The compiled validator and the resource types it covers; no types (every resource takes the slow path)
+    when the installed fhir.resources is not the one the schema was generated from."""
     global _compiled
     if _compiled is None:
         with _lock:
@@ -48,8 +53,14 @@ def _load() -> tuple[Any, frozenset[str]]:
                 import jsonschema_rs
 
                 schema = parse(load_text(OUTPUT))
-                validator = jsonschema_rs.validator_for(schema, keywords={JSON_INTEGER: _JsonInteger})
-                _compiled = validator, frozenset(schema["x-generated"]["resource_types"])
+                pinned, installed = schema["x-generated"]["fhir.resources"], version("fhir.resources")
+                if pinned != installed:
+                    log.warning("validation without its fast path: the schema was generated for fhir.resources %s, "
+                                "%s is installed (run python -m etl.fhir_schema.generate)", pinned, installed)
+                    _compiled = None, frozenset()
+                else:
+                    validator = jsonschema_rs.validator_for(schema, keywords={JSON_INTEGER: _JsonInteger})
+                    _compiled = validator, frozenset(schema["x-generated"]["resource_types"])
     return _compiled
 
 
