@@ -67,13 +67,17 @@ PRIMITIVES: dict[str, dict[str, Any]] = {
     "unsignedInt": {"type": "integer", "minimum": 0, "maximum": 2147483647},
     "positiveInt": {"type": "integer", "minimum": 1, "maximum": 2147483647},
     "decimal": {"type": "number"},
-    "string": {"type": "string", "pattern": "^[ \\r\\n\\t\\S]+$"},
-    "markdown": {"type": "string", "pattern": "^[ \\r\\n\\t\\S]+$"},
+    # fhir.resources searches (not matches) "[ \r\n\t\S]+": it takes any string holding one such character.
+    # An unanchored "\S" takes a subset of those and stops at the first non-space (the official regex scans it all).
+    "string": {"type": "string", "pattern": "\\S"},
+    # fhir.resources takes any string as a markdown, uri, url or canonical ("\S*" searched matches anywhere):
+    # no regex to run (the official "^\S*$" would only send "a b" down the slow path to be accepted there).
+    "markdown": {"type": "string"},
     "code": {"type": "string", "pattern": "^[^\\s]+(\\s[^\\s]+)*$"},
     "id": {"type": "string", "pattern": "^[A-Za-z0-9\\-\\.]{1,64}$"},
-    "uri": {"type": "string", "pattern": "^\\S*$"},
-    "url": {"type": "string", "pattern": "^\\S*$"},
-    "canonical": {"type": "string", "pattern": "^\\S*$"},
+    "uri": {"type": "string"},
+    "url": {"type": "string"},
+    "canonical": {"type": "string"},
     "oid": {"type": "string", "pattern": "^urn:oid:[0-2](\\.(0|[1-9][0-9]*))+$"},
     # pydantic's UUID4 is stricter than R4's uuid (a version-4 UUID): no uuid element is ingested, so none passes here.
     "uuid": {"not": {}},

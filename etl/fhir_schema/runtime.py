@@ -91,7 +91,7 @@ def _shallow(resource: dict[str, Any], text: bytes | None) -> bool:
 def schema_accepts(resource: dict[str, Any], resource_type: str, text: bytes | None = None) -> bool:
     """True when the ingest schema accepts ``resource`` (so fhir.resources would too); False when it refuses,
     or the type is not in the schema, or the resource is too deep for the fast path."""
-    validator, types = _load()
+    validator, types = _compiled or _load()
     return resource_type in types and _shallow(resource, text) and validator.is_valid(resource)
 
 
