@@ -7,8 +7,8 @@ A refused one goes through the full fhir.resources check, which gives the same q
 before; when fhir.resources accepts what the schema refused, ``json_type_errors`` says whether the
 refusal is a quarantine reason of its own (a JSON value of the wrong type for its FHIR primitive, which
 fhir.resources coerces: ``"yes"`` read as True, ``"60"`` kept as a string where a number is due). Every
-other refusal (null elements, a contained type the schema does not carry, ``fhir_comments``, ids and
-strings the official regexes are stricter about) defers to fhir.resources' verdict.
+other refusal (null elements, a contained type the schema does not carry, ``fhir_comments``, ids over 64
+characters, whitespace-only strings, loosely padded base64) defers to fhir.resources' verdict.
 """
 from __future__ import annotations
 
@@ -92,7 +92,12 @@ def schema_accepts(resource: dict[str, Any], resource_type: str, text: bytes | N
     """True when the ingest schema accepts ``resource`` (so fhir.resources would too); False when it refuses,
     or the type is not in the schema, or the resource is too deep for the fast path."""
     validator, types = _compiled or _load()
-    return resource_type in types and _shallow(resource, text) and validator.is_valid(resource)
+    if resource_type not in types:
+        return False
+    if text is None or text.count(b"{") + text.count(b"[") > MAX_FAST_DEPTH:  # the common case without a call
+        if not _shallow(resource, text):
+            return False
+    return validator.is_valid(resource)
 
 
 def json_type_errors(resource: dict[str, Any], resource_type: str) -> list[str]:
