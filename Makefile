@@ -43,6 +43,7 @@ $(FHIRY_VENV)/bin/python:
 	$(FHIRY_VENV)/bin/pip install --quiet fhiry==5.2.2
 
 bench: venv bench-venv
+	$(PY) -m benchmarks.validation
 	$(PY) -m benchmarks.ingest
 	$(PY) -m benchmarks.statistics
 	$(PY) -m benchmarks.cohort

@@ -11,6 +11,8 @@ from typing import Any
 
 from pydantic import ValidationError
 
+from etl.fhir_schema.runtime import json_type_errors, schema_accepts
+
 from .references import ID
 
 
@@ -52,7 +54,24 @@ _PRIMITIVE_MARKERS = (b'Boolean"', b'Integer"', b'"active"', b"\\u")
 def validation_errors(resource: Any, expected_type: str, text: bytes | None = None) -> list[str]:
     """Return every reason ``resource`` is not a valid R4 ``expected_type``; empty when valid.
     ``text``, the JSON the resource was parsed from, lets a resource without boolean or integer
-    elements skip the JSON-primitive walk."""
+    elements skip the JSON-primitive walk.
+
+    The generated JSON schema decides first (etl.fhir_schema, ~20x cheaper): what it accepts, fhir.resources
+    accepts. Only what it refuses is checked with fhir.resources, for the same messages as ever; when
+    fhir.resources accepts it, a JSON value of the wrong type (which fhir.resources coerces) is still a reason."""
+    errors = _envelope_errors(resource, expected_type)
+    if errors or schema_accepts(resource, expected_type, text):
+        return errors
+    return _model_errors(resource, expected_type, text) or json_type_errors(resource, expected_type)
+
+
+def fhir_resources_errors(resource: Any, expected_type: str, text: bytes | None = None) -> list[str]:
+    """The check without the schema (every resource went through it before): the reference that the
+    differential test and benchmarks/validation.py hold the schema path against."""
+    return _envelope_errors(resource, expected_type) or _model_errors(resource, expected_type, text)
+
+
+def _envelope_errors(resource: Any, expected_type: str) -> list[str]:
     if not isinstance(resource, dict):
         return [f"not a JSON object: {type(resource).__name__}"]
     actual = resource.get("resourceType")
@@ -62,12 +81,21 @@ def validation_errors(resource: Any, expected_type: str, text: bytes | None = No
         return ["resource has no id"]
     if not isinstance(resource["id"], str) or not ID.fullmatch(resource["id"]):
         return ["id is not a FHIR R4 id (1 to 64 of A-Z, a-z, 0-9, '-' and '.')"]
+    return []
+
+
+def _model_errors(resource: dict[str, Any], expected_type: str, text: bytes | None) -> list[str]:
+    """fhir.resources' verdict and the JSON-primitive walk: the check every resource went through before the schema."""
     try:
         _model(expected_type).model_validate(resource)
     except ValidationError as exc:
         return [f"{'.'.join(str(p) for p in err['loc'])}: {err['msg']}" for err in exc.errors()]
     except (ValueError, TypeError) as exc:  # model-level validators raise these too
         return [str(exc)]
+    except (KeyError, AttributeError) as exc:
+        # fhir.resources 8.3 crashes on some malformed input ("_x" holding a string that parses as JSON
+        # to a non-object; a contained resource of no FHIR type): a reason, not a crashed sync
+        return [f"not a readable FHIR R4 resource (fhir.resources failed: {type(exc).__name__} {exc})"]
     if text is not None and not any(marker in text for marker in _PRIMITIVE_MARKERS):
         return []
     return _json_primitive_errors(resource)
