@@ -53,7 +53,7 @@ def _rss_kb() -> int:
 def _rss_child() -> None:
     """In a fresh process: RSS after importing the validation module, after compiling the schema, and after the
     first fhir.resources validation (the models a worker loads on the slow path)."""
-    from etl.validation import fhir_resources_errors, validation_errors
+    from etl.fhir.validation import fhir_resources_errors, validation_errors
 
     base = _rss_kb()
     patient = {"resourceType": "Patient", "id": "p", "gender": "female"}
@@ -74,8 +74,8 @@ def main() -> None:
         _rss_child()
         return
 
-    from etl.fhir_schema.runtime import _load
-    from etl.validation import fhir_resources_errors, validation_errors
+    from etl.fhir.schema.runtime import _load
+    from etl.fhir.validation import fhir_resources_errors, validation_errors
 
     lines = _lines(args.resources)
     n = len(lines)

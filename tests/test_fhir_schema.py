@@ -1,8 +1,8 @@
-"""The schema fast path of validation (etl.fhir_schema) gives fhir.resources' verdicts, and is what is committed.
+"""The schema fast path of validation (etl.fhir.schema) gives fhir.resources' verdicts, and is what is committed.
 
 The differential test runs the synthetic hospital and a seeded mutation fuzz through both checks. The one
 deliberate difference: a JSON value of the wrong type for its FHIR primitive, which fhir.resources coerces
-("yes" read as True), is a quarantine reason of its own. Value sets are not (see etl/fhir_schema/runtime.py).
+("yes" read as True), is a quarantine reason of its own. Value sets are not (see etl/fhir/schema/runtime.py).
 """
 from __future__ import annotations
 
@@ -11,10 +11,10 @@ import collections
 import orjson
 import pytest
 
-from etl.fhir_schema import generate
-from etl.fhir_schema.runtime import _load, schema_accepts
-from etl.loader import check_resource
-from etl.validation import _envelope_errors, fhir_resources_errors, validation_errors
+from etl.fhir.schema import generate
+from etl.fhir.schema.runtime import _load, schema_accepts
+from etl.fhir.validation import _envelope_errors, fhir_resources_errors, validation_errors
+from etl.ingest.worker import check_resource
 from synthetic.hospital import generate_hospital
 
 from .conftest import SMALL_HOSPITAL
@@ -43,8 +43,8 @@ def test_the_validator_is_compiled_once_per_process():
 
 def test_another_fhir_resources_version_turns_the_fast_path_off_not_wrong(monkeypatch, caplog):
     """A schema generated for other models could accept what the installed fhir.resources refuses."""
-    monkeypatch.setattr("etl.fhir_schema.runtime._compiled", None)
-    monkeypatch.setattr("etl.fhir_schema.runtime.version", lambda package: "8.4.0")
+    monkeypatch.setattr("etl.fhir.schema.runtime._compiled", None)
+    monkeypatch.setattr("etl.fhir.schema.runtime.version", lambda package: "8.4.0")
     assert not schema_accepts(P, "Patient")
     assert "generated for fhir.resources 8.3.0, 8.4.0 is installed" in caplog.text
     assert validation_errors({**P, "birthDate": "2019-02-29"}, "Patient") != []
@@ -56,7 +56,7 @@ def test_a_valid_resource_never_reaches_fhir_resources(monkeypatch, resource):
     def refuse(resource_type):
         raise AssertionError("fhir.resources was called for a resource the schema accepts")
 
-    monkeypatch.setattr("etl.validation._model", refuse)
+    monkeypatch.setattr("etl.fhir.validation._model", refuse)
     assert validation_errors(resource, resource["resourceType"], orjson.dumps(resource)) == []
 
 

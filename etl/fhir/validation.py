@@ -11,7 +11,7 @@ from typing import Any
 
 from pydantic import ValidationError
 
-from etl.fhir_schema.runtime import json_type_errors, schema_accepts
+from etl.fhir.schema.runtime import json_type_errors, schema_accepts
 
 from .references import ID
 
@@ -56,7 +56,7 @@ def validation_errors(resource: Any, expected_type: str, text: bytes | None = No
     ``text``, the JSON the resource was parsed from, lets a resource without boolean or integer
     elements skip the JSON-primitive walk.
 
-    The generated JSON schema decides first (etl.fhir_schema, ~20x cheaper): what it accepts, fhir.resources
+    The generated JSON schema decides first (etl.fhir.schema, ~20x cheaper): what it accepts, fhir.resources
     accepts. Only what it refuses is checked with fhir.resources, for the same messages as ever; when
     fhir.resources accepts it, a JSON value of the wrong type (which fhir.resources coerces) is still a reason."""
     errors = _envelope_errors(resource, expected_type)

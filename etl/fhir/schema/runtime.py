@@ -1,6 +1,6 @@
 """The fast path of validation: one jsonschema-rs validator on the generated ingest schema, compiled once per process.
 
-``etl.validation.validation_errors`` asks ``schema_accepts`` first. The schema is built so that what it
+``etl.fhir.validation.validation_errors`` asks ``schema_accepts`` first. The schema is built so that what it
 accepts fhir.resources accepts too (``tests/test_fhir_schema.py`` checks that on the synthetic hospital
 and on thousands of mutations), so an accepted resource skips fhir.resources (about 100 us) altogether.
 A refused one goes through the full fhir.resources check, which gives the same quarantine messages as
@@ -32,7 +32,7 @@ _compiled: tuple[Any, frozenset[str]] | None = None
 
 
 class _JsonInteger:
-    """``jsonInteger``: a JSON integer, not ``1.0``, which JSON Schema counts as an integer (etl.validation's
+    """``jsonInteger``: a JSON integer, not ``1.0``, which JSON Schema counts as an integer (etl.fhir.validation's
     JSON-primitive rule for ``*Integer`` elements refuses it)."""
 
     def __init__(self, parent_schema: Any, value: Any, schema_path: Any) -> None:
@@ -56,7 +56,7 @@ def _load() -> tuple[Any, frozenset[str]]:
                 pinned, installed = schema["x-generated"]["fhir.resources"], version("fhir.resources")
                 if pinned != installed:
                     log.warning("validation without its fast path: the schema was generated for fhir.resources %s, "
-                                "%s is installed (run python -m etl.fhir_schema.generate)", pinned, installed)
+                                "%s is installed (run python -m etl.fhir.schema.generate)", pinned, installed)
                     _compiled = None, frozenset()
                 else:
                     validator = jsonschema_rs.validator_for(schema, keywords={JSON_INTEGER: _JsonInteger})
