@@ -85,6 +85,7 @@ def test_sites_own_estimates_equal_coxph(comparison, outcome):
         assert_summary(fit_cox(time, event, treated, w), REF["comparisons"][comparison]["outcomes"][outcome]["sites"][site])
 
 
+@lru_cache(maxsize=None)
 def own_estimates(comparison: str, outcome: str) -> tuple[list[float], list[float]]:
     fits = [fit_cox(*arrays(site_rows(s, comparison), outcome)) for s in SITES]
     return [float(f.coef[0]) for f in fits], [float(f.robust_se[0]) for f in fits]
