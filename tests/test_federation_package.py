@@ -268,3 +268,9 @@ def test_package_counts_agree_with_study_results_on_a_fixture_site():
     assert (c["n_treated"], c["n_control"], c["outcomes"]["relapse"]["events_treated"]) == (
         row["n_treated"], row["n_control"], row["events_treated"])
     assert p["attrition"]["retrospective"]["included"] == p["cohort"]["n"] == len(tables.cohort)
+
+
+def test_a_site_signs_only_its_own_package(payload):
+    assert verify_document(canonical_bytes(sign_package(payload, SIGNERS["central"])), "site_aggregates", TRUSTED)
+    with pytest.raises(ValueError, match="cannot sign the package of site 'central'"):
+        sign_package(payload, SIGNERS["north"])
