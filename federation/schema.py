@@ -87,4 +87,24 @@ ROUND_REPLY = {
         "answers": {"type": "array", "items": _ANSWER, "maxItems": 50},
     }),
 }
-SCHEMAS = {"site_aggregates": SITE_PACKAGE, "round_request": ROUND_REQUEST, "round_reply": ROUND_REPLY}
+_POOLED = _obj({"coef": {"type": "number"}, "robust_se": {"type": "number"}, "hazard_ratio": {"type": "number"},
+                "ci_lower": {"type": "number"}, "ci_upper": {"type": "number"}, "p_value": {"type": "number"},
+                "se": {"type": "number"}, "loglik": {"type": "number"}, "iterations": {"type": "integer"},
+                "n_sites": {"type": "integer"}})
+POOLED_RESULT = {
+    "$schema": "https://json-schema.org/draft/2020-12/schema",
+    "title": "IIM-ILD pooled stratified Cox result",
+    **_obj({
+        "schema_version": {"const": SCHEMA_VERSION},
+        "kind": {"const": "pooled_result"},
+        "session_id": NAME,
+        "contract_digest": SHA256,
+        "sites": {"type": "array", "items": SITE_ID, "minItems": 1},
+        "rounds": {"type": "integer", "minimum": 1},
+        "fits": {"type": "object", "propertyNames": NAME, "additionalProperties": _obj({
+            "comparison": NAME, "outcome": NAME, "result": {"oneOf": [_POOLED, {"type": "null"}]},
+            "reason": {"type": ["string", "null"]}})},
+    }),
+}
+SCHEMAS = {"site_aggregates": SITE_PACKAGE, "round_request": ROUND_REQUEST, "round_reply": ROUND_REPLY,
+           "pooled_result": POOLED_RESULT}
