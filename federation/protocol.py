@@ -341,12 +341,17 @@ class SiteNode:
                 if len(item["beta"]) != 1:
                     raise SiteDataError("the model has one coefficient (treatment)")
                 rows = self._comparison_rows(item["comparison"])
+                if rows.empty:
+                    raise SiteDataError("no weights for this comparison at this site (its propensity model could not be fitted)")
                 arms = int(rows["treated"].sum()), int((~rows["treated"]).sum())
                 if min(arms) < self.policy.min_arm:
                     raise SiteDataError(f"an arm has fewer than {self.policy.min_arm} patients at this site")
                 data = outcome_rows(rows, item["outcome"]).arrays()
                 if item["ask"] == "terms":
-                    answer["terms"] = site_terms(*data, item["beta"]).to_dict()
+                    terms = site_terms(*data, item["beta"])
+                    if not (np.isfinite(terms.loglik) and np.all(np.isfinite(terms.information))):
+                        raise SiteDataError(f"the likelihood is not finite at beta {item['beta']}")
+                    answer["terms"] = terms.to_dict()
                 else:
                     answer["meat"] = site_meat(*data, item["beta"]).tolist()
                 sent[item["fit_id"]] = answer["terms"] or answer["meat"]

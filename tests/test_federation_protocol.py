@@ -109,6 +109,18 @@ def test_a_fit_with_a_small_arm_at_a_site_is_refused_and_not_pooled(tmp_path):
     assert state["fits"]["tacrolimus_vs_conventional.death"]["phase"] == "done"
 
 
+def test_a_site_refuses_a_beta_where_its_likelihood_overflows(tmp_path):
+    exchange, _, sites = network(tmp_path)
+    payload = {"schema_version": "1.0", "kind": "round_request", "session_id": "far", "round": 1, "contract_digest": DIGEST,
+               "sites": list(SITES), "reveals": "terms", "items": [{"fit_id": "c.death", "comparison": "tacrolimus_vs_conventional",
+                                                                   "outcome": "death", "ask": "terms", "beta": [1e6]}]}
+    exchange.put(request_name("far", 1), canonical_bytes(SIGNERS[COORDINATOR].sign(payload)))
+    handled = sites["north"].handle_pending()[0]
+    assert handled.outcome == "answered" and not handled.sent
+    reply = parse(exchange.get(reply_name("far", 1, "north")))["payload"]
+    assert reply["answers"][0]["refused"].startswith("the likelihood is not finite")
+
+
 def test_a_site_under_another_contract_refuses_with_the_reason(tmp_path):
     other = contract_digest(contract_terms(RuleParams(followup_days=730)))
     _, coordinator, sites = network(tmp_path, digests={"central": other})
