@@ -251,12 +251,15 @@ class SiteNode:
     """One hospital's side of the protocol: answers verified requests from its own tables, within its policy."""
 
     def __init__(self, site_id: str, exchange: Exchange, signer: Signer, coordinator_key: Ed25519PublicKey,
-                 contract_digest: str, tables: SiteTables, ledger_dir: str | Path, policy: SitePolicy = SitePolicy()):
+                 contract_digest: str, tables: SiteTables | Callable[[], SiteTables], ledger_dir: str | Path,
+                 policy: SitePolicy = SitePolicy()):
+        """``tables`` may be a function that reads them: only a request that is answered needs them."""
         if signer.party != site_id:
             raise ValueError(f"the key of {signer.party!r} cannot answer for {site_id!r}")
         self.site_id, self.exchange, self.signer = site_id, exchange, signer
         self.trusted = {COORDINATOR: coordinator_key}
-        self.digest, self.tables, self.policy = contract_digest, tables, policy
+        self.digest, self.policy = contract_digest, policy
+        self._tables = tables
         self.ledger_dir = Path(ledger_dir)
         self.ledger_dir.mkdir(parents=True, exist_ok=True)
         self._rows: dict[str, Any] = {}
@@ -327,6 +330,12 @@ class SiteNode:
         if self.policy.approve is not None:
             return self.policy.approve(request)
         return None
+
+    @property
+    def tables(self) -> SiteTables:
+        if callable(self._tables):
+            self._tables = self._tables()
+        return self._tables
 
     def _comparison_rows(self, comparison: str):
         if comparison not in self._rows:
