@@ -107,6 +107,9 @@ class Coordinator:
             raise ValueError(f"not a valid session id: {session!r}")
         return self.state_dir / f"{session}.json"
 
+    def sessions(self) -> list[str]:
+        return sorted(p.stem for p in self.state_dir.glob("*.json"))
+
     def state(self, session: str) -> dict[str, Any]:
         return json.loads(self._state_path(session).read_text())
 
@@ -247,6 +250,21 @@ class Handled:
     sent: dict[str, Any] = field(default_factory=dict)   # fit_id -> the numbers that left the site
 
 
+def read_ledger(ledger_dir: Path, session: str) -> dict[str, Any]:
+    path = Path(ledger_dir) / f"{session}.json"
+    return json.loads(path.read_text()) if path.exists() else {"session_id": session, "rounds": {}}
+
+
+def pending_requests(exchange: Exchange, ledger_dir: str | Path) -> list[str]:
+    """Requests in the exchange a site (with this ledger) has not handled yet, oldest first."""
+    out = []
+    for name in exchange.list("sessions"):
+        m = _REQUEST.match(name)
+        if m and str(int(m.group(2))) not in read_ledger(Path(ledger_dir), m.group(1))["rounds"]:
+            out.append(name)
+    return sorted(out, key=lambda n: (n.split("/")[1], n))
+
+
 class SiteNode:
     """One hospital's side of the protocol: answers verified requests from its own tables, within its policy."""
 
@@ -265,26 +283,16 @@ class SiteNode:
         self._rows: dict[str, Any] = {}
 
     # The ledger: this site's own record of the requests it has handled, per session.
-    def _ledger_path(self, session: str) -> Path:
-        return self.ledger_dir / f"{session}.json"
-
     def ledger(self, session: str) -> dict[str, Any]:
-        path = self._ledger_path(session)
-        return json.loads(path.read_text()) if path.exists() else {"session_id": session, "rounds": {}}
+        return read_ledger(self.ledger_dir, session)
 
     def _record(self, session: str, round_: int, entry: dict[str, Any]) -> None:
         ledger = self.ledger(session)
         ledger["rounds"][str(round_)] = entry
-        self._ledger_path(session).write_text(json.dumps(ledger, indent=1))
+        (self.ledger_dir / f"{session}.json").write_text(json.dumps(ledger, indent=1))
 
     def pending(self) -> list[str]:
-        """Requests in the exchange this site has not handled yet (oldest first)."""
-        out = []
-        for name in self.exchange.list("sessions"):
-            m = _REQUEST.match(name)
-            if m and str(int(m.group(2))) not in self.ledger(m.group(1))["rounds"]:
-                out.append(name)
-        return sorted(out, key=lambda n: (n.split("/")[1], n))
+        return pending_requests(self.exchange, self.ledger_dir)
 
     def handle_pending(self) -> list[Handled]:
         return [self.handle(name) for name in self.pending()]
