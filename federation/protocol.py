@@ -45,7 +45,7 @@ from analytics.pooling.stratified_cox import (
 )
 
 from .canonical import canonical_bytes
-from .exchange import Exchange
+from .exchange import Exchange, ExchangeError
 from .package import SiteTables
 from .schema import SCHEMA_VERSION
 from .signing import Signer
@@ -155,8 +155,17 @@ class Coordinator:
         for f in state["fits"].values():
             if f["phase"] in ("terms", "meat"):
                 f["phase"], f["reason"] = "failed", reason
+        self._write_result(state)
         self._save(state)
         return state
+
+    def _write_result(self, state: dict[str, Any]) -> None:
+        """The signed outcome of every fit (pooled, or not and why), for pooled_effects and for the sites."""
+        result = {"schema_version": SCHEMA_VERSION, "kind": "pooled_result", "session_id": state["session_id"],
+                  "contract_digest": self.digest, "sites": state["sites"], "rounds": state["round"],
+                  "fits": {k: {"comparison": f["comparison"], "outcome": f["outcome"], "result": f["result"],
+                               "reason": f["reason"]} for k, f in state["fits"].items()}}
+        self.exchange.put(result_name(state["session_id"]), canonical_bytes(self.signer.sign(result)))
 
     def waiting_for(self, session: str) -> list[str]:
         state = self.state(session)
@@ -191,11 +200,7 @@ class Coordinator:
             self._write_request(state)
         else:
             state["status"] = "done"
-            result = {"schema_version": SCHEMA_VERSION, "kind": "pooled_result", "session_id": session,
-                      "contract_digest": self.digest, "sites": state["sites"], "rounds": round_,
-                      "fits": {k: {"comparison": f["comparison"], "outcome": f["outcome"], "result": f["result"],
-                                   "reason": f["reason"]} for k, f in state["fits"].items()}}
-            self.exchange.put(result_name(session), canonical_bytes(self.signer.sign(result)))
+            self._write_result(state)
         self._save(state)
         return state
 
@@ -322,7 +327,11 @@ class SiteNode:
         reply = {"schema_version": SCHEMA_VERSION, "kind": "round_reply", "session_id": session, "round": round_,
                  "site_id": self.site_id, "contract_digest": self.digest, "request_sha256": _sha256(data),
                  "refused": refusal, "answers": answers}
-        self.exchange.put(reply_name(session, round_, self.site_id), canonical_bytes(self.signer.sign(reply)))
+        try:
+            self.exchange.put(reply_name(session, round_, self.site_id), canonical_bytes(self.signer.sign(reply)))
+        except ExchangeError:  # a reply is already there (this site's ledger was lost): it counts as answered
+            self._record(session, round_, {"outcome": "answered", "reason": "reply found in the exchange"})
+            return Handled(name, "already_answered", "a reply to this request is already in the exchange")
         outcome = "refused" if refusal else "answered"
         self._record(session, round_, {"outcome": outcome, "reason": refusal, "request_sha256": _sha256(data),
                                        "asks": [{k: i[k] for k in ("fit_id", "ask", "beta")} for i in request["items"]]})

@@ -89,6 +89,9 @@ def test_a_site_caps_the_rounds_it_answers(tmp_path):
     assert state["status"] == "failed"
     assert "south refused round 3" in state["reason"] and "round cap reached" in state["reason"]
     assert all(f["result"] is None and "round cap" in f["reason"] for f in state["fits"].values())
+    result = verify_document(coordinator.exchange.get(result_name("capped")), "pooled_result",
+                             {COORDINATOR: SIGNERS[COORDINATOR].key.public_key()})
+    assert all(f["result"] is None and "round cap" in f["reason"] for f in result["fits"].values())  # reported, not pooled
 
 
 def test_a_data_engineer_can_refuse_a_request(tmp_path):
@@ -152,6 +155,17 @@ def test_a_tampered_reply_fails_the_session_with_the_reason(tmp_path):
     path.write_bytes(canonical_bytes(envelope))
     state = coordinator.poll("t1")
     assert state["status"] == "failed" and "reply of south" in state["reason"] and "bad_signature" in state["reason"]
+
+
+def test_a_site_that_lost_its_ledger_does_not_answer_twice(tmp_path):
+    exchange, coordinator, sites = network(tmp_path)
+    coordinator.start("l1", list(sites), FITS[:1])
+    sites["north"].handle_pending()
+    for f in (tmp_path / "site-north").glob("*.json"):
+        f.unlink()
+    again = sites["north"].handle_pending()
+    assert [h.outcome for h in again] == ["already_answered"]
+    assert sites["north"].ledger("l1")["rounds"]["1"]["outcome"] == "answered"  # still counts toward the cap
 
 
 def test_the_coordinator_waits_for_every_site(tmp_path):
