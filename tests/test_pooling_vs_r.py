@@ -176,3 +176,14 @@ def test_meta_analysis_rejects_what_it_cannot_pool():
         meta_analysis([0.1, float("inf")], [0.2, 0.3])
     with pytest.raises(ValueError, match="method"):
         meta_analysis([0.1, 0.2], [0.2, 0.3], method="PM")
+
+
+def test_forest_plot_draws_sites_pools_and_the_stratified_estimate():
+    from analytics.pooling.forest import forest_plot
+
+    yi, sei = own_estimates("tacrolimus_vs_conventional", "death")
+    ref = REF["comparisons"]["tacrolimus_vs_conventional"]["outcomes"]["death"]["pooled"]
+    png = forest_plot(list(SITES), yi, sei, "tacrolimus vs conventional: death",
+                      stratified=(ref["hazard_ratio"], ref["ci_lower"], ref["ci_upper"]))
+    one_site = forest_plot(["north"], yi[:1], sei[:1], "one site: no pooled rows")
+    assert png.startswith(b"\x89PNG") and one_site.startswith(b"\x89PNG") and len(png) > len(one_site)
