@@ -187,3 +187,30 @@ def fit_cox(time, event, x, weights=None, *, max_iter: int = 50, tol: float = 1e
     else:
         robust_var = np.full_like(naive, np.nan)
     return CoxFit(coef=beta, naive_var=naive, robust_var=robust_var, loglik=float(loglik), iterations=iteration)
+
+
+def _prepared(time, event, x, weights):
+    t = np.asarray(time, dtype=float)
+    X = np.asarray(x, dtype=float)
+    X = X[:, None] if X.ndim == 1 else X
+    w = np.ones(len(t)) if weights is None else np.asarray(weights, dtype=float)
+    ts, ds, xs, ws, order = _sorted(t, np.asarray(event, dtype=int), X, w)
+    return ts, ds, xs, ws, order, _tie_groups(ts)
+
+
+def stratum_terms(time, event, x, weights, beta) -> tuple[float, np.ndarray, np.ndarray]:
+    """Log partial likelihood, score and information of one stratum at ``beta`` (Efron ties, case weights).
+
+    A stratified model's terms are the sums of its strata's: this is what a site computes for its own
+    stratum when the strata live in different hospitals (analytics/pooling)."""
+    ts, ds, xs, ws, _, groups = _prepared(time, event, x, weights)
+    return _loglik_score_info(np.asarray(beta, dtype=float), ts, ds, xs, ws, groups)
+
+
+def weighted_score_residuals(time, event, x, weights, beta) -> np.ndarray:
+    """Per-subject w_i * U_i at ``beta`` (rows in input order): the robust variance's meat is their cross-product."""
+    ts, ds, xs, ws, order, groups = _prepared(time, event, x, weights)
+    resid = _score_residuals(np.asarray(beta, dtype=float), ts, ds, xs, ws, groups) * ws[:, None]
+    out = np.empty_like(resid)
+    out[order] = resid
+    return out

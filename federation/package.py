@@ -1,0 +1,180 @@
+"""The site package: a versioned, signed JSON document of aggregates only, what a hospital shares with the
+consortium about its IPTW analysis (site id, contract parameters and digest, group sizes, events, its own
+primary estimates per comparison × outcome, covariate balance, attrition).
+
+Built from the tables the pipeline already writes (``cohort``, ``cohort_attrition``, ``iptw_weights``,
+``covariate_balance``); the site's own estimates are analytics.cox.fit_cox on the same weighted rows as its
+``effect_estimates`` (log HR and robust SE, which the table shows only as HR and CI). Every count that could
+identify a patient goes through small-cell suppression (federation/suppression.py), including cells a
+published sum would give back; estimates and balance of a comparison with an arm under the threshold are
+withheld.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from datetime import date, datetime, timezone
+from importlib.metadata import PackageNotFoundError, version
+from typing import Any, Mapping
+
+import numpy as np
+import pandas as pd
+
+from analytics.balance import kish_ess
+from analytics.cohort.concepts import ConceptMap
+from analytics.comparisons import OUTCOMES, RETROSPECTIVE_COMPARISONS
+from analytics.cox import CoxConvergenceError, fit_cox
+
+from .contract import concept_map_report, contract_digest
+from .schema import SCHEMA_VERSION
+from .signing import Signer
+from .site import TREATED_GROUP, comparison_rows, outcome_rows
+from .suppression import DEFAULT_THRESHOLD, suppress
+
+OTHER = "virtual.other_agents"   # conventional patients on agents without a comparison of their own (MMF, CsA)
+
+
+@dataclass(frozen=True)
+class SiteTables:
+    """The site's warehouse tables the package is built from (as the pipeline writes them)."""
+
+    cohort: pd.DataFrame
+    cohort_attrition: pd.DataFrame
+    iptw_weights: pd.DataFrame
+    covariate_balance: pd.DataFrame
+
+
+def _members(cohort: pd.DataFrame, agent: str | None) -> pd.DataFrame:
+    # The selection of analytics.comparisons.retrospective_comparison (tested to agree with its counts).
+    return cohort if agent is None else cohort[(cohort["group"] == TREATED_GROUP) | (cohort["conventional_agent"] == agent)]
+
+
+def _counts(tables: SiteTables) -> tuple[dict[str, int], list[tuple[str, list[str]]]]:
+    """Every count the package could publish, and the sums among them (for complementary suppression)."""
+    cohort = tables.cohort
+    treated = cohort["group"].eq(TREATED_GROUP)
+    counts = {"cohort.n": len(cohort), "cohort.groups.tacrolimus": int(treated.sum()),
+              "cohort.groups.conventional": int(cohort["group"].eq("conventional").sum())}
+    relations: list[tuple[str, list[str]]] = [("cohort.n", ["cohort.groups.tacrolimus", "cohort.groups.conventional"])]
+    for name, frame in tables.cohort_attrition.groupby("cohort", sort=False):
+        frame = frame.sort_values("step")
+        base = f"attrition.{name}"
+        counts[f"{base}.screened"] = int(frame["n_remaining"].iloc[0])
+        counts[f"{base}.included"] = int(frame["n_remaining"].iloc[-1])
+        parts = []
+        for row in frame.iloc[1:].itertuples(index=False):
+            counts[f"{base}.excluded.{row.reason}"] = int(row.n_excluded)
+            parts.append(f"{base}.excluded.{row.reason}")
+        relations.append((f"{base}.screened", [*parts, f"{base}.included"]))
+        if name == "retrospective":
+            relations.append(("cohort.n", [f"{base}.included"]))
+    agents = [a for a in RETROSPECTIVE_COMPARISONS.values() if a is not None]
+    other = cohort[cohort["group"].eq("conventional") & ~cohort["conventional_agent"].isin(agents)]
+    counts[f"{OTHER}.n_control"] = len(other)
+    for outcome in OUTCOMES:
+        counts[f"{OTHER}.{outcome}.events_control"] = int(other[f"{outcome}_event"].sum())
+    for name, agent in RETROSPECTIVE_COMPARISONS.items():
+        members = _members(cohort, agent)
+        arm = members["group"].eq(TREATED_GROUP)
+        base = f"comparisons.{name}"
+        counts[f"{base}.n_treated"], counts[f"{base}.n_control"] = int(arm.sum()), int((~arm).sum())
+        relations.append((f"{base}.n_treated", ["cohort.groups.tacrolimus"]))
+        for outcome in OUTCOMES:
+            event = members[f"{outcome}_event"]
+            counts[f"{base}.outcomes.{outcome}.events_treated"] = int(event[arm].sum())
+            counts[f"{base}.outcomes.{outcome}.events_control"] = int(event[~arm].sum())
+    main = "comparisons.tacrolimus_vs_conventional"
+    by_agent = [f"comparisons.{n}" for n, a in RETROSPECTIVE_COMPARISONS.items() if a is not None]
+    relations.append((f"{main}.n_control", ["cohort.groups.conventional"]))
+    relations.append((f"{main}.n_control", [f"{b}.n_control" for b in by_agent] + [f"{OTHER}.n_control"]))
+    for outcome in OUTCOMES:
+        for b in by_agent:
+            relations.append((f"{main}.outcomes.{outcome}.events_treated", [f"{b}.outcomes.{outcome}.events_treated"]))
+        relations.append((f"{main}.outcomes.{outcome}.events_control",
+                          [f"{b}.outcomes.{outcome}.events_control" for b in by_agent] + [f"{OTHER}.{outcome}.events_control"]))
+    return counts, relations
+
+
+def _finite(x: float) -> float | None:
+    return float(x) if x is not None and math.isfinite(x) else None
+
+
+def _comparison(tables: SiteTables, name: str, published: Mapping[str, int | None], raw: Mapping[str, int],
+                threshold: int) -> dict[str, Any]:
+    base = f"comparisons.{name}"
+    small = min(raw[f"{base}.n_treated"], raw[f"{base}.n_control"]) < threshold
+    rows = comparison_rows(tables.cohort, tables.iptw_weights, name)
+    note = None
+    if small:
+        note = f"an arm has fewer than {threshold} patients: estimates and balance withheld"
+    elif rows.empty:
+        note = "no weights: the site's propensity model could not be fitted for this comparison"
+    elif len(rows) != len(_members(tables.cohort, RETROSPECTIVE_COMPARISONS[name])):
+        note = "weights do not cover the comparison's patients: estimates withheld"
+    usable = note is None
+    arm = rows["treated"].to_numpy(dtype=bool) if usable else np.zeros(0, dtype=bool)
+    w = rows["weight"] if usable else pd.Series(dtype=float)
+    balance = None
+    if usable:
+        b = tables.covariate_balance[tables.covariate_balance["analysis"] == name]
+        balance = [{"covariate": str(r.covariate), "smd_unweighted": float(r.smd_unweighted), "smd_weighted": float(r.smd_weighted)}
+                   for r in b.itertuples(index=False)]
+    outcomes = {}
+    for outcome in OUTCOMES:
+        key = f"{base}.outcomes.{outcome}"
+        estimate, why = None, note
+        if usable:
+            if min(raw[f"{key}.events_treated"], raw[f"{key}.events_control"]) == 0:
+                why = "no events in an arm: the hazard ratio is not estimable"
+            else:
+                try:
+                    fit = fit_cox(*outcome_rows(rows, outcome).arrays())
+                    estimate = {"log_hr": float(fit.coef[0]), "robust_se": float(fit.robust_se[0])}
+                except (CoxConvergenceError, np.linalg.LinAlgError) as exc:
+                    why = f"the site's Cox model did not converge ({type(exc).__name__})"
+        outcomes[outcome] = {"events_treated": published[f"{key}.events_treated"],
+                             "events_control": published[f"{key}.events_control"], "estimate": estimate, "note": why}
+    return {"n_treated": published[f"{base}.n_treated"], "n_control": published[f"{base}.n_control"],
+            "ess_treated": _finite(kish_ess(w[arm])) if usable else None,
+            "ess_control": _finite(kish_ess(w[~arm])) if usable else None,
+            "balance": balance, "outcomes": outcomes, "note": note}
+
+
+def _software() -> dict[str, str]:
+    try:
+        package_version = version("iimild-pipeline")
+    except PackageNotFoundError:
+        package_version = "unknown"
+    return {"package_version": package_version, "git_commit": "unknown"}
+
+
+def build_site_package(site_id: str, tables: SiteTables, *, terms: dict[str, Any], concepts: ConceptMap, data_cutoff: date,
+                       threshold: int = DEFAULT_THRESHOLD, software: dict[str, str] | None = None,
+                       created_at: datetime | None = None) -> dict[str, Any]:
+    """The package payload (unsigned): aggregates only, small cells withheld."""
+    raw, relations = _counts(tables)
+    published, withheld = suppress(raw, relations, threshold)
+    attrition: dict[str, Any] = {}
+    for name in dict.fromkeys(tables.cohort_attrition["cohort"]):
+        base = f"attrition.{name}"
+        attrition[name] = {"screened": published[f"{base}.screened"], "included": published[f"{base}.included"],
+                           "excluded": {k.removeprefix(f"{base}.excluded."): v for k, v in published.items()
+                                        if k.startswith(f"{base}.excluded.")}}
+    return {
+        "schema_version": SCHEMA_VERSION, "kind": "site_aggregates", "site_id": site_id,
+        "created_at": (created_at or datetime.now(timezone.utc)).isoformat(timespec="seconds"),
+        "contract": {"digest": contract_digest(terms), "terms": terms, "concept_map": concept_map_report(concepts),
+                     "data_cutoff": data_cutoff.isoformat()},
+        "software": software or _software(),
+        "suppression": {"threshold": threshold, "withheld": {k: v for k, v in sorted(withheld.items()) if not k.startswith("virtual.")}},
+        "cohort": {"n": published["cohort.n"], "groups": {"tacrolimus": published["cohort.groups.tacrolimus"],
+                                                          "conventional": published["cohort.groups.conventional"]}},
+        "attrition": attrition,
+        "comparisons": {name: _comparison(tables, name, published, raw, threshold) for name in RETROSPECTIVE_COMPARISONS},
+    }
+
+
+def sign_package(payload: dict[str, Any], signer: Signer) -> dict[str, Any]:
+    if signer.party != payload["site_id"]:
+        raise ValueError(f"the key of {signer.party!r} cannot sign the package of site {payload['site_id']!r}")
+    return signer.sign(payload)

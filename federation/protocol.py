@@ -1,0 +1,387 @@
+"""The round-based protocol that fits the exact pooled stratified IPTW Cox model (analytics/pooling).
+
+A session fits one model per comparison × outcome ("fit"). Each round the coordinator writes one signed
+request naming, per fit, what it asks and at which beta; each site verifies it, checks its own policy (a
+cap on rounds, a minimum arm size, a data engineer's approval), and writes one signed reply with, per fit,
+only the sums of its own stratum:
+
+- ``terms`` (Newton rounds): the stratum's log partial likelihood, score and information at beta;
+- ``meat`` (the last round of a fit): the sum over its patients of (w_i U_i)(w_i U_i)' at the estimate.
+
+The coordinator adds the replies up, takes coxfit6's next step (analytics/pooling/stratified_cox.py), and
+writes the next request, until every fit has its estimate and robust variance; then it writes the signed
+result. A site may refuse a round or a fit, with a reason: the fit then stops, reported, and is not pooled.
+
+Documents, in the exchange (federation/exchange.py):
+    sessions/<session>/round-<NNN>/request.json        signed by the coordinator
+    sessions/<session>/round-<NNN>/reply-<site>.json   signed by the site
+    sessions/<session>/result.json                     signed by the coordinator
+Each side keeps its own state outside the exchange (the coordinator its Newton states, a site its ledger of
+rounds answered), so nothing in the shared folder can make a site forget how many rounds it has answered.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Mapping, Sequence
+
+import numpy as np
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
+
+from analytics.comparisons import OUTCOMES, RETROSPECTIVE_COMPARISONS
+from analytics.cox import CoxConvergenceError
+from analytics.pooling.stratified_cox import (
+    MAX_ITER,
+    NewtonState,
+    StratumTerms,
+    newton_start,
+    newton_update,
+    pooled_fit,
+    site_meat,
+    site_terms,
+)
+
+from .canonical import canonical_bytes
+from .exchange import Exchange, ExchangeError
+from .package import SiteTables
+from .schema import SCHEMA_VERSION
+from .signing import Signer
+from .site import SiteDataError, comparison_rows, outcome_rows
+from .verify import PackageRejected, verify_document
+
+COORDINATOR = "coordinator"
+REVEALS = {
+    "terms": "terms: for each fit, your stratum's log partial likelihood, score and information at the stated beta "
+             "(3 numbers with the one coefficient, treatment). They are weighted sums over your risk sets; no count, "
+             "time or patient row is sent, but many rounds at chosen betas describe your risk sets more and more "
+             "closely, which is why you cap the rounds.",
+    "meat": "meat: for each fit, the sum over your patients of their squared weighted score residuals at the final "
+            "beta (1 number with one coefficient), for the pooled robust variance.",
+}
+DEFAULT_FITS = tuple((c, o) for c in RETROSPECTIVE_COMPARISONS for o in OUTCOMES)
+_REQUEST = re.compile(r"^sessions/([A-Za-z0-9_.-]+)/round-(\d{3})/request\.json$")
+
+
+def request_name(session: str, round_: int) -> str:
+    return f"sessions/{session}/round-{round_:03d}/request.json"
+
+
+def reply_name(session: str, round_: int, site: str) -> str:
+    return f"sessions/{session}/round-{round_:03d}/reply-{site}.json"
+
+
+def result_name(session: str) -> str:
+    return f"sessions/{session}/result.json"
+
+
+def reveals(items: Sequence[Mapping[str, Any]]) -> str:
+    """What a request will learn, in words, for the site's data engineer (shown before it is answered)."""
+    asks = sorted({i["ask"] for i in items})
+    fits = ", ".join(i["fit_id"] for i in items)
+    return " ".join(REVEALS[a] for a in asks) + f" Fits: {fits}."
+
+
+def _sha256(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+# ---- coordinator ---------------------------------------------------------------------------------------------
+
+class Coordinator:
+    """Runs sessions: writes requests, verifies replies, keeps each fit's Newton state in ``state_dir``."""
+
+    def __init__(self, exchange: Exchange, signer: Signer, site_keys: Mapping[str, Ed25519PublicKey], contract_digest: str,
+                 state_dir: str | Path, *, max_iter: int = MAX_ITER):
+        if signer.party != COORDINATOR:
+            raise ValueError(f"the coordinator signs as {COORDINATOR!r}, not {signer.party!r}")
+        self.exchange, self.signer, self.site_keys = exchange, signer, dict(site_keys)
+        self.digest, self.max_iter = contract_digest, max_iter
+        self.state_dir = Path(state_dir)
+        self.state_dir.mkdir(parents=True, exist_ok=True)
+
+    def _state_path(self, session: str) -> Path:
+        if not re.match(r"^[A-Za-z0-9_.-]{1,80}$", session):
+            raise ValueError(f"not a valid session id: {session!r}")
+        return self.state_dir / f"{session}.json"
+
+    def sessions(self) -> list[str]:
+        return sorted(p.stem for p in self.state_dir.glob("*.json"))
+
+    def state(self, session: str) -> dict[str, Any]:
+        return json.loads(self._state_path(session).read_text())
+
+    def _save(self, state: dict[str, Any]) -> None:
+        path = self._state_path(state["session_id"])
+        tmp = path.with_suffix(".partial")
+        tmp.write_text(json.dumps(state, indent=1))
+        tmp.replace(path)
+
+    def start(self, session: str, sites: Sequence[str], fits: Sequence[tuple[str, str]] = DEFAULT_FITS) -> dict[str, Any]:
+        """Open a session over ``sites`` and write its first request (every fit's terms at beta = 0)."""
+        if self._state_path(session).exists():
+            raise ValueError(f"session {session!r} exists")
+        unknown = [s for s in sites if s not in self.site_keys]
+        if unknown or not sites:
+            raise ValueError(f"no public key for sites {unknown}" if unknown else "a session needs at least one site")
+        state = {"session_id": session, "sites": list(sites), "round": 1, "status": "running", "reason": None,
+                 "fits": {f"{c}.{o}": {"comparison": c, "outcome": o, "phase": "terms", "newton": newton_start(1).to_dict(),
+                                       "result": None, "reason": None} for c, o in fits}}
+        self._write_request(state)
+        self._save(state)
+        return state
+
+    def _items(self, state: dict[str, Any]) -> list[dict[str, Any]]:
+        items = []
+        for fit_id, f in state["fits"].items():
+            if f["phase"] in ("terms", "meat"):
+                newton = NewtonState.from_dict(f["newton"])
+                beta = newton.proposal if f["phase"] == "terms" else newton.beta
+                items.append({"fit_id": fit_id, "comparison": f["comparison"], "outcome": f["outcome"], "ask": f["phase"],
+                              "beta": [float(b) for b in beta]})
+        return items
+
+    def _write_request(self, state: dict[str, Any]) -> None:
+        items = self._items(state)
+        payload = {"schema_version": SCHEMA_VERSION, "kind": "round_request", "session_id": state["session_id"],
+                   "round": state["round"], "contract_digest": self.digest, "sites": state["sites"],
+                   "reveals": reveals(items), "items": items}
+        self.exchange.put(request_name(state["session_id"], state["round"]), canonical_bytes(self.signer.sign(payload)))
+
+    def _fail(self, state: dict[str, Any], reason: str) -> dict[str, Any]:
+        state["status"], state["reason"] = "failed", reason
+        for f in state["fits"].values():
+            if f["phase"] in ("terms", "meat"):
+                f["phase"], f["reason"] = "failed", reason
+        self._write_result(state)
+        self._save(state)
+        return state
+
+    def _write_result(self, state: dict[str, Any]) -> None:
+        """The signed outcome of every fit (pooled, or not and why), for pooled_effects and for the sites."""
+        result = {"schema_version": SCHEMA_VERSION, "kind": "pooled_result", "session_id": state["session_id"],
+                  "contract_digest": self.digest, "sites": state["sites"], "rounds": state["round"],
+                  "fits": {k: {"comparison": f["comparison"], "outcome": f["outcome"], "result": f["result"],
+                               "reason": f["reason"]} for k, f in state["fits"].items()}}
+        self.exchange.put(result_name(state["session_id"]), canonical_bytes(self.signer.sign(result)))
+
+    def waiting_for(self, session: str) -> list[str]:
+        state = self.state(session)
+        if state["status"] != "running":
+            return []
+        return [s for s in state["sites"] if not self.exchange.exists(reply_name(session, state["round"], s))]
+
+    def poll(self, session: str) -> dict[str, Any]:
+        """If every site has replied to the current round: verify the replies, advance each fit, and write the
+        next request (or the result). Returns the session state."""
+        state = self.state(session)
+        if state["status"] != "running" or self.waiting_for(session):
+            return state
+        round_ = state["round"]
+        request_sha = _sha256(self.exchange.get(request_name(session, round_)))
+        answers: dict[str, dict[str, dict[str, Any]]] = {}
+        for site in state["sites"]:
+            try:
+                reply = verify_document(self.exchange.get(reply_name(session, round_, site)), "round_reply", self.site_keys,
+                                        expected_signer=site, expected_digest=self.digest)
+            except PackageRejected as exc:
+                return self._fail(state, f"the reply of {site} to round {round_} was rejected: {exc}")
+            if (reply["session_id"], reply["round"], reply["request_sha256"]) != (session, round_, request_sha):
+                return self._fail(state, f"the reply of {site} answers another request (session, round or request digest)")
+            if reply["refused"]:
+                return self._fail(state, f"{site} refused round {round_}: {reply['refused']}")
+            answers[site] = {a["fit_id"]: a for a in reply["answers"]}
+        for item in self._items(state):
+            self._advance(state["fits"][item["fit_id"]], item, answers)
+        if any(f["phase"] in ("terms", "meat") for f in state["fits"].values()):
+            state["round"] = round_ + 1
+            self._write_request(state)
+        else:
+            state["status"] = "done"
+            self._write_result(state)
+        self._save(state)
+        return state
+
+    def _advance(self, fit: dict[str, Any], item: Mapping[str, Any], answers: Mapping[str, Mapping[str, Any]]) -> None:
+        fit_id = item["fit_id"]
+        got = {}
+        for site, by_fit in answers.items():
+            a = by_fit.get(fit_id)
+            if a is None or a["ask"] != item["ask"]:
+                fit["phase"], fit["reason"] = "failed", f"{site} did not answer {item['ask']} for {fit_id}"
+                return
+            if a["refused"]:
+                fit["phase"], fit["reason"] = "failed", f"{site} refused: {a['refused']}"
+                return
+            got[site] = a
+        newton = NewtonState.from_dict(fit["newton"])
+        try:
+            if item["ask"] == "terms":
+                newton = newton_update(newton, [StratumTerms.from_dict(a["terms"]) for a in got.values()], max_iter=self.max_iter)
+                fit["newton"] = newton.to_dict()
+                if newton.done:
+                    fit["phase"] = "meat"
+            else:
+                cox = pooled_fit(newton, [np.asarray(a["meat"], dtype=float) for a in got.values()])
+                fit["result"] = {**cox.summary()[0], "se": float(np.sqrt(cox.naive_var[0, 0])), "loglik": cox.loglik,
+                                 "iterations": cox.iterations, "n_sites": len(got)}
+                fit["phase"] = "done"
+        except (CoxConvergenceError, ValueError, np.linalg.LinAlgError) as exc:
+            fit["phase"], fit["reason"] = "failed", f"{type(exc).__name__}: {exc}"
+
+
+# ---- site ----------------------------------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class SitePolicy:
+    """What a site agrees to answer. ``approve`` is the data engineer's gate: given the verified request, a
+    reason to refuse it, or None to answer."""
+
+    max_rounds: int = MAX_ITER + 5        # per session: coxph needs at most 21 likelihood rounds and 1 variance round
+    min_arm: int = 5                      # refuse a fit whose smaller arm has fewer patients (the suppression threshold)
+    approve: Callable[[Mapping[str, Any]], str | None] | None = None
+
+
+@dataclass
+class Handled:
+    """What a site did with one request, for its data engineer (the Dagster run shows this)."""
+
+    request: str
+    outcome: str                          # answered | refused | rejected | not_for_us | already_answered
+    reason: str | None = None
+    reveals: str | None = None
+    sent: dict[str, Any] = field(default_factory=dict)   # fit_id -> the numbers that left the site
+
+
+def read_ledger(ledger_dir: Path, session: str) -> dict[str, Any]:
+    path = Path(ledger_dir) / f"{session}.json"
+    return json.loads(path.read_text()) if path.exists() else {"session_id": session, "rounds": {}}
+
+
+def pending_requests(exchange: Exchange, ledger_dir: str | Path) -> list[str]:
+    """Requests in the exchange a site (with this ledger) has not handled yet, oldest first."""
+    out = []
+    for name in exchange.list("sessions"):
+        m = _REQUEST.match(name)
+        if m and str(int(m.group(2))) not in read_ledger(Path(ledger_dir), m.group(1))["rounds"]:
+            out.append(name)
+    return sorted(out, key=lambda n: (n.split("/")[1], n))
+
+
+class SiteNode:
+    """One hospital's side of the protocol: answers verified requests from its own tables, within its policy."""
+
+    def __init__(self, site_id: str, exchange: Exchange, signer: Signer, coordinator_key: Ed25519PublicKey,
+                 contract_digest: str, tables: SiteTables | Callable[[], SiteTables], ledger_dir: str | Path,
+                 policy: SitePolicy = SitePolicy()):
+        """``tables`` may be a function that reads them: only a request that is answered needs them."""
+        if signer.party != site_id:
+            raise ValueError(f"the key of {signer.party!r} cannot answer for {site_id!r}")
+        self.site_id, self.exchange, self.signer = site_id, exchange, signer
+        self.trusted = {COORDINATOR: coordinator_key}
+        self.digest, self.policy = contract_digest, policy
+        self._tables = tables
+        self.ledger_dir = Path(ledger_dir)
+        self.ledger_dir.mkdir(parents=True, exist_ok=True)
+        self._rows: dict[str, Any] = {}
+
+    # The ledger: this site's own record of the requests it has handled, per session.
+    def ledger(self, session: str) -> dict[str, Any]:
+        return read_ledger(self.ledger_dir, session)
+
+    def _record(self, session: str, round_: int, entry: dict[str, Any]) -> None:
+        ledger = self.ledger(session)
+        ledger["rounds"][str(round_)] = entry
+        (self.ledger_dir / f"{session}.json").write_text(json.dumps(ledger, indent=1))
+
+    def pending(self) -> list[str]:
+        return pending_requests(self.exchange, self.ledger_dir)
+
+    def handle_pending(self) -> list[Handled]:
+        return [self.handle(name) for name in self.pending()]
+
+    def handle(self, name: str) -> Handled:
+        m = _REQUEST.match(name)
+        if not m:
+            return Handled(name, "rejected", "not a request name")
+        session, round_ = m.group(1), int(m.group(2))
+        if str(round_) in self.ledger(session)["rounds"]:
+            return Handled(name, "already_answered")
+        data = self.exchange.get(name)
+        try:
+            request = verify_document(data, "round_request", self.trusted, expected_signer=COORDINATOR)
+        except PackageRejected as exc:
+            self._record(session, round_, {"outcome": "rejected", "reason": str(exc)})
+            return Handled(name, "rejected", str(exc))
+        if (request["session_id"], request["round"]) != (session, round_):
+            reason = "the request's session or round does not match its name"
+            self._record(session, round_, {"outcome": "rejected", "reason": reason})
+            return Handled(name, "rejected", reason)
+        if self.site_id not in request["sites"]:
+            self._record(session, round_, {"outcome": "not_for_us"})
+            return Handled(name, "not_for_us")
+        refusal = self._refusal(request)
+        answers, sent = ([], {}) if refusal else self._answers(request["items"])
+        reply = {"schema_version": SCHEMA_VERSION, "kind": "round_reply", "session_id": session, "round": round_,
+                 "site_id": self.site_id, "contract_digest": self.digest, "request_sha256": _sha256(data),
+                 "refused": refusal, "answers": answers}
+        try:
+            self.exchange.put(reply_name(session, round_, self.site_id), canonical_bytes(self.signer.sign(reply)))
+        except ExchangeError:  # a reply is already there (this site's ledger was lost): it counts as answered
+            self._record(session, round_, {"outcome": "answered", "reason": "reply found in the exchange"})
+            return Handled(name, "already_answered", "a reply to this request is already in the exchange")
+        outcome = "refused" if refusal else "answered"
+        self._record(session, round_, {"outcome": outcome, "reason": refusal, "request_sha256": _sha256(data),
+                                       "asks": [{k: i[k] for k in ("fit_id", "ask", "beta")} for i in request["items"]]})
+        return Handled(name, outcome, refusal, request["reveals"], sent)
+
+    def _refusal(self, request: Mapping[str, Any]) -> str | None:
+        if request["contract_digest"] != self.digest:
+            return (f"this site works under contract {self.digest[:12]}…, the request under "
+                    f"{request['contract_digest'][:12]}…")
+        answered = sum(1 for r in self.ledger(request["session_id"])["rounds"].values() if r.get("outcome") == "answered")
+        if answered >= self.policy.max_rounds:
+            return f"round cap reached: this site answers at most {self.policy.max_rounds} rounds per session"
+        if self.policy.approve is not None:
+            return self.policy.approve(request)
+        return None
+
+    @property
+    def tables(self) -> SiteTables:
+        if callable(self._tables):
+            self._tables = self._tables()
+        return self._tables
+
+    def _comparison_rows(self, comparison: str):
+        if comparison not in self._rows:
+            self._rows[comparison] = comparison_rows(self.tables.cohort, self.tables.iptw_weights, comparison)
+        return self._rows[comparison]
+
+    def _answers(self, items: Sequence[Mapping[str, Any]]) -> tuple[list[dict[str, Any]], dict[str, Any]]:
+        answers, sent = [], {}
+        for item in items:
+            answer: dict[str, Any] = {"fit_id": item["fit_id"], "ask": item["ask"], "terms": None, "meat": None, "refused": None}
+            try:
+                if len(item["beta"]) != 1:
+                    raise SiteDataError("the model has one coefficient (treatment)")
+                rows = self._comparison_rows(item["comparison"])
+                if rows.empty:
+                    raise SiteDataError("no weights for this comparison at this site (its propensity model could not be fitted)")
+                arms = int(rows["treated"].sum()), int((~rows["treated"]).sum())
+                if min(arms) < self.policy.min_arm:
+                    raise SiteDataError(f"an arm has fewer than {self.policy.min_arm} patients at this site")
+                data = outcome_rows(rows, item["outcome"]).arrays()
+                if item["ask"] == "terms":
+                    terms = site_terms(*data, item["beta"])
+                    if not (np.isfinite(terms.loglik) and np.all(np.isfinite(terms.information))):
+                        raise SiteDataError(f"the likelihood is not finite at beta {item['beta']}")
+                    answer["terms"] = terms.to_dict()
+                else:
+                    answer["meat"] = site_meat(*data, item["beta"]).tolist()
+                sent[item["fit_id"]] = answer["terms"] or answer["meat"]
+            except SiteDataError as exc:
+                answer["refused"] = str(exc)
+            answers.append(answer)
+        return answers, sent

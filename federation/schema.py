@@ -1,0 +1,110 @@
+"""JSON Schemas of what travels between sites and the coordinator (draft 2020-12, checked with
+``jsonschema``). Closed objects (no additional properties): a package can carry only the fields named here,
+which is half of the proof that it holds aggregates only (the leak test is the other half)."""
+from __future__ import annotations
+
+from typing import Any
+
+SCHEMA_VERSION = "1.0"
+SITE_ID = {"type": "string", "pattern": "^[a-z0-9][a-z0-9_-]{0,62}$"}
+SHA256 = {"type": "string", "pattern": "^[0-9a-f]{64}$"}
+COUNT = {"type": ["integer", "null"], "minimum": 0}            # null: withheld by small-cell suppression
+NUMBER = {"type": ["number", "null"]}
+NAME = {"type": "string", "pattern": "^[A-Za-z0-9_.-]{1,80}$"}
+
+
+def _obj(properties: dict[str, Any], required: list[str] | None = None) -> dict[str, Any]:
+    return {"type": "object", "properties": properties, "required": list(properties) if required is None else required,
+            "additionalProperties": False}
+
+
+_ESTIMATE = _obj({"log_hr": {"type": "number"}, "robust_se": {"type": "number", "exclusiveMinimum": 0}})
+_OUTCOME = _obj({"events_treated": COUNT, "events_control": COUNT, "estimate": {"oneOf": [_ESTIMATE, {"type": "null"}]},
+                 "note": {"type": ["string", "null"], "maxLength": 200}})
+_BALANCE = _obj({"covariate": {"type": "string", "pattern": "^[A-Za-z0-9_.\\[\\]-]{1,80}$"},
+                 "smd_unweighted": {"type": "number"}, "smd_weighted": {"type": "number"}})
+_COMPARISON = _obj({
+    "n_treated": COUNT, "n_control": COUNT, "ess_treated": NUMBER, "ess_control": NUMBER,
+    "balance": {"oneOf": [{"type": "array", "items": _BALANCE, "maxItems": 50}, {"type": "null"}]},
+    "outcomes": {"type": "object", "propertyNames": NAME, "additionalProperties": _OUTCOME},
+    "note": {"type": ["string", "null"], "maxLength": 200}})
+_ATTRITION = _obj({"screened": COUNT, "excluded": {"type": "object", "propertyNames": NAME, "additionalProperties": COUNT},
+                   "included": COUNT})
+
+SITE_PACKAGE = {
+    "$schema": "https://json-schema.org/draft/2020-12/schema",
+    "title": "IIM-ILD site aggregates",
+    **_obj({
+        "schema_version": {"const": SCHEMA_VERSION},
+        "kind": {"const": "site_aggregates"},
+        "site_id": SITE_ID,
+        "created_at": {"type": "string", "format": "date-time", "maxLength": 40},
+        "contract": _obj({"digest": SHA256, "terms": {"type": "object"},
+                          "concept_map": _obj({"effective_sha256": SHA256, "extends_default": {"type": "boolean"}}),
+                          "data_cutoff": {"type": "string", "pattern": "^\\d{4}-\\d{2}-\\d{2}$"}}),
+        "software": _obj({"package_version": {"type": "string", "maxLength": 40},
+                          "git_commit": {"type": "string", "maxLength": 64}}),
+        "suppression": _obj({"threshold": {"type": "integer", "minimum": 1},
+                             "withheld": {"type": "object", "additionalProperties": {"enum": ["small", "complementary"]}}}),
+        "cohort": _obj({"n": COUNT, "groups": _obj({"tacrolimus": COUNT, "conventional": COUNT})}),
+        "attrition": {"type": "object", "propertyNames": NAME, "additionalProperties": _ATTRITION},
+        "comparisons": {"type": "object", "propertyNames": NAME, "additionalProperties": _COMPARISON},
+    }),
+}
+
+_BETA = {"type": "array", "items": {"type": "number"}, "minItems": 1, "maxItems": 10}
+_MATRIX = {"type": "array", "items": _BETA, "minItems": 1, "maxItems": 10}
+_ITEM = _obj({"fit_id": NAME, "comparison": NAME, "outcome": NAME, "ask": {"enum": ["terms", "meat"]}, "beta": _BETA})
+ROUND_REQUEST = {
+    "$schema": "https://json-schema.org/draft/2020-12/schema",
+    "title": "IIM-ILD pooling round request",
+    **_obj({
+        "schema_version": {"const": SCHEMA_VERSION},
+        "kind": {"const": "round_request"},
+        "session_id": NAME,
+        "round": {"type": "integer", "minimum": 1},
+        "contract_digest": SHA256,
+        "sites": {"type": "array", "items": SITE_ID, "minItems": 1},
+        "reveals": {"type": "string", "maxLength": 2000},
+        "items": {"type": "array", "items": _ITEM, "minItems": 1, "maxItems": 50},
+    }),
+}
+_TERMS = _obj({"loglik": {"type": "number"}, "score": _BETA, "information": _MATRIX})
+_ANSWER = _obj({"fit_id": NAME, "ask": {"enum": ["terms", "meat"]}, "terms": {"oneOf": [_TERMS, {"type": "null"}]},
+                "meat": {"oneOf": [_MATRIX, {"type": "null"}]}, "refused": {"type": ["string", "null"], "maxLength": 300}})
+ROUND_REPLY = {
+    "$schema": "https://json-schema.org/draft/2020-12/schema",
+    "title": "IIM-ILD pooling round reply",
+    **_obj({
+        "schema_version": {"const": SCHEMA_VERSION},
+        "kind": {"const": "round_reply"},
+        "session_id": NAME,
+        "round": {"type": "integer", "minimum": 1},
+        "site_id": SITE_ID,
+        "contract_digest": SHA256,
+        "request_sha256": SHA256,
+        "refused": {"type": ["string", "null"], "maxLength": 300},
+        "answers": {"type": "array", "items": _ANSWER, "maxItems": 50},
+    }),
+}
+_POOLED = _obj({"coef": {"type": "number"}, "robust_se": {"type": "number"}, "hazard_ratio": {"type": "number"},
+                "ci_lower": {"type": "number"}, "ci_upper": {"type": "number"}, "p_value": {"type": "number"},
+                "se": {"type": "number"}, "loglik": {"type": "number"}, "iterations": {"type": "integer"},
+                "n_sites": {"type": "integer"}})
+POOLED_RESULT = {
+    "$schema": "https://json-schema.org/draft/2020-12/schema",
+    "title": "IIM-ILD pooled stratified Cox result",
+    **_obj({
+        "schema_version": {"const": SCHEMA_VERSION},
+        "kind": {"const": "pooled_result"},
+        "session_id": NAME,
+        "contract_digest": SHA256,
+        "sites": {"type": "array", "items": SITE_ID, "minItems": 1},
+        "rounds": {"type": "integer", "minimum": 1},
+        "fits": {"type": "object", "propertyNames": NAME, "additionalProperties": _obj({
+            "comparison": NAME, "outcome": NAME, "result": {"oneOf": [_POOLED, {"type": "null"}]},
+            "reason": {"type": ["string", "null"]}})},
+    }),
+}
+SCHEMAS = {"site_aggregates": SITE_PACKAGE, "round_request": ROUND_REQUEST, "round_reply": ROUND_REPLY,
+           "pooled_result": POOLED_RESULT}

@@ -1,0 +1,33 @@
+"""The three committed synthetic sites (tests/fixtures/pooling) as the warehouse tables a deployment would hold:
+``cohort`` with pseudonymous patient keys, an attrition flowchart, and the ``iptw_weights`` and
+``covariate_balance`` of analytics.comparisons.study_results (each site's own propensity models)."""
+from __future__ import annotations
+
+import hashlib
+import warnings
+from functools import lru_cache
+from pathlib import Path
+
+import pandas as pd
+
+from analytics.cohort.retrospective import ATTRITION_REASONS, attrition_table
+from analytics.comparisons import study_results
+from federation.package import SiteTables
+
+HERE = Path(__file__).resolve().parent / "fixtures" / "pooling"
+SITES = ("north", "central", "south")
+
+
+@lru_cache(maxsize=None)
+def site_tables(site: str) -> SiteTables:
+    cohort = pd.read_csv(HERE / f"site_{site}.csv", keep_default_na=False)
+    cohort["conventional_agent"] = cohort["conventional_agent"].replace("", None)
+    keys = [hashlib.sha256(f"{site}/{i}".encode()).hexdigest() for i in range(len(cohort))]
+    cohort.insert(0, "patient_key", keys)
+    # A flowchart: each reason excludes a few patients (some below the suppression threshold).
+    reasons = pd.Series([r for i, r in enumerate(ATTRITION_REASONS) for _ in range((i * 7 + len(site)) % 9)])
+    attrition = attrition_table("retrospective", len(cohort) + len(reasons), reasons, ATTRITION_REASONS)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # the small sites' MTX and AZA propensity models nearly separate
+        results = study_results(cohort)
+    return SiteTables(cohort, attrition, results.iptw_weights, results.covariate_balance)

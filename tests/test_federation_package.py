@@ -1,0 +1,276 @@
+"""The site package: aggregates only, small cells withheld, signed, and rejected with a clear reason when it is
+tampered with, unsigned, of another schema version or made under another contract."""
+from __future__ import annotations
+
+import copy
+import json
+import math
+import re
+from datetime import date, datetime, timezone
+
+import numpy as np
+import pytest
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+from analytics.cohort.concepts import load_concept_map
+from analytics.cohort.facts import build_facts
+from analytics.cohort.params import RuleParams
+from analytics.cohort.tables import derive_cohort_tables
+from analytics.comparisons import study_results
+from analytics.pseudonym import pseudonymise
+from etl.fhir.types import flatten_all
+from federation.canonical import canonical_bytes
+from federation.contract import contract_digest, contract_terms
+from federation.package import SiteTables, build_site_package, sign_package
+from federation.signing import Signer
+from federation.suppression import suppress
+from federation.verify import PackageRejected, verify_document
+from synthetic.hospital import HospitalParams, generate_hospital
+from tests.pooling_sites import site_tables
+
+KEY = "a-test-pseudonym-key-of-some-length"
+CUTOFF = date(2026, 1, 1)
+SIGNERS = {s: Signer(s, Ed25519PrivateKey.generate()) for s in ("north", "central", "south", "coordinator")}
+TRUSTED = {s: signer.key.public_key() for s, signer in SIGNERS.items()}
+DIGEST = contract_digest()
+
+
+def package_of(site: str, tables: SiteTables, **kw) -> dict:
+    return build_site_package(site, tables, terms=kw.pop("terms", contract_terms()), concepts=load_concept_map(),
+                              data_cutoff=CUTOFF, created_at=datetime(2026, 3, 1, tzinfo=timezone.utc), **kw)
+
+
+def signed_bytes(payload: dict, signer: str | None = None) -> bytes:
+    return canonical_bytes(SIGNERS[signer or payload["site_id"]].sign(payload))
+
+
+# ---- small-cell suppression --------------------------------------------------------------------------------
+
+def test_small_counts_are_withheld_and_zero_is_not():
+    published, why = suppress({"a": 0, "b": 4, "c": 5, "d": 120}, threshold=5)
+    assert published == {"a": 0, "b": None, "c": 5, "d": 120}
+    assert why == {"b": "small"}
+
+
+def test_a_sum_does_not_give_a_withheld_cell_back():
+    counts = {"total": 30, "x": 3, "y": 12, "z": 15}
+    published, why = suppress(counts, [("total", ["x", "y", "z"])], threshold=5)
+    assert published == {"total": 30, "x": None, "y": None, "z": 15}  # y, the smallest other part, goes too
+    assert why == {"x": "small", "y": "complementary"}
+
+
+def test_complementary_suppression_follows_chains_of_sums():
+    counts = {"n": 40, "a": 2, "b": 38, "b_again": 38, "b1": 30, "b2": 8}
+    published, _ = suppress(counts, [("n", ["a", "b"]), ("b", ["b_again"]), ("b_again", ["b1", "b2"])], threshold=5)
+    # a small -> b withheld -> its equal b_again withheld -> one of b1, b2 withheld (b2, the smaller)
+    assert published == {"n": 40, "a": None, "b": None, "b_again": None, "b1": 30, "b2": None}
+
+
+def test_an_unpublished_small_difference_withholds_a_published_cell():
+    """conventional = CTX + MTX + AZA + (MMF and CsA, not published): if MMF + CsA is 3, publishing the other
+    four would give it away."""
+    counts = {"conventional": 50, "CTX": 20, "MTX": 15, "AZA": 12, "virtual.other": 3}
+    published, why = suppress(counts, [("conventional", ["CTX", "MTX", "AZA", "virtual.other"])], threshold=5)
+    assert why == {"virtual.other": "small", "AZA": "complementary"}
+
+
+def test_threshold_is_configurable():
+    assert suppress({"a": 7}, threshold=10)[0] == {"a": None}
+    assert suppress({"a": 1}, threshold=1)[0] == {"a": 1}
+    with pytest.raises(ValueError, match="at least 1"):
+        suppress({"a": 1}, threshold=0)
+
+
+# ---- the package from the synthetic hospital ------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def hospital_site():
+    """The synthetic hospital's analysis frame, as the pipeline's cohort and study assets derive it."""
+    hospital = generate_hospital(HospitalParams(seed=7, n_retrospective=80, n_prospective_enrolled=12, n_noise=25,
+                                                attrition_per_reason=3))
+    facts = build_facts(flatten_all(hospital.by_type()), load_concept_map())
+    derived = derive_cohort_tables(facts, RuleParams(data_cutoff=CUTOFF))
+    cohort = pseudonymise(derived.tables["cohort"], KEY)
+    results = study_results(cohort, pseudonymise(derived.tables["prospective_cohort"], KEY))
+    tables = SiteTables(cohort, derived.tables["cohort_attrition"], results.iptw_weights, results.covariate_balance)
+    return hospital, derived, results, tables, package_of("north", tables)
+
+
+def test_package_is_schema_valid_signed_and_verifies(hospital_site):
+    payload = hospital_site[4]
+    got = verify_document(signed_bytes(payload), "site_aggregates", TRUSTED, expected_digest=DIGEST)
+    assert got == payload
+    assert payload["contract"]["digest"] == DIGEST and payload["contract"]["concept_map"]["extends_default"] is False
+
+
+def test_package_counts_and_estimates_are_the_sites_own(hospital_site):
+    _, _, results, _, payload = hospital_site
+    primary = results.effect_estimates[results.effect_estimates["analysis"] == "primary"].set_index(["comparison", "outcome"])
+    checked = 0
+    for name, comparison in payload["comparisons"].items():
+        for outcome, o in comparison["outcomes"].items():
+            row = primary.loc[(name, outcome)]
+            for key, value in (("n_treated", comparison["n_treated"]), ("n_control", comparison["n_control"]),
+                               ("events_treated", o["events_treated"]), ("events_control", o["events_control"])):
+                assert value is None or value == row[key], (name, outcome, key)
+            if o["estimate"] is not None:
+                est = o["estimate"]
+                z = 1.959963984540054
+                assert math.exp(est["log_hr"]) == pytest.approx(row["hazard_ratio"], rel=1e-9)
+                assert math.exp(est["log_hr"] - z * est["robust_se"]) == pytest.approx(row["ci_lower"], rel=1e-9)
+                checked += 1
+    assert checked >= 3
+
+
+def test_every_small_count_in_the_package_is_withheld(hospital_site):
+    payload = hospital_site[4]
+    threshold = payload["suppression"]["threshold"]
+    assert threshold == 5
+
+    def counts(node, path=""):
+        if isinstance(node, dict):
+            for k, v in node.items():
+                if k not in ("contract", "suppression", "software", "balance"):
+                    yield from counts(v, f"{path}.{k}" if path else k)
+        elif isinstance(node, int) and not isinstance(node, bool):
+            yield path, node
+
+    found = dict(counts(payload))
+    assert found and all(n == 0 or n >= threshold for n in found.values())
+    withheld = payload["suppression"]["withheld"]
+    assert "small" in withheld.values() and "complementary" in withheld.values()  # this hospital has small cells
+    assert all(k not in found for k in withheld)
+
+
+def _dates_in(resources) -> set[str]:
+    return set(re.findall(r"\d{4}-\d{2}-\d{2}", json.dumps(resources)))
+
+
+def test_leak_no_pseudonym_fhir_id_date_or_row_level_value_is_in_the_package(hospital_site):
+    hospital, derived, results, tables, payload = hospital_site
+    text = signed_bytes(payload).decode()
+    pseudonyms = set(tables.cohort["patient_key"]) | set(results.iptw_weights["patient_key"])
+    fhir_ids = {r["id"] for r in hospital.resources}
+    patient_dates = _dates_in(hospital.resources) | {str(d) for d in derived.tables["cohort"]["index_date"]}
+    assert pseudonyms and fhir_ids and len(patient_dates) > 100
+    for secret in pseudonyms | fhir_ids:
+        assert secret not in text
+    # The only dates are public ones in their own fields: the contract's windows, the data cut-off and the
+    # package's creation time. Outside those fields there is no date at all.
+    public = {payload["contract"]["data_cutoff"], payload["created_at"][:10],
+              *re.findall(r"\d{4}-\d{2}-\d{2}", json.dumps(payload["contract"]["terms"]))}
+    assert set(re.findall(r"\d{4}-\d{2}-\d{2}", text)) <= public
+    rest = {k: v for k, v in payload.items() if k not in ("contract", "created_at")}
+    assert not re.findall(r"\d{4}-\d{2}-\d{2}", json.dumps(rest))
+    assert not (patient_dates & set(re.findall(r"\d{4}-\d{2}-\d{2}", json.dumps(rest))))
+    # No row-level number: no patient's propensity score, weight, age or dose is a number in the package.
+    row_values = np.concatenate([results.iptw_weights[c].to_numpy(dtype=float)
+                                 for c in ("propensity_score", "weight", "stabilized_weight")])
+    row_values = row_values[np.abs(row_values - np.round(row_values)) > 1e-6]  # a weight of 1.0000000001 tells nothing
+    numbers = np.array([float(v) for v in re.findall(r"(?<![\w.])-?\d+\.\d+(?:e-?\d+)?", json.dumps(rest))])
+    assert len(numbers) > 20
+    same = np.isclose(numbers[:, None], row_values[None, :], rtol=1e-9, atol=0)
+    assert not same.any(), numbers[same.any(axis=1)]
+    # The package's shape does not grow with the patients: the same keys for a site of 120 and one of 320.
+    small, large = (package_of(s, site_tables(s)) for s in ("north", "south"))
+
+    def shape(node):
+        return {k: shape(v) for k, v in node.items()} if isinstance(node, dict) else type(node).__name__
+
+    skeleton = lambda p: {k: v for k, v in shape(p).items() if k not in ("site_id", "suppression", "comparisons")}  # noqa: E731
+    assert skeleton(small) == skeleton(large)
+    assert len(json.dumps(large)) < 2 * len(json.dumps(small))
+
+
+def test_package_of_a_site_that_extends_the_concept_map_keeps_the_contract(hospital_site, tmp_path):
+    extra = tmp_path / "local.yaml"
+    extra.write_text("domains:\n  ivig:\n    - {system: 'urn:hospital:drug', code: 'IVIG-10'}\n")
+    tables = hospital_site[3]
+    payload = build_site_package("north", tables, terms=contract_terms(), concepts=load_concept_map(str(extra)),
+                                 data_cutoff=CUTOFF)
+    assert payload["contract"]["digest"] == DIGEST
+    assert payload["contract"]["concept_map"]["extends_default"] is True
+
+
+# ---- rejections --------------------------------------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def payload():
+    return package_of("central", site_tables("central"))
+
+
+def rejected(data: bytes, **kw) -> PackageRejected:
+    with pytest.raises(PackageRejected) as info:
+        verify_document(data, "site_aggregates", TRUSTED, expected_digest=DIGEST, **kw)
+    return info.value
+
+
+def test_tampered_package_is_rejected(payload):
+    envelope = SIGNERS["central"].sign(payload)
+    envelope["payload"]["comparisons"]["tacrolimus_vs_conventional"]["outcomes"]["death"]["estimate"]["log_hr"] -= 0.1
+    err = rejected(canonical_bytes(envelope))
+    assert err.code == "bad_signature" and "changed after signing" in err.reason
+
+
+def test_unsigned_package_is_rejected(payload):
+    envelope = SIGNERS["central"].sign(payload)
+    del envelope["signature"]
+    assert rejected(canonical_bytes(envelope)).code == "unsigned"
+    assert rejected(canonical_bytes(payload)).code == "malformed"  # a bare payload is not an envelope
+
+
+def test_wrong_schema_version_is_rejected(payload):
+    old = {**payload, "schema_version": "0.9"}
+    err = rejected(signed_bytes(old))
+    assert err.code == "schema_version" and "'0.9'" in err.reason
+
+
+def test_mismatched_contract_digest_is_rejected(payload):
+    terms = contract_terms(RuleParams(followup_days=730))
+    other = package_of("central", site_tables("central"), terms=terms)
+    err = rejected(signed_bytes(other))
+    assert err.code == "contract_digest" and "expected" in err.reason
+    # Terms edited without updating the digest are caught as well.
+    forged = copy.deepcopy(payload)
+    forged["contract"]["terms"]["retrospective_rules"]["followup_days"] = 730
+    assert rejected(signed_bytes(forged)).code == "contract_digest"
+
+
+def test_package_signed_by_another_site_or_an_unknown_key_is_rejected(payload):
+    err = rejected(signed_bytes(payload, signer="north"))
+    assert err.code == "bad_signature" and "'north'" in err.reason
+    stranger = Signer("central", Ed25519PrivateKey.generate())
+    assert rejected(canonical_bytes(stranger.sign(payload))).code == "bad_signature"
+    assert rejected(canonical_bytes(Signer("west", Ed25519PrivateKey.generate()).sign(payload))).code == "unknown_signer"
+
+
+def test_a_row_level_field_is_rejected_by_the_schema_even_when_signed(payload):
+    leaky = copy.deepcopy(payload)
+    leaky["comparisons"]["tacrolimus_vs_CTX"]["weights"] = [1.2, 3.4]
+    err = rejected(signed_bytes(leaky))
+    assert err.code == "schema" and "weights" in err.reason
+
+
+def test_malformed_json_is_rejected(payload):
+    assert rejected(b"{not json").code == "malformed"
+    text = signed_bytes(payload).decode()
+    assert rejected(text.replace('"kind":"site_aggregates"', '"kind":"site_aggregates","kind":"x"').encode()).code == "malformed"
+    assert rejected(b'{"a": NaN}').code == "malformed"
+
+
+def test_package_counts_agree_with_study_results_on_a_fixture_site():
+    tables = site_tables("south")
+    p = package_of("south", tables)
+    effects = study_results(tables.cohort).effect_estimates
+    row = effects[(effects["analysis"] == "primary") & (effects["comparison"] == "tacrolimus_vs_CTX")
+                  & (effects["outcome"] == "relapse")].iloc[0]
+    c = p["comparisons"]["tacrolimus_vs_CTX"]
+    assert (c["n_treated"], c["n_control"], c["outcomes"]["relapse"]["events_treated"]) == (
+        row["n_treated"], row["n_control"], row["events_treated"])
+    assert p["attrition"]["retrospective"]["included"] == p["cohort"]["n"] == len(tables.cohort)
+
+
+def test_a_site_signs_only_its_own_package(payload):
+    assert verify_document(canonical_bytes(sign_package(payload, SIGNERS["central"])), "site_aggregates", TRUSTED)
+    with pytest.raises(ValueError, match="cannot sign the package of site 'central'"):
+        sign_package(payload, SIGNERS["north"])
