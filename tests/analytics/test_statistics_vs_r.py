@@ -5,7 +5,6 @@ Reference numbers come from tests/fixtures/stats/reference.R, run once; the suit
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -15,8 +14,9 @@ from analytics.cox import fit_cox
 from analytics.km import weighted_km
 from analytics.logrank import iptw_logrank, logrank, xie_liu_logrank
 from analytics.propensity import fit_propensity, iptw_weights
+from tests.paths import STATS_FIXTURES
 
-HERE = Path(__file__).resolve().parent / "fixtures" / "stats"
+HERE = STATS_FIXTURES
 REF = json.loads((HERE / "reference.json").read_text())
 TOL = 1e-6
 

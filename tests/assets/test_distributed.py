@@ -16,10 +16,10 @@ import yaml
 
 from etl.warehouse import Warehouse
 from synthetic.sandbox import free_port
+from tests.paths import ROOT
 
 REDIS = shutil.which("redis-server")
 pytestmark = pytest.mark.skipif(REDIS is None, reason="Debian's redis-server is not installed (.ci/run installs it)")
-ROOT = Path(__file__).resolve().parent.parent
 
 
 @pytest.fixture

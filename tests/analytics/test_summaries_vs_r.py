@@ -4,14 +4,14 @@ from __future__ import annotations
 
 import json
 import math
-from pathlib import Path
 
 import pandas as pd
 import pytest
 
 from analytics import summaries
+from tests.paths import STATS_FIXTURES
 
-HERE = Path(__file__).resolve().parent / "fixtures" / "stats"
+HERE = STATS_FIXTURES
 REF = json.loads((HERE / "summaries.json").read_text())
 AE_CATEGORIES = ["infection", "opportunistic-infection", "glucose-metabolism", "electrolyte", "gastrointestinal",
                  "hepatic", "renal", "hematologic", "other"]

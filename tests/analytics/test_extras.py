@@ -2,15 +2,15 @@
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import pytest
 
 from analytics.extras import aalen_johansen, e_value, rmst, rmst_difference
+from tests.paths import STATS_FIXTURES
 
-HERE = Path(__file__).resolve().parent / "fixtures" / "stats"
+HERE = STATS_FIXTURES
 REF = json.loads((HERE / "reference.json").read_text())
 
 

@@ -21,9 +21,10 @@ from federation.package import build_site_package
 from federation.protocol import COORDINATOR, Coordinator, SiteNode, SitePolicy, reply_name, request_name, result_name
 from federation.signing import Signer
 from federation.verify import verify_document
+from tests.paths import FIXTURES
 from tests.pooling_sites import SITES, site_tables
 
-REF = json.loads((Path(__file__).resolve().parent / "fixtures" / "pooling" / "reference.json").read_text())
+REF = json.loads((FIXTURES / "pooling" / "reference.json").read_text())
 FITS = [(c, o) for c in REF["comparisons"] for o in ("death", "relapse", "resp_relapse")]
 TOL = 1e-6
 SIGNERS = {p: Signer(p, Ed25519PrivateKey.generate()) for p in (*SITES, COORDINATOR)}

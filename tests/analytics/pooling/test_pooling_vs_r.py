@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import json
 from functools import lru_cache
-from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -27,8 +26,9 @@ from analytics.pooling.stratified_cox import (
     stratified_cox,
 )
 from analytics.propensity import fit_propensity, iptw_weights
+from tests.paths import FIXTURES
 
-HERE = Path(__file__).resolve().parent / "fixtures" / "pooling"
+HERE = FIXTURES / "pooling"
 REF = json.loads((HERE / "reference.json").read_text())
 SITES = ("north", "central", "south")
 AGENTS = {"tacrolimus_vs_conventional": None, "tacrolimus_vs_CTX": "CTX"}

@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -11,8 +10,9 @@ import pytest
 from analytics.balance import kish_ess, standardized_differences
 from analytics.comparisons import RETROSPECTIVE_COMPARISONS, study_results
 from analytics.figures import km_plot, love_plot, ps_overlap
+from tests.paths import STATS_FIXTURES
 
-HERE = Path(__file__).resolve().parent / "fixtures" / "stats"
+HERE = STATS_FIXTURES
 REF = json.loads((HERE / "reference.json").read_text())
 
 

@@ -16,9 +16,8 @@ from etl.fhir.schema.runtime import _load, schema_accepts
 from etl.fhir.validation import _envelope_errors, fhir_resources_errors, validation_errors
 from etl.ingest.worker import check_resource
 from synthetic.hospital import generate_hospital
-
-from .conftest import SMALL_HOSPITAL
-from .fhir_mutations import EXTRA_SEEDS, mutants
+from tests.conftest import SMALL_HOSPITAL
+from tests.fhir_mutations import EXTRA_SEEDS, mutants
 
 P = {"resourceType": "Patient", "id": "p1", "gender": "female", "birthDate": "1970-01-01"}
 OBS = {"resourceType": "Observation", "id": "o1", "status": "final", "code": {"text": "weight"},

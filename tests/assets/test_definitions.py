@@ -9,8 +9,7 @@ from pathlib import Path
 import dagster as dg
 
 from assets.definitions import defs
-
-ROOT = Path(__file__).resolve().parent.parent
+from tests.paths import ROOT
 
 
 def test_definitions_validate_from_the_workspace_file():

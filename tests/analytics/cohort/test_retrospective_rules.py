@@ -7,8 +7,7 @@ import pytest
 
 from synthetic import fhir_builders as fb
 from synthetic.fhir_builders import ICD10, LOCAL
-
-from .fhir_fixtures import (
+from tests.fhir_fixtures import (
     CTX,
     INDEX,
     MTX,
@@ -228,8 +227,7 @@ def test_effective_datetime_is_one_day_unless_active(status, relapse):
 
 def test_an_ongoing_statement_ends_the_day_before_the_next_of_the_same_ingredient():
     from analytics.cohort.facts import OPEN_END
-
-    from .fhir_fixtures import facts_of
+    from tests.fhir_fixtures import facts_of
 
     res = reference_patient(gc=None) + [drug(PREDNISONE, 0, None, dose=60, status="active"),
                                         drug(PREDNISONE, 100, None, dose=20, status="active"),

@@ -5,7 +5,6 @@ TEST_POSTGRES_URL; without it (a laptop without PostgreSQL) these tests are skip
 from __future__ import annotations
 
 import os
-from pathlib import Path
 
 import dagster as dg
 import pytest
@@ -15,11 +14,12 @@ from assets.definitions import all_assets, all_checks
 from assets.resources import FhirServerResource, StudyResource, WarehouseResource
 from etl.warehouse import Warehouse
 from synthetic.scratch_postgres import scratch_database
+from tests.paths import ROOT
 
 URL = os.environ.get("TEST_POSTGRES_URL")
 pytestmark = pytest.mark.skipif(not URL, reason="TEST_POSTGRES_URL not set (.ci/run starts PostgreSQL and sets it)")
 KEY = "test-pseudonym-key-0123456789"
-GRANTS = Path(__file__).resolve().parent.parent / "warehouse_sql" / "analyst_grants.sql"
+GRANTS = ROOT / "warehouse_sql" / "analyst_grants.sql"
 
 
 @pytest.fixture(scope="module")
@@ -69,7 +69,7 @@ def test_the_study_materializes_into_postgres_with_schemas_keys_views_and_grants
         conn.execute(sa.text(f"DROP OWNED BY {alice}; DROP ROLE {alice}"))
 
 
-DAGSTER_YAML = Path(__file__).resolve().parent.parent / "deploy" / "dagster.yaml"
+DAGSTER_YAML = ROOT / "deploy" / "dagster.yaml"
 
 
 def test_the_production_instance_stores_runs_in_postgres(database, tmp_path, monkeypatch):

@@ -20,9 +20,10 @@ from coordinator.definitions import advance_round_job, pooling_rounds, site_pack
 from coordinator.resources import CoordinatorResource
 from etl.warehouse import Warehouse
 from federation.signing import public_pem
+from tests.paths import FIXTURES, ROOT
 from tests.pooling_sites import SITES, site_tables
 
-REF = json.loads((Path(__file__).resolve().parent / "fixtures" / "pooling" / "reference.json").read_text())
+REF = json.loads((FIXTURES / "pooling" / "reference.json").read_text())
 FITS = [f"{c}.{o}" for c in REF["comparisons"] for o in ("death", "relapse", "resp_relapse")]
 TOL = 1e-6
 KEYS = {p: Ed25519PrivateKey.generate() for p in (*SITES, "coordinator")}
@@ -163,7 +164,7 @@ def test_coordinator_workspaces_validate():
     import subprocess
     import sys
 
-    root = Path(__file__).resolve().parent.parent
+    root = ROOT
     alone = yaml.safe_load((root / "workspace.coordinator.yaml").read_text())["load_from"]
     both = yaml.safe_load((root / "workspace.consortium.yaml").read_text())["load_from"]
     assert alone == [both[1]] and both[0] == yaml.safe_load((root / "workspace.yaml").read_text())["load_from"][0]

@@ -5,8 +5,7 @@ import collections
 
 from etl.fhir.validation import validation_errors
 from synthetic.hospital import PROSPECTIVE_ATTRITION_REASONS, RETRO_ATTRITION_REASONS, HospitalParams, generate_hospital
-
-from .conftest import SMALL_HOSPITAL
+from tests.conftest import SMALL_HOSPITAL
 
 
 def test_same_seed_same_hospital_other_seed_other_hospital():

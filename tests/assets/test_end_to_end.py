@@ -14,10 +14,10 @@ import pytest
 from assets.definitions import all_assets, all_checks
 from assets.resources import FhirServerResource, StudyResource, WarehouseResource
 from etl.warehouse import Warehouse
+from tests.paths import ROOT
 
 pytestmark = pytest.mark.integration
 
-ROOT = Path(__file__).resolve().parent.parent
 KEY = "test-pseudonym-key-0123456789"
 CUTOFF = "2026-01-01"
 COMPARED = ["group", "conventional_agent", "index_date", "age", "sex", "diagnosis_subset", "initial_pred_mg_day",

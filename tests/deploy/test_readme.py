@@ -1,12 +1,11 @@
 """The README's data dictionary and set-up commands stay in step with the code."""
 from __future__ import annotations
 
-from pathlib import Path
-
 from analytics.catalog import CATALOG, render_markdown
 from deploy.docs import BEGIN, END
+from tests.paths import ROOT
 
-README = (Path(__file__).resolve().parent.parent / "README.md").read_text()
+README = (ROOT / "README.md").read_text()
 
 
 def test_the_two_setup_commands_come_first():

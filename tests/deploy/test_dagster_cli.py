@@ -1,13 +1,10 @@
 """The project's `dagster` wrapper makes `asset materialize -w workspace.yaml` work (deploy.dagster_cli)."""
 from __future__ import annotations
 
-from pathlib import Path
-
 import pytest
 
 from deploy.dagster_cli import WorkspaceError, translate
-
-ROOT = Path(__file__).resolve().parent.parent
+from tests.paths import ROOT
 
 
 def test_workspace_flag_becomes_the_code_location_pointer():

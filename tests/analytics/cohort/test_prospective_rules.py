@@ -10,8 +10,7 @@ from analytics.cohort.prospective import ProspectiveParams, derive_prospective
 from analytics.cohort.safety import drug_discontinuations, safety_events
 from synthetic import fhir_builders as fb
 from synthetic.fhir_builders import LOCAL, RXNORM
-
-from .fhir_fixtures import PID, day, drug, facts_of, new_id, reference_patient
+from tests.fhir_fixtures import PID, day, drug, facts_of, new_id, reference_patient
 
 STUDY = fb.research_study("study")
 PIRFENIDONE = "1592254"
