@@ -24,4 +24,4 @@ defs = dg.Definitions.merge(fhir.definitions(), study.definitions(), federation_
                             dg.Definitions(jobs=[study_job], resources=resources_from_env()))
 # For tests and tools that materialize outside the code location (dg.materialize).
 all_assets = list(defs.assets or [])
-all_checks = list(defs.asset_checks or [])
+all_check_keys = set(defs.resolve_asset_graph().asset_check_keys)  # every check runs in its asset's step

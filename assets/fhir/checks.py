@@ -1,62 +1,75 @@
-"""Checks on the raw FHIR tables: code sets and values the FHIR model does not enforce (Great Expectations),
-and the server's count against the warehouse's.
+"""Checks on the raw FHIR tables, evaluated inside the ingestion step: code sets and values the FHIR model does
+not enforce (Great Expectations), and the server's count against the warehouse's.
 
-A failed ``critical`` expectation makes the check fail with ERROR severity, which blocks the
-assets downstream; ``warning`` expectations fail with WARN and do not block. The failing rows
-(by key) are in the check's metadata.
+They run in ``fhir_ingest``'s own step (check specs on the multi-asset) rather than as twelve steps of their
+own: each step is a fresh process that imports Dagster and Great Expectations, about ten seconds apiece.
+Both kinds are blocking: a failure stops the study tables downstream. A check can still be run alone
+(select it without its asset): the ingestion step then evaluates it without pulling anything.
 """
+from typing import Callable
+
 import dagster as dg
 
 from analytics.pseudonym import patient_key
 from etl.fhir.types import RESOURCE_TYPES, TYPES
+from etl.warehouse import Warehouse, raw_table_name
 from expectations import suites
 
 from ..gx import run_check
-from ..resources import StudyResource, WarehouseResource
-from .ingest import raw_asset_key
+from ..resources import StudyResource
 
 
-def _raw_check(resource_type: str) -> dg.AssetChecksDefinition:
-    @dg.asset_check(asset=raw_asset_key(resource_type), name=f"raw_{resource_type.lower()}_expectations", blocking=True,
-                    description=f"Code sets and values of {resource_type} that the FHIR model does not enforce.")
-    def _check(warehouse: WarehouseResource, study: StudyResource) -> dg.AssetCheckResult:
-        frame = TYPES[resource_type].flatten(warehouse.get().raw_resources(resource_type))  # type: ignore[misc]
-        # Dagster's event log is read by every engineer: failing rows are named by pseudonym, never by FHIR id
-        # (patient_xref, a restricted table, maps a pseudonym back). GX quotes the checked column's values too,
-        # so the id column itself is replaced; a missing subject stays missing.
-        frame = frame.assign(patient_id=[patient_key(p, study.pseudonym_key) if isinstance(p, str) else None
-                                         for p in frame["patient_id"]])
-        return run_check(f"raw_{resource_type.lower()}", suites.RAW_SUITES[resource_type](frame, study.concepts()))
-
-    return _check
+def raw_expectations(resource_type: str, wh: Warehouse, study: StudyResource) -> dg.AssetCheckResult:
+    frame = TYPES[resource_type].flatten(wh.raw_resources(resource_type))  # type: ignore[misc]
+    # Dagster's event log is read by every engineer: failing rows are named by pseudonym, never by FHIR id
+    # (patient_xref, a restricted table, maps a pseudonym back). GX quotes the checked column's values too,
+    # so the id column itself is replaced; a missing subject stays missing.
+    frame = frame.assign(patient_id=[patient_key(p, study.pseudonym_key) if isinstance(p, str) else None
+                                     for p in frame["patient_id"]])
+    return run_check(f"raw_{resource_type.lower()}", suites.RAW_SUITES[resource_type](frame, study.concepts()))
 
 
-def _count_check(resource_type: str) -> dg.AssetChecksDefinition:
-    @dg.asset_check(asset=raw_asset_key(resource_type), name=f"raw_{resource_type.lower()}_count_matches_server",
-                    blocking=True, description=(f"The server's count of {resource_type} equals the warehouse's current "
-                                                 f"rows plus the ids whose latest version is in quarantine."))
-    def _check(warehouse: WarehouseResource) -> dg.AssetCheckResult:
-        wh = warehouse.get()
-        counts = wh.counts(resource_type)
-        if counts is None:
-            return dg.AssetCheckResult(passed=False, description="no count recorded: the type was never pulled")
-        expected = counts["server_count"]
-        # The warehouse side is counted now, not taken from the pull's record: rows lost after the
-        # pull (a manual delete, a restore from an old backup) must fail the check too.
-        current, quarantined = wh.current_count(resource_type), wh.quarantined_current(resource_type)
-        held = current + quarantined
-        meta = {"server_count": expected if expected is not None else "unknown", "warehouse_count": current,
-                "quarantined_current": quarantined, "scope": counts["scope"],
-                "server_counted_at": str(counts["checked_at"])}
-        if expected is None:
-            return dg.AssetCheckResult(passed=False, severity=dg.AssetCheckSeverity.WARN, metadata=meta,
-                                       description="the server gave no count for this scope; nothing to compare")
-        return dg.AssetCheckResult(passed=expected == held, metadata={**meta, "difference": held - expected},
-                                   description=None if expected == held else
-                                   f"server holds {expected}, warehouse accounts for {held}: run the reconciliation job "
-                                   f"(full_refresh or reconcile) and read the ingestion logs")
-
-    return _check
+def count_matches_server(resource_type: str, wh: Warehouse, study: StudyResource) -> dg.AssetCheckResult:
+    counts = wh.counts(resource_type)
+    if counts is None:
+        return dg.AssetCheckResult(passed=False, description="no count recorded: the type was never pulled")
+    expected = counts["server_count"]
+    # The warehouse side is counted now, not taken from the pull's record: rows lost after the
+    # pull (a manual delete, a restore from an old backup) must fail the check too.
+    current, quarantined = wh.current_count(resource_type), wh.quarantined_current(resource_type)
+    held = current + quarantined
+    meta = {"server_count": expected if expected is not None else "unknown", "warehouse_count": current,
+            "quarantined_current": quarantined, "scope": counts["scope"],
+            "server_counted_at": str(counts["checked_at"])}
+    if expected is None:
+        return dg.AssetCheckResult(passed=False, severity=dg.AssetCheckSeverity.WARN, metadata=meta,
+                                   description="the server gave no count for this scope; nothing to compare")
+    return dg.AssetCheckResult(passed=expected == held, metadata={**meta, "difference": held - expected},
+                               description=None if expected == held else
+                               f"server holds {expected}, warehouse accounts for {held}: run the reconciliation job "
+                               f"(full_refresh or reconcile) and read the ingestion logs")
 
 
-raw_checks = [*[_raw_check(t) for t in suites.RAW_SUITES], *[_count_check(t) for t in RESOURCE_TYPES]]
+Evaluate = Callable[[str, Warehouse, StudyResource], dg.AssetCheckResult]
+# check name -> (resource type, how it is evaluated, what it promises)
+RAW_CHECKS: dict[str, tuple[str, Evaluate, str]] = {
+    **{f"raw_{t.lower()}_expectations": (t, raw_expectations, f"Code sets and values of {t} that the FHIR model does not "
+                                                              "enforce.") for t in suites.RAW_SUITES},
+    **{f"raw_{t.lower()}_count_matches_server": (t, count_matches_server, f"The server's count of {t} equals the "
+                                                 "warehouse's current rows plus the ids whose latest version is in "
+                                                 "quarantine.") for t in RESOURCE_TYPES},
+}
+
+
+def raw_check_specs() -> list[dg.AssetCheckSpec]:
+    return [dg.AssetCheckSpec(name, asset=dg.AssetKey(raw_table_name(t)), blocking=True, description=description)
+            for name, (t, _, description) in RAW_CHECKS.items()]
+
+
+def raw_check_results(context: dg.AssetExecutionContext, wh: Warehouse, study: StudyResource):
+    """The result of every selected raw check, in a stable order."""
+    for key in sorted(context.selected_asset_check_keys, key=lambda k: k.name):
+        resource_type, evaluate, _ = RAW_CHECKS[key.name]
+        result = evaluate(resource_type, wh, study)
+        yield dg.AssetCheckResult(asset_key=key.asset_key, check_name=key.name, passed=result.passed,
+                                  severity=result.severity, metadata=result.metadata, description=result.description)

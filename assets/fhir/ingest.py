@@ -6,6 +6,9 @@ Bulk $export, cohort-first, or an NDJSON directory. Selecting a subset of the ra
 only those types (that is how a single type is backfilled).
 """
 
+import random
+from typing import NoReturn
+
 import dagster as dg
 
 from analytics.cohort.scope import candidate_searches
@@ -15,9 +18,10 @@ from etl.fhir.types import RESOURCE_TYPES
 from etl.ingest.modes import SyncRequest, run_sync, sync_mode
 from etl.ingest.report import TypeReport
 from etl.ingest.scoped import Seed
-from etl.warehouse import WarehouseBusy, raw_table_name
+from etl.warehouse import WarehouseBusy, WarehouseWriteError, raw_table_name
 
 from ..resources import FhirServerResource, StudyResource, WarehouseResource
+from .checks import raw_check_results, raw_check_specs
 
 RAW_GROUP = "fhir_raw"
 
@@ -54,6 +58,14 @@ def _spec(resource_type: str) -> dg.AssetSpec:
                      f"is kept in `raw_history`; invalid resources are in `quarantine` with their errors."))
 
 
+def _retry_later(context: dg.AssetExecutionContext, exc: Exception) -> NoReturn:
+    """Network or database trouble: the step runs again later, up to three times, waiting longer each time.
+    Asked for explicitly rather than through a retry policy, which would also rerun the whole pull when one
+    of the step's blocking checks fails, and a failed check is an answer, not an accident."""
+    wait = NETWORK_RETRY.delay * 2 ** context.retry_number * random.uniform(0.5, 1.5)  # noqa: S311 - jitter, not a secret
+    raise dg.RetryRequested(max_retries=NETWORK_RETRY.max_retries, seconds_to_wait=wait) from exc
+
+
 def _run_sync(context: dg.AssetExecutionContext, config: IngestConfig, fhir: FhirServerResource,
               warehouse: WarehouseResource, study: StudyResource, types: list[str]) -> dict[str, TypeReport]:
     # The seeds are the study's (the concept map's codes); the sync modes know nothing of the study.
@@ -66,10 +78,17 @@ def _run_sync(context: dg.AssetExecutionContext, config: IngestConfig, fhir: Fhi
 
 
 @dg.multi_asset(specs=[_spec(t) for t in RESOURCE_TYPES], name="fhir_ingest", can_subset=True,
-                retry_policy=NETWORK_RETRY)
+                check_specs=raw_check_specs())
 def fhir_ingest(context: dg.AssetExecutionContext, config: IngestConfig, fhir: FhirServerResource,
                 warehouse: WarehouseResource, study: StudyResource):
     types = [t for t in RESOURCE_TYPES if raw_asset_key(t) in context.selected_asset_keys]
+    if types:
+        yield from _ingest(context, config, fhir, warehouse, study, types)
+    yield from raw_check_results(context, warehouse.get(), study)
+
+
+def _ingest(context: dg.AssetExecutionContext, config: IngestConfig, fhir: FhirServerResource,
+            warehouse: WarehouseResource, study: StudyResource, types: list[str]):
     try:  # a configuration mistake fails at once: retrying cannot fix it
         if sync_mode(fhir.sync_mode).needs_server:
             check_auth_method(fhir.auth)
@@ -82,9 +101,11 @@ def fhir_ingest(context: dg.AssetExecutionContext, config: IngestConfig, fhir: F
         raise dg.Failure(description=f"{exc}: a second ingestion waits for the first, then stops here rather "
                                      "than write the same rows twice", allow_retries=False) from None
     except FhirError as exc:
-        if not exc.permanent:
-            raise  # network trouble: the step's retry policy tries again later
-        raise dg.Failure(description=f"the FHIR server's answer was refused: {exc}", allow_retries=False) from None
+        if exc.permanent:
+            raise dg.Failure(description=f"the FHIR server's answer was refused: {exc}", allow_retries=False) from None
+        _retry_later(context, exc)
+    except (WarehouseWriteError, OSError) as exc:  # a database or disk hiccup: the next attempt may pass
+        _retry_later(context, exc)
     for resource_type in types:
         report = reports[resource_type]
         load = report.load

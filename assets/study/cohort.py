@@ -14,10 +14,12 @@ from etl.fhir.types import RESOURCE_TYPES, TYPES, flatten_all
 
 from ..fhir.ingest import raw_asset_key
 from ..resources import FhirServerResource, StudyResource, WarehouseResource
+from .checks import asset_check_specs, table_check_results
 from .publish import asset_specs, table_result, write_tables
 
 
-@dg.multi_asset(specs=asset_specs("cohort", kinds={"sql", "pandas"}, deps=[raw_asset_key(t) for t in RESOURCE_TYPES]))
+@dg.multi_asset(specs=asset_specs("cohort", kinds={"sql", "pandas"}, deps=[raw_asset_key(t) for t in RESOURCE_TYPES]),
+                check_specs=asset_check_specs("cohort"))
 def cohort(context: dg.AssetExecutionContext, warehouse: WarehouseResource, study: StudyResource, fhir: FhirServerResource):
     wh = warehouse.get()
     # Absolute references count as ours only under the configured FHIR server's base URL.
@@ -46,3 +48,4 @@ def cohort(context: dg.AssetExecutionContext, warehouse: WarehouseResource, stud
     }
     for name, frame in tables.items():
         yield table_result(name, frame, preview=name != "patient_xref", extra=extra.get(name))
+    yield from table_check_results(context, wh, study)

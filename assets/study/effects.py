@@ -6,6 +6,7 @@ from analytics.comparisons import PROSPECTIVE_COMPARISON, study_results
 from analytics.figures import km_plot, love_plot, ps_overlap
 
 from ..resources import StudyResource, WarehouseResource
+from .checks import asset_check_specs, table_check_results
 from .publish import asset_specs, image_markdown, save_figure, table_result, write_tables
 
 OUTCOME_LABELS = {"death": "Survival", "relapse": "Relapse-free", "resp_relapse": "Free of respiratory relapse"}
@@ -13,7 +14,8 @@ EMBEDDED = {("tacrolimus_vs_conventional", "death"), ("tacrolimus_vs_conventiona
             (PROSPECTIVE_COMPARISON, "resp_relapse")}
 
 
-@dg.multi_asset(specs=asset_specs("comparative_effects", kinds={"sql", "python"}, deps=["cohort", "prospective_cohort"]))
+@dg.multi_asset(specs=asset_specs("comparative_effects", kinds={"sql", "python"}, deps=["cohort", "prospective_cohort"]),
+                check_specs=asset_check_specs("comparative_effects"))
 def comparative_effects(context: dg.AssetExecutionContext, warehouse: WarehouseResource, study: StudyResource):
     wh = warehouse.get()
     cohort = wh.read_table("cohort")
@@ -65,4 +67,4 @@ def comparative_effects(context: dg.AssetExecutionContext, warehouse: WarehouseR
     }
     for name, frame in tables.items():
         yield table_result(name, frame, preview=name not in ("survival_curves", "cumulative_incidence"), extra=extra[name])
-
+    yield from table_check_results(context, wh, study)

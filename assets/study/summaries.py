@@ -6,11 +6,13 @@ from analytics import summaries
 from analytics.figures import scale_boxplots
 
 from ..resources import StudyResource, WarehouseResource
+from .checks import asset_check_specs, table_check_results
 from .publish import asset_specs, image_markdown, save_figure, table_result, write_tables
 
 
 @dg.multi_asset(specs=asset_specs("descriptive_tables", kinds={"sql", "scipy"},
-                                  deps=["cohort", "prospective_cohort", "prospective_visits", "safety_events"]))
+                                  deps=["cohort", "prospective_cohort", "prospective_visits", "safety_events"]),
+                check_specs=asset_check_specs("descriptive_tables"))
 def descriptive_tables(context: dg.AssetExecutionContext, warehouse: WarehouseResource, study: StudyResource):
     wh = warehouse.get()
     retro, prosp = wh.read_table("cohort"), wh.read_table("prospective_cohort")
@@ -25,3 +27,4 @@ def descriptive_tables(context: dg.AssetExecutionContext, warehouse: WarehouseRe
                                "figure": dg.MetadataValue.path(str(path))}}
     for name, frame in tables.items():
         yield table_result(name, frame, preview_rows=20, extra=extra.get(name))
+    yield from table_check_results(context, wh, study)

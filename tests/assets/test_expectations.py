@@ -8,7 +8,7 @@ import pandas as pd
 import pytest
 
 from assets.resources import StudyResource, WarehouseResource
-from assets.study.checks import table_checks
+from assets.study.checks import check_name, table_check_results
 from etl.warehouse import Warehouse
 from expectations import suites
 from expectations.runner import run_suite
@@ -98,15 +98,17 @@ def test_a_failing_error_check_blocks_the_downstream_assets(tmp_path):
     bad = good_cohort()
     bad.loc[1, "age"] = 12
 
-    @dg.asset(name="cohort")
-    def cohort_double() -> None:
+    @dg.asset(name="cohort", check_specs=[dg.AssetCheckSpec(check_name("cohort"), asset="cohort", blocking=True)])
+    def cohort_double(context, study: StudyResource):  # writes, then checks in its step
         Warehouse(url).replace_table("cohort", bad)
+        yield dg.MaterializeResult()
+        yield from table_check_results(context, Warehouse(url), study)
 
     @dg.asset(deps=["cohort"])
     def downstream() -> None:
         raise AssertionError("must not run after a failed blocking check")
 
-    result = dg.materialize([cohort_double, downstream, table_checks["cohort"]], raise_on_error=False,
+    result = dg.materialize([cohort_double, downstream], raise_on_error=False,
                             resources={"warehouse": WarehouseResource(url=url),
                                        "study": StudyResource(pseudonym_key="x" * 20)})
     evaluation = result.get_asset_check_evaluations()[0]

@@ -10,7 +10,7 @@ import dagster as dg
 import pytest
 import sqlalchemy as sa
 
-from assets.definitions import all_assets, all_checks
+from assets.definitions import all_assets
 from assets.resources import FhirServerResource, StudyResource, WarehouseResource
 from etl.warehouse import Warehouse
 from synthetic.scratch_postgres import scratch_database
@@ -30,7 +30,7 @@ def database() -> str:
 
 
 def materialize(base_url: str, url: str) -> dg.ExecuteInProcessResult:
-    return dg.materialize([*all_assets, *all_checks], resources={
+    return dg.materialize(all_assets, resources={
         "fhir": FhirServerResource(base_url=base_url, page_size=200), "warehouse": WarehouseResource(url=url),
         "study": StudyResource(pseudonym_key=KEY, data_cutoff="2026-01-01", bootstrap_replicates=20)})
 

@@ -7,8 +7,8 @@ import pytest
 import sqlalchemy as sa
 
 from analytics.pseudonym import patient_key
-from assets.fhir.checks import _raw_check
-from assets.resources import StudyResource, WarehouseResource
+from assets.fhir.checks import raw_expectations
+from assets.resources import StudyResource
 from etl.fhir.client import FhirClient, FhirError
 from etl.ingest.ndjson_dir import sync_ndjson_directory
 from etl.warehouse import Warehouse
@@ -28,7 +28,7 @@ def test_a_failing_raw_check_names_the_patient_by_pseudonym_only(tmp_path):
     (export / "Observation.ndjson").write_bytes(orjson.dumps(ferritin) + b"\n")
     url = f"sqlite:///{tmp_path / 'w.sqlite'}"
     sync_ndjson_directory(Warehouse(url), export, ["Observation"], workers=1)
-    result = _raw_check("Observation")(warehouse=WarehouseResource(url=url), study=StudyResource(pseudonym_key=KEY))
+    result = raw_expectations("Observation", Warehouse(url), StudyResource(pseudonym_key=KEY))
     text = str(result.metadata)
     assert not result.passed and patient_key(CANARY, KEY) in text
     assert CANARY not in text
