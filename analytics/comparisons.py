@@ -16,11 +16,14 @@ import numpy as np
 import pandas as pd
 
 from .balance import kish_ess, standardized_differences
+from .bootstrap import BootstrapProblem
+from .bootstrap import run as run_bootstrap
 from .cox import CoxConvergenceError, fit_cox
 from .extras import aalen_johansen, e_value, rmst_difference
 from .km import weighted_km
 from .logrank import iptw_logrank, logrank, xie_liu_logrank
-from .propensity import PropensityModelError, c_statistic, design_matrix, fit_propensity, iptw_weights, overlap, truncate
+from .parallel import single_threaded_blas
+from .propensity import PropensityFit, PropensityModelError, c_statistic, fit_propensity, iptw_weights, overlap, truncate
 
 OUTCOMES = ("death", "relapse", "resp_relapse")
 RETROSPECTIVE_COMPARISONS: dict[str, str | None] = {
@@ -95,31 +98,19 @@ def _curves(analysis: str, comparison: str, outcome: str, frame: pd.DataFrame, t
 
 
 def bootstrap_rows(comparison: str, frame: pd.DataFrame, treated: pd.Series, primary: pd.DataFrame,
-                   replicates: int, seed: int) -> tuple[list[dict[str, Any]], dict[str, int]]:
+                   replicates: int, seed: int, ps_fit: PropensityFit, n_jobs: int = 1) -> tuple[list[dict[str, Any]], dict[str, int]]:
     """PS-refit bootstrap: resample patients, refit the propensity model and the weighted Cox, and take the
     2.5th and 97.5th percentiles of the hazard ratios (analysis ``bootstrap``; the point estimate is the
-    primary one, and there is no p-value)."""
-    rng = np.random.default_rng(seed)
-    ratios: dict[str, list[float]] = {o: [] for o in OUTCOMES}
-    for _ in range(replicates):
-        idx = rng.integers(0, len(frame), len(frame))
-        f, t = frame.iloc[idx].reset_index(drop=True), treated.iloc[idx].reset_index(drop=True)
-        try:
-            w = iptw_weights(t, fit_propensity(f, t).scores)["weight"]
-        except PropensityModelError:
-            continue
-        for outcome in OUTCOMES:
-            event = f[f"{outcome}_event"]
-            if event[t].sum() == 0 or event[~t].sum() == 0:
-                continue
-            try:
-                ratios[outcome].append(float(np.exp(fit_cox(f[f"{outcome}_days"], event, t.astype(int), w,
-                                                             robust=False).coef[0])))
-            except (CoxConvergenceError, np.linalg.LinAlgError):
-                continue
+    primary one, and there is no p-value). The refits start from the full-sample fits (``ps_fit``, ``primary``)."""
+    primary = primary.set_index("outcome")
+    problem = BootstrapProblem.build(
+        ps_fit.design, treated, ps_fit.coefficients[ps_fit.design.columns],
+        {o: (frame[f"{o}_days"], frame[f"{o}_event"], math.log(primary.loc[o, "hazard_ratio"])
+             if primary.loc[o, "hazard_ratio"] > 0 else math.nan) for o in OUTCOMES})
+    ratios = run_bootstrap(problem, replicates, seed, n_jobs)
     rows = []
     for outcome in OUTCOMES:
-        row = {**primary.set_index("outcome").loc[outcome].to_dict(), "outcome": outcome, "analysis": "bootstrap",
+        row = {**primary.loc[outcome].to_dict(), "outcome": outcome, "analysis": "bootstrap",
                "p_value": math.nan, "logrank_p": math.nan, "logrank_p_svy": math.nan}
         row["ci_lower"], row["ci_upper"] = (np.percentile(ratios[outcome], [2.5, 97.5]) if len(ratios[outcome]) >= 20
                                             else (math.nan, math.nan))
@@ -157,7 +148,7 @@ def _extras(comparison: str, frame: pd.DataFrame, treated: pd.Series, effects: p
 
 
 def retrospective_comparison(cohort: pd.DataFrame, comparison: str, agent: str | None, bootstrap_replicates: int = 0,
-                             seed: int = 20210214) -> StudyResults:
+                             seed: int = 20210214, n_jobs: int = 1) -> StudyResults:
     frame = cohort if agent is None else cohort[(cohort["group"] == "tacrolimus") | (cohort["conventional_agent"] == agent)]
     frame = frame.reset_index(drop=True)
     treated = frame["group"].eq("tacrolimus")
@@ -178,11 +169,11 @@ def retrospective_comparison(cohort: pd.DataFrame, comparison: str, agent: str |
     boot_info: dict[str, int] = {}
     if bootstrap_replicates:
         boot, boot_info = bootstrap_rows(comparison, frame, treated, effects[effects["analysis"] == "primary"],
-                                         bootstrap_replicates, seed)
+                                         bootstrap_replicates, seed, fit, n_jobs)
         effects = pd.concat([effects, pd.DataFrame(boot, columns=EFFECT_COLUMNS)], ignore_index=True)
     curves = pd.concat([_curves("primary", comparison, outcome, frame, treated, ("tacrolimus", control_label),
                                 w["weight"]) for outcome in OUTCOMES], ignore_index=True)
-    balance = standardized_differences(design_matrix(frame), treated, w["weight"]).assign(analysis=comparison)
+    balance = standardized_differences(fit.design, treated, w["weight"]).assign(analysis=comparison)
     weights_table = pd.DataFrame({"patient_key": frame["patient_key"], "analysis": comparison,
                                   "propensity_score": w["propensity_score"], "weight": w["weight"],
                                   "stabilized_weight": w["stabilized_weight"]})
@@ -211,14 +202,16 @@ def prospective_comparison(cohort: pd.DataFrame) -> StudyResults:
 
 
 def study_results(cohort: pd.DataFrame, prospective_cohort: pd.DataFrame | None = None,
-                  bootstrap_replicates: int = 0, seed: int = 20210214) -> StudyResults:
+                  bootstrap_replicates: int = 0, seed: int = 20210214, n_jobs: int = 1) -> StudyResults:
     """Every comparison of the contract, stacked into the result tables. The bootstrap (if asked for) is run
-    for the primary comparison only."""
-    parts = [retrospective_comparison(cohort, name, agent,
-                                      bootstrap_replicates if name == "tacrolimus_vs_conventional" else 0, seed)
-             for name, agent in RETROSPECTIVE_COMPARISONS.items()]
-    if prospective_cohort is not None and len(prospective_cohort):
-        parts.append(prospective_comparison(prospective_cohort))
+    for the primary comparison only, in ``n_jobs`` processes (1: in this one; -1: one per CPU); its result does
+    not depend on ``n_jobs``."""
+    with single_threaded_blas():
+        parts = [retrospective_comparison(cohort, name, agent,
+                                          bootstrap_replicates if name == "tacrolimus_vs_conventional" else 0, seed, n_jobs)
+                 for name, agent in RETROSPECTIVE_COMPARISONS.items()]
+        if prospective_cohort is not None and len(prospective_cohort):
+            parts.append(prospective_comparison(prospective_cohort))
 
     def stack(attr: str, columns: list[str]) -> pd.DataFrame:
         frames = [getattr(p, attr) for p in parts if len(getattr(p, attr))]

@@ -28,18 +28,20 @@ def outcome(call):
 @pytest.mark.parametrize("seed, n, p", [(1, 40, 1), (2, 300, 1), (3, 120, 2), (4, 25, 2), (5, 2000, 1)])
 def test_likelihood_score_information_and_residuals_equal_the_loop(seed, n, p):
     time, event, x, w = tied_weighted(seed, n, p)
-    ts, ds, xs, ws, _ = cox_loop._sorted(time, event, x, w)
+    ts, ds, xs, ws, order = cox_loop._sorted(time, event, x, w)
     groups = cox_loop._tie_groups(ts)
-    rs = cox.risk_sets(time, event)
-    np.testing.assert_array_equal(rs.order, cox_loop._sorted(time, event, x, w)[4])
+    rs = cox.risk_sets(time, event, x)
+    dd = cox._deaths(rs, rs.sums(w), rs.sums(np.ones(n)))
+    assert rs.n_cells < n or p > 1  # a binary covariate on six days: subjects share cells
     for beta in (np.zeros(p), np.full(p, 0.7), np.linspace(-1.2, 0.4, p)):
         loglik, score, info = cox_loop._loglik_score_info(beta, ts, ds, xs, ws, groups)
-        terms = cox._efron(beta, rs, xs, ws, None)
+        terms = cox._efron(beta, rs, dd)
         assert terms.loglik == pytest.approx(loglik, rel=1e-12)
         np.testing.assert_allclose(terms.score, score, rtol=1e-10, atol=1e-10)
         np.testing.assert_allclose(terms.info, info, rtol=1e-10)
-        np.testing.assert_allclose(cox._score_residuals(beta, rs, xs, terms),
-                                   cox_loop._score_residuals(beta, ts, ds, xs, ws, groups), rtol=1e-9, atol=1e-12)
+        per_subject = np.empty((n, p))
+        per_subject[order] = cox_loop._score_residuals(beta, ts, ds, xs, ws, groups)
+        np.testing.assert_allclose(cox._score_residuals(beta, rs, dd, terms)[rs.cell], per_subject, rtol=1e-9, atol=1e-12)
 
 
 def test_fits_equal_the_loop_on_two_hundred_tied_weighted_samples():
@@ -112,7 +114,6 @@ def test_frequencies_equal_duplicated_rows():
     idx = rng.integers(0, len(time), len(time))
     resampled = cox.fit_cox(time[idx], event[idx], x[idx], w[idx], robust=False).coef
     freq = np.bincount(idx, minlength=len(time)).astype(float)
-    rs = cox.risk_sets(time, event)
-    coef = cox.cox_coefficient(rs, x[rs.order], (w * freq)[rs.order], freq[rs.order])
+    coef = cox.cox_coefficient(cox.risk_sets(time, event, x), w * freq, freq)
     assert coef[0] == pytest.approx(resampled[0], rel=1e-9)
     assert freq.max() >= 3 and (freq == 0).any()  # the resample has both repeated and left-out patients
