@@ -110,6 +110,13 @@ def risk_sets(time, event, x) -> RiskSets:
                     dead_groups=dg[dead_starts] if len(dead) else dead, dead_time=dead_time)
 
 
+def efron_terms(n_dead: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Efron's d terms for each time with d tied deaths, as flat arrays: each term's time and its fraction k/d."""
+    counts = n_dead.astype(np.intp)
+    term = np.repeat(np.arange(len(counts)), counts)
+    return term, (np.arange(len(term)) - np.repeat(np.cumsum(counts) - counts, counts)) / counts[term]
+
+
 @dataclass(frozen=True)
 class _Deaths:
     """What does not change between Newton steps for one weighting: Efron's terms, one per tied death (term k of
@@ -131,9 +138,7 @@ def _deaths(rs: RiskSets, weight: np.ndarray, count: np.ndarray) -> _Deaths:
     n_dead = np.add.reduceat(count[rs.dead], rs.dead_starts)
     mean_w = np.divide(np.add.reduceat(weight[rs.dead], rs.dead_starts), n_dead, out=np.zeros(len(n_dead)),
                        where=n_dead > 0)
-    counts = n_dead.astype(np.intp)
-    term_group = np.repeat(np.arange(len(counts)), counts)
-    fraction = (np.arange(len(term_group)) - np.repeat(np.cumsum(counts) - counts, counts)) / n_dead[term_group]
+    term_group, fraction = efron_terms(n_dead)
     return _Deaths(weight, n_dead, term_group, fraction, mean_w[term_group], weight[rs.dead] @ rs.x[rs.dead])
 
 
