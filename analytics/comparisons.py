@@ -19,8 +19,8 @@ from .balance import kish_ess, standardized_differences
 from .bootstrap import BootstrapProblem
 from .bootstrap import run as run_bootstrap
 from .cox import CoxConvergenceError, fit_cox
-from .extras import aalen_johansen, e_value, rmst_difference
-from .km import weighted_km
+from .extras import aalen_johansen, e_value, rmst_difference_of
+from .km import KaplanMeier, curve_table, kaplan_meier
 from .logrank import iptw_logrank, logrank, xie_liu_logrank
 from .parallel import single_threaded_blas
 from .propensity import PropensityFit, PropensityModelError, c_statistic, fit_propensity, iptw_weights, overlap, truncate
@@ -84,16 +84,27 @@ def _effect_row(analysis: str, comparison: str, outcome: str, frame: pd.DataFram
     return row
 
 
-def _curves(analysis: str, comparison: str, outcome: str, frame: pd.DataFrame, treated: pd.Series,
-            labels: tuple[str, str], weights: pd.Series | None) -> pd.DataFrame:
+def _kaplan_meiers(frame: pd.DataFrame, treated: pd.Series, weights: pd.Series | None
+                   ) -> dict[str, tuple[KaplanMeier, KaplanMeier]]:
+    """Per outcome, the (treated, control) curves, fitted once: the survival_curves table and the RMST come from them."""
+    out = {}
+    for outcome in OUTCOMES:
+        arms = []
+        for m in (treated, ~treated):
+            arms.append(kaplan_meier(frame.loc[m, f"{outcome}_days"], frame.loc[m, f"{outcome}_event"],
+                                     None if weights is None else weights[m]))
+        out[outcome] = (arms[0], arms[1])
+    return out
+
+
+def _curves(analysis: str, comparison: str, outcome: str, curves: tuple[KaplanMeier, KaplanMeier],
+            labels: tuple[str, str], weighted: bool) -> pd.DataFrame:
     parts = []
-    for flag, label in ((True, labels[0]), (False, labels[1])):
-        m = treated == flag
-        if not m.any():
+    for km, label in zip(curves, labels, strict=True):
+        if not len(km.weights):
             continue
-        km = weighted_km(frame.loc[m, f"{outcome}_days"], frame.loc[m, f"{outcome}_event"],
-                         None if weights is None else weights[m], variance="robust" if weights is not None else "greenwood")
-        parts.append(km.assign(analysis=analysis, comparison=comparison, outcome=outcome, group=label))
+        parts.append(curve_table(km, variance="robust" if weighted else "greenwood")
+                     .assign(analysis=analysis, comparison=comparison, outcome=outcome, group=label))
     return pd.concat(parts, ignore_index=True)[CURVE_COLUMNS] if parts else pd.DataFrame(columns=CURVE_COLUMNS)
 
 
@@ -126,11 +137,12 @@ def _competing_cause(frame: pd.DataFrame) -> tuple[pd.Series, pd.Series]:
 
 
 def _extras(comparison: str, frame: pd.DataFrame, treated: pd.Series, effects: pd.DataFrame, labels: tuple[str, str],
-            weights: pd.Series | None) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame]:
+            weights: pd.Series | None, curves: dict[str, tuple[KaplanMeier, KaplanMeier]]
+            ) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame]:
     rmst_rows, e_rows, cif_parts = [], [], []
     for outcome in OUTCOMES:
         rmst_rows.append({"comparison": comparison, "outcome": outcome, "tau_days": 365,
-                          **rmst_difference(frame[f"{outcome}_days"], frame[f"{outcome}_event"], treated, weights)})
+                          **rmst_difference_of(*curves[outcome], tau=365)})
     common = {o: frame[f"{o}_event"].mean() > COMMON_OUTCOME for o in OUTCOMES}
     for row in effects.itertuples(index=False):
         point, ci = e_value(row.hazard_ratio, row.ci_lower, row.ci_upper, common[row.outcome])
@@ -171,8 +183,9 @@ def retrospective_comparison(cohort: pd.DataFrame, comparison: str, agent: str |
         boot, boot_info = bootstrap_rows(comparison, frame, treated, effects[effects["analysis"] == "primary"],
                                          bootstrap_replicates, seed, fit, n_jobs)
         effects = pd.concat([effects, pd.DataFrame(boot, columns=EFFECT_COLUMNS)], ignore_index=True)
-    curves = pd.concat([_curves("primary", comparison, outcome, frame, treated, ("tacrolimus", control_label),
-                                w["weight"]) for outcome in OUTCOMES], ignore_index=True)
+    kms = _kaplan_meiers(frame, treated, w["weight"])
+    curves = pd.concat([_curves("primary", comparison, outcome, kms[outcome], ("tacrolimus", control_label), True)
+                        for outcome in OUTCOMES], ignore_index=True)
     balance = standardized_differences(fit.design, treated, w["weight"]).assign(analysis=comparison)
     weights_table = pd.DataFrame({"patient_key": frame["patient_key"], "analysis": comparison,
                                   "propensity_score": w["propensity_score"], "weight": w["weight"],
@@ -184,7 +197,8 @@ def retrospective_comparison(cohort: pd.DataFrame, comparison: str, agent: str |
                       for q, pct in (("min", 0), ("median", 50), ("p99", 99), ("max", 100))},
                    "max_weight": float(w["weight"].max()), **boot_info,
                    "coefficients": {k: float(v) for k, v in fit.coefficients.items()}}
-    rmst_table, e_table, cif = _extras(comparison, frame, treated, effects, ("tacrolimus", control_label), w["weight"])
+    rmst_table, e_table, cif = _extras(comparison, frame, treated, effects, ("tacrolimus", control_label), w["weight"],
+                                       kms)
     return StudyResults(weights_table[WEIGHT_COLUMNS], balance[BALANCE_COLUMNS], effects, curves,
                         {comparison: diagnostics}, rmst_table, e_table, cif)
 
@@ -192,11 +206,12 @@ def retrospective_comparison(cohort: pd.DataFrame, comparison: str, agent: str |
 def prospective_comparison(cohort: pd.DataFrame) -> StudyResults:
     treated = cohort["group"].eq("combination")
     effects = [_effect_row("primary", PROSPECTIVE_COMPARISON, o, cohort, treated, None) for o in OUTCOMES]
-    curves = pd.concat([_curves("primary", PROSPECTIVE_COMPARISON, o, cohort, treated, ("combination", "tacrolimus"), None)
+    kms = _kaplan_meiers(cohort, treated, None)
+    curves = pd.concat([_curves("primary", PROSPECTIVE_COMPARISON, o, kms[o], ("combination", "tacrolimus"), False)
                         for o in OUTCOMES], ignore_index=True)
     effects_table = pd.DataFrame(effects, columns=EFFECT_COLUMNS)
     rmst_table, e_table, cif = _extras(PROSPECTIVE_COMPARISON, cohort, treated, effects_table, ("combination", "tacrolimus"),
-                                       None)
+                                       None, kms)
     return StudyResults(pd.DataFrame(columns=WEIGHT_COLUMNS), pd.DataFrame(columns=BALANCE_COLUMNS), effects_table,
                         curves, {}, rmst_table, e_table, cif)
 

@@ -21,7 +21,7 @@ import numpy as np
 import pandas as pd
 from scipy import stats
 
-from .km import kaplan_meier
+from .km import KaplanMeier, kaplan_meier
 from .timegrid import TimeGrid
 
 
@@ -34,7 +34,11 @@ class Rmst:
 def rmst(time, event, weights=None, tau: float = 365.0) -> Rmst:
     """Area under the curve up to tau, and its SE from each patient's influence on that area: the integral of
     S(t) times their influence on log S(t), in closed form over the steps (see KaplanMeier)."""
-    km = kaplan_meier(time, event, weights)
+    return rmst_of(kaplan_meier(time, event, weights), tau)
+
+
+def rmst_of(km: KaplanMeier, tau: float = 365.0) -> Rmst:
+    """``rmst`` from a fitted curve (one fit serves the curve table and the RMST)."""
     times = km.grid.times
     k = int(np.searchsorted(times, tau, side="right"))  # steps at or before tau
     if k == 0:
@@ -54,7 +58,11 @@ def rmst_difference(time, event, treated, weights=None, tau: float = 365.0) -> d
     t = np.asarray(treated, dtype=bool)
     w = np.ones(len(t)) if weights is None else np.asarray(weights, dtype=float)
     time, event = np.asarray(time, dtype=float), np.asarray(event, dtype=int)
-    a, b = rmst(time[t], event[t], w[t], tau), rmst(time[~t], event[~t], w[~t], tau)
+    return rmst_difference_of(kaplan_meier(time[t], event[t], w[t]), kaplan_meier(time[~t], event[~t], w[~t]), tau)
+
+
+def rmst_difference_of(treated: KaplanMeier, control: KaplanMeier, tau: float = 365.0) -> dict[str, float]:
+    a, b = rmst_of(treated, tau), rmst_of(control, tau)
     diff, se = a.rmst - b.rmst, math.hypot(a.se, b.se)
     z = stats.norm.ppf(0.975)
     return {"rmst_treated": a.rmst, "rmst_control": b.rmst, "difference": diff, "ci_lower": diff - z * se,

@@ -75,9 +75,13 @@ def weighted_km(time, event, weights=None, alpha: float = 0.05, variance: str = 
     robust (infinitesimal jackknife, for IPTW weights), or ``variance="greenwood"`` for unweighted
     data (R's default there).
     """
+    return curve_table(kaplan_meier(time, event, weights), alpha, variance)
+
+
+def curve_table(km: KaplanMeier, alpha: float = 0.05, variance: str = "robust") -> pd.DataFrame:
+    """``weighted_km``'s table from a fitted curve (one fit serves the curve table and the RMST)."""
     if variance not in ("robust", "greenwood"):
         raise ValueError(f"variance must be 'robust' or 'greenwood', not {variance!r}")
-    km = kaplan_meier(time, event, weights)
     z = stats.norm.ppf(1 - alpha / 2)
     surv = km.survival
     with np.errstate(invalid="ignore", divide="ignore"):
