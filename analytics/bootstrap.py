@@ -7,20 +7,19 @@ Built for 1,000 replicates of a cohort of tens of thousands (issue 16):
 - the propensity refit is a small Newton (IRLS) loop on the multiplicity-weighted rows, started from the full-sample
   coefficients, and each Cox refit starts from the full-sample log hazard ratio;
 - replicate r draws from its own seed (``SeedSequence(seed, spawn_key=(r,))``), so the hazard ratios do not depend
-  on how the replicates are spread over worker processes (``n_jobs``).
+  on how the replicates are spread over worker processes (``n_jobs``, default 1: in this process).
 """
 from __future__ import annotations
 
 import math
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
-from multiprocessing import get_context
 
 import numpy as np
 from threadpoolctl import threadpool_limits
 
 from .cox import CoxConvergenceError, RiskSets, cox_coefficient, risk_sets
-from .parallel import resolve_jobs
+from .parallel import resolve_jobs, worker_context
 
 _MAX_IRLS = 100  # statsmodels' default, as the full-sample fit
 
@@ -140,15 +139,15 @@ def _run_chunk(seed: int, rs: range) -> list[dict[str, float]]:
 def run(problem: BootstrapProblem, replicates: int, seed: int, n_jobs: int = 1) -> dict[str, list[float]]:
     """Hazard ratios per outcome over ``replicates`` replicates, in replicate order whatever ``n_jobs``.
 
-    Workers are started with ``spawn`` (a fresh interpreter, not a fork of a process that may hold threads, as a
-    Dagster step does) and receive the problem once; replicates go to them in chunks."""
+    The workers receive the problem once and the replicates in chunks. They are forked from a fork server (see
+    ``worker_context``), never from this process, which may hold threads (a Dagster step does)."""
     jobs = min(resolve_jobs(n_jobs), max(replicates, 1))
     if jobs == 1:
         results = [replicate(problem, seed, r) for r in range(replicates)]
     else:
         size = max(1, math.ceil(replicates / (jobs * 4)))
         chunks = [range(a, min(a + size, replicates)) for a in range(0, replicates, size)]
-        with ProcessPoolExecutor(jobs, mp_context=get_context("spawn"), initializer=_init_worker,
+        with ProcessPoolExecutor(jobs, mp_context=worker_context(), initializer=_init_worker,
                                  initargs=(problem,)) as pool:
             results = [hr for part in pool.map(_run_chunk, [seed] * len(chunks), chunks) for hr in part]
     return {name: [res[name] for res in results if name in res] for name in problem.outcomes}
