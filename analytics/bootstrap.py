@@ -27,8 +27,9 @@ _MAX_IRLS = 100  # statsmodels' default, as the full-sample fit
 @dataclass(frozen=True)
 class Outcome:
     rs: RiskSets
-    event: np.ndarray        # 0/1 in input order
-    log_hr: float            # full-sample coefficient: the warm start (nan: start at zero)
+    treated_event: np.ndarray  # 1 for a treated patient with the event, in input order
+    control_event: np.ndarray  # 1 for a control patient with the event
+    log_hr: float              # full-sample coefficient: the warm start (nan: start at zero)
 
 
 @dataclass(frozen=True)
@@ -43,11 +44,15 @@ class BootstrapProblem:
     def build(cls, design, treated, ps_start, outcomes: dict[str, tuple[object, object, float]]) -> BootstrapProblem:
         """``outcomes`` maps a name to (time, event, full-sample log hazard ratio); the Cox models' covariate is
         ``treated``."""
-        return cls(design=np.asarray(design, dtype=float), treated=np.asarray(treated, dtype=bool),
-                   ps_start=np.asarray(ps_start, dtype=float),
-                   outcomes={name: Outcome(risk_sets(t, e, np.asarray(treated, dtype=float)), np.asarray(e, dtype=int),
-                                           float(b))
-                             for name, (t, e, b) in outcomes.items()})
+        treated = np.asarray(treated, dtype=bool)
+
+        def outcome(time, event, log_hr: float) -> Outcome:
+            e = np.asarray(event, dtype=int) == 1
+            return Outcome(risk_sets(time, event, treated.astype(float)), (e & treated).astype(float),
+                           (e & ~treated).astype(float), float(log_hr))
+
+        return cls(design=np.asarray(design, dtype=float), treated=treated, ps_start=np.asarray(ps_start, dtype=float),
+                   outcomes={name: outcome(*spec) for name, spec in outcomes.items()})
 
     @property
     def n(self) -> int:
@@ -98,21 +103,22 @@ def replicate(problem: BootstrapProblem, seed: int, r: int) -> dict[str, float]:
     X = problem.design[drawn]
     keep = np.ones(X.shape[1], dtype=bool)
     keep[1:] = np.ptp(X[:, 1:], axis=0) > 0
+    if not keep.all():
+        X = X[:, keep]
     try:
         with np.errstate(over="ignore", divide="ignore", invalid="ignore"):
-            coef = fit_logistic(X[:, keep], t[drawn].astype(float), freq[drawn], problem.ps_start[keep])
+            coef = fit_logistic(X, t[drawn].astype(float), freq[drawn], problem.ps_start[keep])
     except np.linalg.LinAlgError:
         return {}
     # IPTW weights of the drawn patients times their multiplicities (an infinite weight, from a separating refit,
     # makes the Cox fits fail and the outcomes skipped, as before).
     with np.errstate(over="ignore", divide="ignore"):
-        ps = 1 / (1 + np.exp(-(X[:, keep] @ coef)))
+        ps = 1 / (1 + np.exp(-(X @ coef)))
         case_weight = np.zeros(problem.n)
         case_weight[drawn] = np.where(t[drawn], 1 / ps, 1 / (1 - ps)) * freq[drawn]
     ratios = {}
     for name, o in problem.outcomes.items():
-        events = freq * o.event
-        if events[t].sum() == 0 or events[~t].sum() == 0:
+        if freq @ o.treated_event == 0 or freq @ o.control_event == 0:
             continue
         try:
             beta = cox_coefficient(o.rs, case_weight, freq, init=None if math.isnan(o.log_hr) else np.array([o.log_hr]))

@@ -66,6 +66,7 @@ def test_a_replicate_without_both_groups_is_skipped_and_so_is_an_outcome_without
     assert all(set(o) <= {"death"} for o in outcomes)
 
 
+@pytest.mark.filterwarnings("ignore:The design matrix is rank-deficient")
 def test_the_logistic_refit_equals_statsmodels_with_frequency_weights_and_collinear_columns():
     rng = np.random.default_rng(3)
     n = 400
