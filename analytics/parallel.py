@@ -31,10 +31,9 @@ def resolve_jobs(n_jobs: int) -> int:
 
 
 def worker_context() -> BaseContext:
-    """Worker processes forked from a fork server: a fresh single-threaded interpreter, started once per process,
-    that has imported the caller's main module and this package's bootstrap. Forking the caller itself would copy
-    a process that may hold threads and their locks (a Dagster step); ``spawn`` would start a new interpreter per
-    worker that imports everything again (about 5 s each on the shared 2-core machine, measured)."""
-    context = multiprocessing.get_context("forkserver")
-    context.set_forkserver_preload(["__main__", "analytics.bootstrap"])
-    return context
+    """Worker processes forked from a fork server: a fresh single-threaded interpreter, started once per process.
+    Forking the caller itself would copy a process that may hold threads and their locks (a Dagster step does);
+    ``spawn`` would start a whole interpreter per worker. Either way each worker imports the caller's main module
+    again (multiprocessing's start-up), which costs a few seconds when that is Dagster's command line: worth it
+    only for a long bootstrap (see benchmarks/statistics.py)."""
+    return multiprocessing.get_context("forkserver")
