@@ -16,12 +16,15 @@ import numpy as np
 import pandas as pd
 
 from .balance import kish_ess, standardized_differences
+from .bootstrap import BootstrapProblem
+from .bootstrap import run as run_bootstrap
 from .catalog import columns_of
 from .cox import CoxConvergenceError, fit_cox
-from .extras import aalen_johansen, e_value, rmst_difference
-from .km import weighted_km
+from .extras import aalen_johansen, e_value, rmst_difference_of
+from .km import KaplanMeier, curve_table, kaplan_meier
 from .logrank import iptw_logrank, logrank, xie_liu_logrank
-from .propensity import PropensityModelError, c_statistic, design_matrix, fit_propensity, iptw_weights, overlap, truncate
+from .parallel import single_threaded_blas
+from .propensity import PropensityFit, PropensityModelError, c_statistic, fit_propensity, iptw_weights, overlap, truncate
 
 OUTCOMES = ("death", "relapse", "resp_relapse")
 RETROSPECTIVE_COMPARISONS: dict[str, str | None] = {
@@ -80,45 +83,44 @@ def _effect_row(analysis: str, comparison: str, outcome: str, frame: pd.DataFram
     return row
 
 
-def _curves(analysis: str, comparison: str, outcome: str, frame: pd.DataFrame, treated: pd.Series,
-            labels: tuple[str, str], weights: pd.Series | None) -> pd.DataFrame:
+def _kaplan_meiers(frame: pd.DataFrame, treated: pd.Series, weights: pd.Series | None
+                   ) -> dict[str, tuple[KaplanMeier, KaplanMeier]]:
+    """Per outcome, the (treated, control) curves, fitted once: the survival_curves table and the RMST come from them."""
+    out = {}
+    for outcome in OUTCOMES:
+        arms = []
+        for m in (treated, ~treated):
+            arms.append(kaplan_meier(frame.loc[m, f"{outcome}_days"], frame.loc[m, f"{outcome}_event"],
+                                     None if weights is None else weights[m]))
+        out[outcome] = (arms[0], arms[1])
+    return out
+
+
+def _curves(analysis: str, comparison: str, outcome: str, curves: tuple[KaplanMeier, KaplanMeier],
+            labels: tuple[str, str], weighted: bool) -> pd.DataFrame:
     parts = []
-    for flag, label in ((True, labels[0]), (False, labels[1])):
-        m = treated == flag
-        if not m.any():
+    for km, label in zip(curves, labels, strict=True):
+        if not len(km.weights):
             continue
-        km = weighted_km(frame.loc[m, f"{outcome}_days"], frame.loc[m, f"{outcome}_event"],
-                         None if weights is None else weights[m], variance="robust" if weights is not None else "greenwood")
-        parts.append(km.assign(analysis=analysis, comparison=comparison, outcome=outcome, group=label))
+        parts.append(curve_table(km, variance="robust" if weighted else "greenwood")
+                     .assign(analysis=analysis, comparison=comparison, outcome=outcome, group=label))
     return pd.concat(parts, ignore_index=True)[CURVE_COLUMNS] if parts else pd.DataFrame(columns=CURVE_COLUMNS)
 
 
 def bootstrap_rows(comparison: str, frame: pd.DataFrame, treated: pd.Series, primary: pd.DataFrame,
-                   replicates: int, seed: int) -> tuple[list[dict[str, Any]], dict[str, int]]:
+                   replicates: int, seed: int, ps_fit: PropensityFit, n_jobs: int = 1) -> tuple[list[dict[str, Any]], dict[str, int]]:
     """PS-refit bootstrap: resample patients, refit the propensity model and the weighted Cox, and take the
     2.5th and 97.5th percentiles of the hazard ratios (analysis ``bootstrap``; the point estimate is the
-    primary one, and there is no p-value)."""
-    rng = np.random.default_rng(seed)
-    ratios: dict[str, list[float]] = {o: [] for o in OUTCOMES}
-    for _ in range(replicates):
-        idx = rng.integers(0, len(frame), len(frame))
-        f, t = frame.iloc[idx].reset_index(drop=True), treated.iloc[idx].reset_index(drop=True)
-        try:
-            w = iptw_weights(t, fit_propensity(f, t).scores)["weight"]
-        except PropensityModelError:
-            continue
-        for outcome in OUTCOMES:
-            event = f[f"{outcome}_event"]
-            if event[t].sum() == 0 or event[~t].sum() == 0:
-                continue
-            try:
-                ratios[outcome].append(float(np.exp(fit_cox(f[f"{outcome}_days"], event, t.astype(int), w,
-                                                             robust=False).coef[0])))
-            except (CoxConvergenceError, np.linalg.LinAlgError):
-                continue
+    primary one, and there is no p-value). The refits start from the full-sample fits (``ps_fit``, ``primary``)."""
+    primary = primary.set_index("outcome")
+    problem = BootstrapProblem.build(
+        ps_fit.design, treated, ps_fit.coefficients[ps_fit.design.columns],
+        {o: (frame[f"{o}_days"], frame[f"{o}_event"], math.log(primary.loc[o, "hazard_ratio"])
+             if primary.loc[o, "hazard_ratio"] > 0 else math.nan) for o in OUTCOMES})
+    ratios = run_bootstrap(problem, replicates, seed, n_jobs)
     rows = []
     for outcome in OUTCOMES:
-        row = {**primary.set_index("outcome").loc[outcome].to_dict(), "outcome": outcome, "analysis": "bootstrap",
+        row = {**primary.loc[outcome].to_dict(), "outcome": outcome, "analysis": "bootstrap",
                "p_value": math.nan, "logrank_p": math.nan, "logrank_p_svy": math.nan}
         row["ci_lower"], row["ci_upper"] = (np.percentile(ratios[outcome], [2.5, 97.5]) if len(ratios[outcome]) >= 20
                                             else (math.nan, math.nan))
@@ -134,11 +136,12 @@ def _competing_cause(frame: pd.DataFrame) -> tuple[pd.Series, pd.Series]:
 
 
 def _extras(comparison: str, frame: pd.DataFrame, treated: pd.Series, effects: pd.DataFrame, labels: tuple[str, str],
-            weights: pd.Series | None) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame]:
+            weights: pd.Series | None, curves: dict[str, tuple[KaplanMeier, KaplanMeier]]
+            ) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame]:
     rmst_rows, e_rows, cif_parts = [], [], []
     for outcome in OUTCOMES:
         rmst_rows.append({"comparison": comparison, "outcome": outcome, "tau_days": 365,
-                          **rmst_difference(frame[f"{outcome}_days"], frame[f"{outcome}_event"], treated, weights)})
+                          **rmst_difference_of(*curves[outcome], tau=365)})
     common = {o: frame[f"{o}_event"].mean() > COMMON_OUTCOME for o in OUTCOMES}
     for row in effects.itertuples(index=False):
         point, ci = e_value(row.hazard_ratio, row.ci_lower, row.ci_upper, common[row.outcome])
@@ -156,7 +159,7 @@ def _extras(comparison: str, frame: pd.DataFrame, treated: pd.Series, effects: p
 
 
 def retrospective_comparison(cohort: pd.DataFrame, comparison: str, agent: str | None, bootstrap_replicates: int = 0,
-                             seed: int = 20210214) -> StudyResults:
+                             seed: int = 20210214, n_jobs: int = 1) -> StudyResults:
     frame = cohort if agent is None else cohort[(cohort["group"] == "tacrolimus") | (cohort["conventional_agent"] == agent)]
     frame = frame.reset_index(drop=True)
     treated = frame["group"].eq("tacrolimus")
@@ -177,11 +180,12 @@ def retrospective_comparison(cohort: pd.DataFrame, comparison: str, agent: str |
     boot_info: dict[str, int] = {}
     if bootstrap_replicates:
         boot, boot_info = bootstrap_rows(comparison, frame, treated, effects[effects["analysis"] == "primary"],
-                                         bootstrap_replicates, seed)
+                                         bootstrap_replicates, seed, fit, n_jobs)
         effects = pd.concat([effects, pd.DataFrame(boot, columns=EFFECT_COLUMNS)], ignore_index=True)
-    curves = pd.concat([_curves("primary", comparison, outcome, frame, treated, ("tacrolimus", control_label),
-                                w["weight"]) for outcome in OUTCOMES], ignore_index=True)
-    balance = standardized_differences(design_matrix(frame), treated, w["weight"]).assign(analysis=comparison)
+    kms = _kaplan_meiers(frame, treated, w["weight"])
+    curves = pd.concat([_curves("primary", comparison, outcome, kms[outcome], ("tacrolimus", control_label), True)
+                        for outcome in OUTCOMES], ignore_index=True)
+    balance = standardized_differences(fit.design, treated, w["weight"]).assign(analysis=comparison)
     weights_table = pd.DataFrame({"patient_key": frame["patient_key"], "analysis": comparison,
                                   "propensity_score": w["propensity_score"], "weight": w["weight"],
                                   "stabilized_weight": w["stabilized_weight"]})
@@ -192,7 +196,8 @@ def retrospective_comparison(cohort: pd.DataFrame, comparison: str, agent: str |
                       for q, pct in (("min", 0), ("median", 50), ("p99", 99), ("max", 100))},
                    "max_weight": float(w["weight"].max()), **boot_info,
                    "coefficients": {k: float(v) for k, v in fit.coefficients.items()}}
-    rmst_table, e_table, cif = _extras(comparison, frame, treated, effects, ("tacrolimus", control_label), w["weight"])
+    rmst_table, e_table, cif = _extras(comparison, frame, treated, effects, ("tacrolimus", control_label), w["weight"],
+                                       kms)
     return StudyResults(weights_table[WEIGHT_COLUMNS], balance[BALANCE_COLUMNS], effects, curves,
                         {comparison: diagnostics}, rmst_table, e_table, cif)
 
@@ -200,24 +205,27 @@ def retrospective_comparison(cohort: pd.DataFrame, comparison: str, agent: str |
 def prospective_comparison(cohort: pd.DataFrame) -> StudyResults:
     treated = cohort["group"].eq("combination")
     effects = [_effect_row("primary", PROSPECTIVE_COMPARISON, o, cohort, treated, None) for o in OUTCOMES]
-    curves = pd.concat([_curves("primary", PROSPECTIVE_COMPARISON, o, cohort, treated, ("combination", "tacrolimus"), None)
+    kms = _kaplan_meiers(cohort, treated, None)
+    curves = pd.concat([_curves("primary", PROSPECTIVE_COMPARISON, o, kms[o], ("combination", "tacrolimus"), False)
                         for o in OUTCOMES], ignore_index=True)
     effects_table = pd.DataFrame(effects, columns=EFFECT_COLUMNS)
     rmst_table, e_table, cif = _extras(PROSPECTIVE_COMPARISON, cohort, treated, effects_table, ("combination", "tacrolimus"),
-                                       None)
+                                       None, kms)
     return StudyResults(pd.DataFrame(columns=WEIGHT_COLUMNS), pd.DataFrame(columns=BALANCE_COLUMNS), effects_table,
                         curves, {}, rmst_table, e_table, cif)
 
 
 def study_results(cohort: pd.DataFrame, prospective_cohort: pd.DataFrame | None = None,
-                  bootstrap_replicates: int = 0, seed: int = 20210214) -> StudyResults:
+                  bootstrap_replicates: int = 0, seed: int = 20210214, n_jobs: int = 1) -> StudyResults:
     """Every comparison of the contract, stacked into the result tables. The bootstrap (if asked for) is run
-    for the primary comparison only."""
-    parts = [retrospective_comparison(cohort, name, agent,
-                                      bootstrap_replicates if name == "tacrolimus_vs_conventional" else 0, seed)
-             for name, agent in RETROSPECTIVE_COMPARISONS.items()]
-    if prospective_cohort is not None and len(prospective_cohort):
-        parts.append(prospective_comparison(prospective_cohort))
+    for the primary comparison only, in ``n_jobs`` processes (1: in this one; -1: one per CPU); its result does
+    not depend on ``n_jobs``."""
+    with single_threaded_blas():
+        parts = [retrospective_comparison(cohort, name, agent,
+                                          bootstrap_replicates if name == "tacrolimus_vs_conventional" else 0, seed, n_jobs)
+                 for name, agent in RETROSPECTIVE_COMPARISONS.items()]
+        if prospective_cohort is not None and len(prospective_cohort):
+            parts.append(prospective_comparison(prospective_cohort))
 
     def stack(attr: str, columns: list[str]) -> pd.DataFrame:
         frames = [getattr(p, attr) for p in parts if len(getattr(p, attr))]

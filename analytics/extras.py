@@ -21,7 +21,8 @@ import numpy as np
 import pandas as pd
 from scipy import stats
 
-from .km import km_steps
+from .km import KaplanMeier, kaplan_meier
+from .timegrid import TimeGrid
 
 
 @dataclass(frozen=True)
@@ -31,26 +32,37 @@ class Rmst:
 
 
 def rmst(time, event, weights=None, tau: float = 365.0) -> Rmst:
-    w = np.ones(len(np.asarray(time))) if weights is None else np.asarray(weights, dtype=float)
-    surv, last, area = 1.0, 0.0, 0.0
-    influence_log = np.zeros(len(w))   # d log S / d w_i on the current step of the curve
-    influence_area = np.zeros(len(w))  # d RMST / d w_i accumulated: S(t) d log S / d w_i, integrated
-    for step in km_steps(time, event, w):
-        if step.time > tau:
-            break
-        area += surv * (step.time - last)
-        influence_area += surv * influence_log * (step.time - last)
-        last, surv, influence_log = step.time, step.survival, step.influence
-    area += surv * (tau - last)
-    influence_area += surv * influence_log * (tau - last)
-    return Rmst(rmst=float(area), se=float(np.sqrt(np.sum((w * influence_area) ** 2))))
+    """Area under the curve up to tau, and its SE from each patient's influence on that area: the integral of
+    S(t) times their influence on log S(t), in closed form over the steps (see KaplanMeier)."""
+    return rmst_of(kaplan_meier(time, event, weights), tau)
+
+
+def rmst_of(km: KaplanMeier, tau: float = 365.0) -> Rmst:
+    """``rmst`` from a fitted curve (one fit serves the curve table and the RMST)."""
+    times = km.grid.times
+    k = int(np.searchsorted(times, tau, side="right"))  # steps at or before tau
+    if k == 0:
+        return Rmst(rmst=float(tau), se=0.0)
+    # a_j: the area of the curve's flat piece after step j (up to the next step or tau).
+    a = np.zeros(len(times))
+    a[:k] = km.survival[:k] * np.diff(np.append(times[:k], tau))
+    area = times[0] + float(np.sum(a))
+    after = np.cumsum(a[::-1])[::-1]                              # sum of a over steps >= j
+    before_b = np.concatenate(([0.0], np.cumsum(a * km.b)[:-1]))  # sum of a b over steps < j
+    j = km.grid.index
+    influence = -km.dead_term() * after[j] + before_b[j] + km.b[j] * after[j]
+    return Rmst(rmst=float(area), se=float(np.sqrt(np.sum((km.weights * influence) ** 2))))
 
 
 def rmst_difference(time, event, treated, weights=None, tau: float = 365.0) -> dict[str, float]:
     t = np.asarray(treated, dtype=bool)
     w = np.ones(len(t)) if weights is None else np.asarray(weights, dtype=float)
     time, event = np.asarray(time, dtype=float), np.asarray(event, dtype=int)
-    a, b = rmst(time[t], event[t], w[t], tau), rmst(time[~t], event[~t], w[~t], tau)
+    return rmst_difference_of(kaplan_meier(time[t], event[t], w[t]), kaplan_meier(time[~t], event[~t], w[~t]), tau)
+
+
+def rmst_difference_of(treated: KaplanMeier, control: KaplanMeier, tau: float = 365.0) -> dict[str, float]:
+    a, b = rmst_of(treated, tau), rmst_of(control, tau)
     diff, se = a.rmst - b.rmst, math.hypot(a.se, b.se)
     z = stats.norm.ppf(0.975)
     return {"rmst_treated": a.rmst, "rmst_control": b.rmst, "difference": diff, "ci_lower": diff - z * se,
@@ -79,16 +91,12 @@ def e_value(hazard_ratio: float, ci_lower: float, ci_upper: float, common_outcom
 
 def aalen_johansen(time, cause, weights=None) -> pd.DataFrame:
     """Cumulative incidence of causes 1 and 2 (0 = censored) at each distinct time."""
-    t = np.asarray(time, dtype=float)
     c = np.asarray(cause, dtype=int)
-    w = np.ones(len(t)) if weights is None else np.asarray(weights, dtype=float)
-    surv, cif1, cif2 = 1.0, 0.0, 0.0
-    rows = []
-    for s in np.unique(t):
-        y = w[t >= s].sum()
-        d1, d2 = w[(t == s) & (c == 1)].sum(), w[(t == s) & (c == 2)].sum()
-        cif1 += surv * d1 / y
-        cif2 += surv * d2 / y
-        surv *= 1 - (d1 + d2) / y
-        rows.append({"time_days": s, "cif_cause1": cif1, "cif_cause2": cif2, "event_free": surv, "n_at_risk": y})
-    return pd.DataFrame(rows)
+    w = np.ones(len(c)) if weights is None else np.asarray(weights, dtype=float)
+    grid = TimeGrid(time)
+    y = grid.at_risk(w)
+    d1, d2 = grid.at(w * (c == 1)), grid.at(w * (c == 2))
+    surv = np.cumprod(1 - (d1 + d2) / y)
+    before = np.concatenate(([1.0], surv[:-1]))
+    return pd.DataFrame({"time_days": grid.times, "cif_cause1": np.cumsum(before * d1 / y),
+                         "cif_cause2": np.cumsum(before * d2 / y), "event_free": surv, "n_at_risk": y})

@@ -18,6 +18,9 @@ from dataclasses import dataclass
 import numpy as np
 from scipy import stats
 
+from .cox import efron_terms
+from .timegrid import TimeGrid
+
 
 @dataclass(frozen=True)
 class LogrankResult:
@@ -32,17 +35,19 @@ def iptw_logrank(time, event, group, weights) -> LogrankResult:
     d = np.asarray(event, dtype=int)
     x = np.asarray(group, dtype=float)
     w = np.asarray(weights, dtype=float)
-    times = np.unique(t[d == 1])
-    hazard = np.empty(len(times))
-    means = np.empty(len(times))
-    for j, s in enumerate(times):  # coxph.detail at beta = 0: Efron terms summed (hazard) and averaged (means)
-        risk, dead = t >= s, (t == s) & (d == 1)
-        ndead = int(dead.sum())
-        s0, s1, e0, e1 = w[risk].sum(), (w * x)[risk].sum(), w[dead].sum(), (w * x)[dead].sum()
-        fracs = np.arange(ndead) / ndead
-        dens = s0 - fracs * e0
-        hazard[j] = np.sum((e0 / ndead) / dens)
-        means[j] = np.mean((s1 - fracs * e1) / dens)
+    # coxph.detail at beta = 0, at each death time: Efron's terms summed (hazard) and averaged (means).
+    grid = TimeGrid(t)
+    dead = (d == 1).astype(float)
+    n_dead = grid.at(dead)
+    has = n_dead > 0
+    times = grid.times[has]
+    s0, s1 = grid.at_risk(w)[has], grid.at_risk(w * x)[has]
+    e0, e1 = grid.at(w * dead)[has], grid.at(w * x * dead)[has]
+    nd = n_dead[has]
+    term, frac = efron_terms(nd)
+    dens = s0[term] - frac * e0[term]
+    hazard = np.bincount(term, (e0 / nd)[term] / dens, len(times))
+    means = np.bincount(term, (s1[term] - frac * e1[term]) / dens, len(times)) / nd
     index = np.searchsorted(times, t)
     resid = np.zeros(len(t))
     events = d == 1
@@ -63,23 +68,18 @@ def iptw_logrank(time, event, group, weights) -> LogrankResult:
 def logrank(time, event, group) -> LogrankResult:
     """The classical (unweighted) log-rank test, as R's ``survdiff(Surv(t, e) ~ g)``: for the
     prospective cohort, which is not weighted."""
-    t = np.asarray(time, dtype=float)
-    d = np.asarray(event, dtype=int)
-    g = np.asarray(group, dtype=int)
-    observed = expected = variance = 0.0
-    for s in np.unique(t[d == 1]):
-        risk = t >= s
-        n, n1 = risk.sum(), (risk & (g == 1)).sum()
-        dead = (t == s) & (d == 1)
-        k, k1 = dead.sum(), (dead & (g == 1)).sum()
-        observed += k1
-        expected += k * n1 / n
-        if n > 1:
-            variance += k * (n - k) * n1 * (n - n1) / (n ** 2 * (n - 1))
-    score = observed - expected
+    grid = TimeGrid(time)
+    d = np.asarray(event, dtype=int) == 1
+    g = np.asarray(group, dtype=int) == 1
+    deaths = grid.at(d) > 0
+    n, n1 = grid.at_risk(np.ones(len(d)))[deaths], grid.at_risk(g)[deaths]
+    k, k1 = grid.at(d)[deaths], grid.at(d & g)[deaths]
+    score = float(np.sum(k1) - np.sum(k * n1 / n))
+    safe = np.where(n > 1, n, 2.0)
+    variance = float(np.sum(np.where(n > 1, k * (n - k) * n1 * (n - n1) / (safe ** 2 * (safe - 1)), 0.0)))
     se = float(np.sqrt(variance))
     z = score / se if se > 0 else float("nan")
-    return LogrankResult(score=float(score), se=se, z=z, p_value=float(2 * stats.norm.sf(abs(z))) if se > 0 else float("nan"))
+    return LogrankResult(score=score, se=se, z=z, p_value=float(2 * stats.norm.sf(abs(z))) if se > 0 else float("nan"))
 
 
 def xie_liu_logrank(time, event, group, weights) -> LogrankResult:
@@ -91,29 +91,24 @@ def xie_liu_logrank(time, event, group, weights) -> LogrankResult:
     hypergeometric rate d(n - d) / (n(n - 1)) of the unweighted counts with the groups' sums of
     squared (rescaled) weights. As implemented in the R package IPWsurvival (``adjusted.LR``).
     """
-    t = np.round(np.asarray(time, dtype=float), 4)
-    d = np.asarray(event, dtype=int)
+    grid = TimeGrid(np.round(np.asarray(time, dtype=float), 4))
+    d = np.asarray(event, dtype=int) == 1
     g = np.asarray(group, dtype=int)
     w = np.asarray(weights, dtype=float)
-    score = variance = 0.0
-    for s in np.unique(t):
-        at_risk = t >= s
-        n0, n1 = float(np.sum(at_risk & (g == 0))), float(np.sum(at_risk & (g == 1)))
-        n = n0 + n1
-        dead = (t == s) & (d == 1)
-        k = float(dead.sum())
-        if k == 0:
-            continue
-        rate = 0.0 if n <= 1 else k * (n - k) / (n * (n - 1))
-        sums = {}
-        for grp, n_g in ((0, n0), (1, n1)):
-            risk = at_risk & (g == grp)
-            w_risk = max(float(w[risk].sum()), 1e-4)
-            scale = n_g / w_risk
-            sums[grp] = (float(w[dead & (g == grp)].sum()) * scale, float(np.sum(w[risk] ** 2)) * scale ** 2)
-        events_w = sums[0][0] + sums[1][0]
-        score += sums[1][0] - n1 * events_w / n
-        variance += rate * (n0 * n0 * sums[1][1] + n1 * n1 * sums[0][1]) / (n * n)
+    k = grid.at(d)
+    deaths = k > 0  # the times with deaths
+    k = k[deaths]
+    rescaled = {}
+    for grp in (0, 1):
+        in_grp = g == grp
+        n_g = grid.at_risk(in_grp)[deaths]
+        scale = n_g / np.maximum(grid.at_risk(w * in_grp)[deaths], 1e-4)
+        rescaled[grp] = (n_g, grid.at(w * (d & in_grp))[deaths] * scale, grid.at_risk(w * w * in_grp)[deaths] * scale ** 2)
+    (n0, dead0, sq0), (n1, dead1, sq1) = rescaled[0], rescaled[1]
+    n = n0 + n1
+    rate = np.where(n <= 1, 0.0, k * (n - k) / np.where(n <= 1, 2.0, n * (n - 1)))
+    score = float(np.sum(dead1 - n1 * (dead0 + dead1) / n))
+    variance = float(np.sum(rate * (n0 * n0 * sq1 + n1 * n1 * sq0) / (n * n)))
     se = float(np.sqrt(variance))
     z = score / se if se > 0 else float("nan")
     return LogrankResult(score=float(score), se=se, z=z, p_value=float(2 * stats.norm.sf(abs(z))) if se > 0 else float("nan"))

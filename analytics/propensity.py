@@ -26,6 +26,7 @@ class PropensityFit:
     scores: pd.Series          # indexed like the input
     coefficients: pd.Series
     design_columns: list[str]
+    design: pd.DataFrame       # the design matrix it was fitted on (balance and the bootstrap reuse it)
 
 
 def design_matrix(frame: pd.DataFrame, covariates: tuple[str, ...] = PS_COVARIATES) -> pd.DataFrame:
@@ -56,7 +57,7 @@ def fit_propensity(frame: pd.DataFrame, treated: pd.Series, covariates: tuple[st
     except (np.linalg.LinAlgError, ValueError) as exc:
         raise PropensityModelError(f"propensity model failed: {exc}") from exc
     return PropensityFit(scores=pd.Series(result.predict(X), index=frame.index, name="propensity_score"),
-                         coefficients=result.params, design_columns=list(X.columns))
+                         coefficients=result.params, design_columns=list(X.columns), design=X)
 
 
 def c_statistic(treated: pd.Series, ps: pd.Series) -> float:
