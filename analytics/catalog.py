@@ -354,7 +354,7 @@ def tables_of(asset: str) -> dict[str, TableSpec]:
 
 
 def render_markdown() -> str:
-    """The README's data dictionary section (kept in step by `make docs` and tests/test_readme.py)."""
+    """The README's data dictionary section (kept in step by `make docs` and tests/deploy/test_readme.py)."""
     parts = []
     for table, spec in CATALOG.items():
         rows = "\n".join(f"| `{c}` | {d.replace('|', '&#124;')} |" for c, d in spec.columns.items())

@@ -1,5 +1,5 @@
 """The per-time Python loop that analytics/cox.py used before it was vectorised (issue 16), kept only as a
-reference: tests/test_cox_vectorised.py checks that the vectorised fit equals it on heavily tied, weighted data.
+reference: tests/analytics/test_cox_vectorised.py checks that the vectorised fit equals it on heavily tied, weighted data.
 Verbatim from analytics/cox.py at e5f18fd, except that fit_cox returns (coef, naive_var, robust_var, loglik, iterations)
 and raises this module's error type.
 """

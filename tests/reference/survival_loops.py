@@ -1,5 +1,5 @@
 """The per-time loops of analytics/km.py, logrank.py and extras.py before they were vectorised (issue 16), kept only
-as a reference: tests/test_survival_vectorised.py checks that the vectorised estimators equal them. Verbatim from
+as a reference: tests/analytics/test_survival_vectorised.py checks that the vectorised estimators equal them. Verbatim from
 e5f18fd."""
 from __future__ import annotations
 

@@ -1,7 +1,7 @@
 """Build the ingest schema: the official FHIR R4 JSON schema, patched from fhir.resources' own R4B models.
 
 Run ``python -m etl.fhir.schema.generate`` after changing fhir.resources' version or the ingested
-resource types; ``tests/test_fhir_schema.py`` fails until the committed file is regenerated.
+resource types; ``tests/etl/fhir/test_fhir_schema.py`` fails until the committed file is regenerated.
 
 Why patch: the official schema is laxer than fhir.resources in ways that matter for a fast path whose
 "valid" must imply fhir.resources' "valid". It misses required primitives (FHIR lets ``_x`` stand for

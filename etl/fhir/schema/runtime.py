@@ -1,7 +1,7 @@
 """The fast path of validation: one jsonschema-rs validator on the generated ingest schema, compiled once per process.
 
 ``etl.fhir.validation.validation_errors`` asks ``schema_accepts`` first. The schema is built so that what it
-accepts fhir.resources accepts too (``tests/test_fhir_schema.py`` checks that on the synthetic hospital
+accepts fhir.resources accepts too (``tests/etl/fhir/test_fhir_schema.py`` checks that on the synthetic hospital
 and on thousands of mutations), so an accepted resource skips fhir.resources (about 100 us) altogether.
 A refused one goes through the full fhir.resources check, which gives the same quarantine messages as
 before; when fhir.resources accepts what the schema refused, ``json_type_errors`` says whether the

@@ -167,7 +167,7 @@ def test_cohort_first_survives_an_expired_page_link(monkeypatch, tmp_path):
 def test_a_token_endpoint_that_redirects_elsewhere_does_not_forward_the_assertion(monkeypatch):
     """httpx re-sends a POST body on a 307: the signed client assertion must not follow a redirect."""
     from etl.fhir.auth import AuthError, SmartBackendAuth
-    from tests.test_smart_auth import KEYS, pem
+    from tests.etl.fhir.test_smart_auth import KEYS, pem
 
     with StubServer(lambda m, p, h: json_response(orjson.dumps({"access_token": "stolen", "expires_in": 300}))) as evil:
         def handle(method, path, headers):
