@@ -18,6 +18,7 @@ Documents, in the exchange (federation/exchange.py):
     sessions/<session>/result.json                     signed by the coordinator
 Each side keeps its own state outside the exchange (the coordinator its Newton states, a site its ledger of
 rounds answered), so nothing in the shared folder can make a site forget how many rounds it has answered.
+One module on purpose: request, reply, ledger and coordinator loop are one protocol and read together.
 """
 from __future__ import annotations
 

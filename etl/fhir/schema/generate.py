@@ -9,6 +9,7 @@ Why patch: the official schema is laxer than fhir.resources in ways that matter 
 object is due (its definitions have no ``"type": "object"``), floats as integers (``"integer"`` is typed
 ``"number"``), integer ranges, malformed base64 and the rule that a ``_x`` holds ``id`` or ``extension``.
 It also holds R4 elements that R4B's models refuse and lacks some that they accept.
+One module on purpose: each patch is a few lines, and they are only right together.
 
 So the property set, cardinality, choice groups and primitive types of every definition come from the
 fhir.resources model that validates it; the official schema contributes the definition names and the
