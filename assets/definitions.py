@@ -13,6 +13,7 @@ from .backfill import fhir_backfill_job
 from .checks import all_checks
 from .effects import comparative_effects
 from .raw import raw_assets
+from .report import report_definitions
 from .resources import resources_from_env
 from .study import cohort
 from .summaries import descriptive_tables
@@ -27,3 +28,4 @@ load_concept_map(os.environ.get("CONCEPT_MAP_PATH") or None)
 
 defs = dg.Definitions(assets=all_assets, asset_checks=all_checks, jobs=[study_job, *scheduled_jobs, fhir_backfill_job], schedules=schedules,
                       resources=resources_from_env())
+defs = dg.Definitions.merge(defs, report_definitions())  # the study report (assets/report.py)
