@@ -122,6 +122,11 @@ def fixed(value: str) -> Cell:
     return Cell(value, {"data-fixed": ""})
 
 
+def label(value: str) -> Cell:
+    """A name that happens to hold a digit (Figure 1A), not a number."""
+    return Cell(value, {"data-label": ""})
+
+
 def setting(value: Any, name: str) -> Cell:
     return Cell(str(value), {"data-setting": name})
 

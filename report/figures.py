@@ -100,7 +100,7 @@ def forest_plot(effects: pd.DataFrame, published: Mapping[tuple[str, str], float
 
 
 def group_changes(scales: pd.DataFrame, measures: Sequence[str], names: Mapping[str, str], groups: Sequence[str],
-                  title: str) -> bytes:
+                  title: str, group_names: Mapping[str, str]) -> bytes:
     """Median and IQR of each scale at each visit, per group side by side (Figure 3A-C, Supplementary
     Figure S4), with the between-group p of the change from baseline marked where it is below 0.05."""
     cols = min(3, len(measures))
@@ -113,7 +113,7 @@ def group_changes(scales: pd.DataFrame, measures: Sequence[str], names: Mapping[
             x = np.arange(len(g)) + offset
             med = g["median"].astype(float).to_numpy()
             ax.errorbar(x, med, yerr=[med - g["q1"].astype(float).to_numpy(), g["q3"].astype(float).to_numpy() - med],
-                        fmt="o-", markersize=3, capsize=2, linewidth=0.9, color=colour, label=group)
+                        fmt="o-", markersize=3, capsize=2, linewidth=0.9, color=colour, label=group_names.get(group, group))
         months = sorted(s["visit_month"].unique())
         ax.set_xticks(range(len(months)))
         ax.set_xticklabels([f"M{m}" for m in months], fontsize=7)
@@ -132,7 +132,7 @@ def group_changes(scales: pd.DataFrame, measures: Sequence[str], names: Mapping[
     return to_bytes(fig, SVG)
 
 
-def hrct_panels(hrct: pd.DataFrame, names: Mapping[str, str], groups: Sequence[str]) -> bytes:
+def hrct_panels(hrct: pd.DataFrame, names: Mapping[str, str], groups: Sequence[str], group_names: Mapping[str, str]) -> bytes:
     """Baseline and month-12 medians of each HRCT measure per group (Figure 4A-E): a line per group."""
     measures = list(dict.fromkeys(hrct["measure"]))
     fig, axes = plt.subplots(1, len(measures), figsize=(2.1 * len(measures), 2.6), squeeze=False)
@@ -142,7 +142,7 @@ def hrct_panels(hrct: pd.DataFrame, names: Mapping[str, str], groups: Sequence[s
             g = m[m["group"] == group]
             if len(g):
                 ax.plot([0, 1], [float(g["baseline_median"].iloc[0]), float(g["month12_median"].iloc[0])], "o-",
-                        color=colour, label=group, linewidth=1)
+                        color=colour, label=group_names.get(group, group), linewidth=1)
         ax.set_xticks([0, 1])
         ax.set_xticklabels(["baseline", "M12"], fontsize=7)
         ax.set_xlim(-0.3, 1.3)

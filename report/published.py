@@ -24,12 +24,24 @@ PUBLISHED_FILE = "published.yaml"
 KINDS = ("count", "number", "p", "hr", "proportion")
 AGGREGATES = {"sum": lambda s: s.sum(), "count": lambda s: s.size, "nunique": lambda s: s.nunique(),
               "min": lambda s: s.min(), "max": lambda s: s.max(), "median": lambda s: s.median(),
-              "ess": lambda s: kish_ess(s) if len(s) else math.nan}
+              "ess": lambda s: kish_ess(s) if len(s) else math.nan, "same": lambda s: _same(s)}
 ALPHA = 0.05
 
 
 class LocatorError(ValueError):
     """A locator that does not name exactly one value: a wrong published.yaml entry or a changed table."""
+
+
+class NoSuchRows(LookupError):
+    """A locator's rows are not in this warehouse (a category no patient has): shown as missing, not an error."""
+
+
+def _same(values: pd.Series) -> Any:
+    """The one value every row holds (a p-value repeated on each level of a variable)."""
+    distinct = values.drop_duplicates()
+    if len(distinct) > 1 and not (distinct.isna().all()):
+        raise LocatorError(f"rows hold different values {distinct.tolist()[:5]}, not one")
+    return distinct.iloc[0] if len(distinct) else math.nan
 
 
 @dataclass(frozen=True)
@@ -92,6 +104,8 @@ def resolve(tables: Mapping[str, pd.DataFrame], locator: Mapping[str, Any]) -> A
         if agg not in AGGREGATES:
             raise LocatorError(f"unknown aggregate {agg!r}")
         return AGGREGATES[agg](selected[column])
+    if len(selected) == 0:
+        raise NoSuchRows(f"{locator['table']} where {locator.get('where')}: no rows")
     if len(selected) != 1:
         raise LocatorError(f"{locator['table']} where {locator.get('where')}: {len(selected)} rows, not one")
     value = selected[column].iloc[0]
@@ -121,6 +135,8 @@ def agreement(item: PublishedItem, reproduced: Mapping[str, Any]) -> str:
     in value; what can agree is direction and significance, so that is what is judged."""
     if item.reproduced is None:
         return "not comparable"
+    if "missing" in reproduced:
+        return "not in this warehouse"
     values = {k: _number(v) for k, v in reproduced.items()}
     if any(np.isnan(v) for v in values.values()):
         return "not estimable"
@@ -145,6 +161,13 @@ def reproduce(item: PublishedItem, tables: Mapping[str, pd.DataFrame]) -> dict[s
     loc = item.reproduced
     if loc is None:
         return {}
+    try:
+        return _reproduce(item, loc, tables)
+    except NoSuchRows:
+        return {"missing": (math.nan, {})}
+
+
+def _reproduce(item: PublishedItem, loc: dict[str, Any], tables: Mapping[str, pd.DataFrame]) -> dict[str, Any]:
     if item.kind == "hr":
         columns = {"hr": "hazard_ratio", "lower": "ci_lower", "upper": "ci_upper"}
         return {f: (resolve(tables, {**loc, "column": c}), {**loc, "column": c}) for f, c in columns.items()}

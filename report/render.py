@@ -105,11 +105,11 @@ def render_report(tables: Mapping[str, pd.DataFrame], *, generated_at: datetime,
 
 
 def _group_changes(b: ReportBuilder, scales: tuple[str, ...], title: str) -> bytes:
-    return figures.group_changes(b.t["scale_changes"], scales, L.SCALES, ("combination", "tacrolimus"), title)
+    return figures.group_changes(b.t["scale_changes"], scales, L.SCALES, ("combination", "tacrolimus"), title, L.GROUPS)
 
 
 def _hrct(b: ReportBuilder) -> bytes:
-    return figures.hrct_panels(b.t["hrct_changes"], L.HRCT, ("combination", "tacrolimus"))
+    return figures.hrct_panels(b.t["hrct_changes"], L.HRCT, ("combination", "tacrolimus"), L.GROUPS)
 
 
 # The sections of the document, in order (their element ids; each starts a printed page).

@@ -149,8 +149,6 @@ class ReportBuilder:
         src = cells.source("provenance", column, {"table_name": table_name, "run_id": row["run_id"]},
                            json=json_path)
         value = json_get(row[column], json_path or [])
-        if column == "computed_at":
-            value = str(value)[:19]
         if decimals is not None:
             return cells.number(value, src, decimals)
         return cells.text(value, src)
@@ -179,7 +177,7 @@ class ReportBuilder:
             "an index date between ", rule("window_start"), " and ", rule("window_end"), "; the index is the first "
             "immunosuppressant started on or after the first ILD diagnosis minus ", rule("ild_lookback_days"),
             " days with a glucocorticoid within ±", rule("gc_at_index_days"), " days. Malignancy within ",
-            rule("malignancy_days"), " days of the first IIM diagnosis excludes. Follow-up runs from day 1 to day ",
+            rule("malignancy_days"), " days of the first IIM diagnosis excludes. Follow-up runs from the day after index to day ",
             rule("followup_days"), ", censored at the last contact and at the data cut-off (", rule("data_cutoff"),
             "). Relapse: a symptom exacerbation with, within ±", rule("relapse_window_days"), " days, ferritin or ESR "
             "above ", rule("lab_fold"), "× baseline (the value closest to index within −", rule("baseline_before_days"),
@@ -189,8 +187,9 @@ class ReportBuilder:
         ]
         weighting = [
             "Weighting and effects. A logistic propensity model on age, sex, diagnosis subset, initial "
-            "prednisolone-equivalent dose, plasma exchange and IVIg, refit within each pair of groups; weights 1/ps "
-            "for tacrolimus and 1/(1 − ps) for the comparator (the paper's method, analysis “primary”). Sensitivity "
+            "prednisolone-equivalent dose, plasma exchange and IVIg, refit within each pair of groups; weights ",
+            cells.fixed("1/ps"), " for tacrolimus and ", cells.fixed("1/(1 − ps)"), " for the comparator (the paper's "
+            "method, analysis “primary”). Sensitivity "
             "analyses: stabilized weights; weights truncated at the ", effects("ps_truncation"), "; and a "
             "propensity-score-refit bootstrap of the primary comparison with ", effects("bootstrap_replicates"),
             " replicates (seed ", effects("seed"), "). Hazard ratios from weighted Cox models (Efron ties) with "
@@ -208,7 +207,7 @@ class ReportBuilder:
             "the Mann-Whitney test on the change from baseline. HRCT: survivors with a baseline and a month-",
             cells.fixed("12"), " score. Baseline tables: mean ± SD and Welch's t-test when both groups pass "
             "Shapiro-Wilk (p > ", cells.fixed("0.05"), "), else median [IQR] and the Mann-Whitney test; n (%) with "
-            "the chi-square test, or Fisher's exact test for a 2×2 table with an expected count below ",
+            "the chi-square test, or Fisher's exact test for a ", cells.fixed("2×2"), " table with an expected count below ",
             cells.fixed("5"), ". Adverse events: Fisher's exact test.",
         ]
         if not recorded:
@@ -216,7 +215,7 @@ class ReportBuilder:
                                "record them in its provenance yet.)")
         produced = [
             "What produced this report. Code version ", self.prov_cell("effect_estimates", "git_commit"), " (package ",
-            self.prov_cell("effect_estimates", "package_version"), "); concept map SHA-256 ",
+            self.prov_cell("effect_estimates", "package_version"), "); concept map ", cells.fixed("SHA-256"), " ",
             self.prov_cell("cohort", "concept_map_sha256"), ". Cohort tables computed at ",
             self.prov_cell("cohort", "computed_at"), " UTC (run ", self.prov_cell("cohort", "run_id"),
             "), effect tables at ", self.prov_cell("effect_estimates", "computed_at"), " UTC (run ",
@@ -339,7 +338,8 @@ class ReportBuilder:
         header = ["comparison", "outcome", "analysis", "HR", "CI lower", "CI upper", "p", "log-rank p",
                   "events (first group)", "n (first group)", "events (second group)", "n (second group)"]
         caption = ["Squares: the paper's method; grey: sensitivity analyses; red crosses: the hazard ratios the paper "
-                   "publishes (Figure 1A, 1B). Bootstrap rows have the primary point estimate and percentile intervals."]
+                   "publishes (", cells.label("Figures 1A and 1B"), "). Bootstrap rows have the primary point estimate and "
+                   "percentile intervals."]
         return Figure("forest-plot", "Hazard ratios of every comparison, outcome and analysis", svg, caption), Table(header, rows)
 
     # ------------------------------------------------------------------ propensity diagnostics
@@ -514,22 +514,24 @@ class ReportBuilder:
         rows = []
         for item in self.published:
             got = reproduce(item, self.t)
+            available = bool(got) and "missing" not in got
             pub = item.published
+            rep: Any = cells.MISSING
             if item.kind == "hr":
                 shown_pub: Any = [cells.published(pub["hr"], item.id, "hr"), " (", cells.published(pub["lower"], item.id, "lower"),
                                   "–", cells.published(pub["upper"], item.id, "upper"), ")"]
-                rep: Any = self.hr_ci({"hazard_ratio": cells.number(*got["hr"], 3), "ci_lower": cells.number(*got["lower"], 3),
-                                       "ci_upper": cells.number(*got["upper"], 3)}) if got else cells.MISSING
+                if available:
+                    rep = self.hr_ci({"hazard_ratio": cells.number(*got["hr"], 3), "ci_lower": cells.number(*got["lower"], 3),
+                                      "ci_upper": cells.number(*got["upper"], 3)})
             elif item.kind == "proportion":
                 shown_pub = [cells.published(pub["k"], item.id, "k"), " / ", cells.published(pub["n"], item.id, "n")]
                 if "percent" in pub:
                     shown_pub += [" (", cells.published(pub["percent"], item.id, "percent"), "%)"]
-                rep = self._proportion(got) if got else cells.MISSING
+                if available:
+                    rep = self._proportion(got)
             else:
                 shown_pub = cells.published(pub["value"], item.id, "value")
-                if not got:
-                    rep = cells.MISSING
-                else:
+                if available:
                     value, loc = got["value"]
                     if item.kind == "count":
                         rep = cells.count(value, loc, self.policy)
