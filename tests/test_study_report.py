@@ -24,7 +24,9 @@ from assets.report import ReportResource, _pdf, study_report
 from assets.resources import FhirServerResource, StudyResource, WarehouseResource
 from etl.warehouse import Warehouse
 from report.pdf import PdfError
+from report.published import PublishedItem, agreement
 from report.render import REPORT_TABLES, SECTION_IDS, MissingTables, render_report
+from report.sections import ReportBuilder
 from report.suppression import Mark, SmallCellPolicy
 from synthetic.hospital import HospitalParams, generate_hospital
 from synthetic.load import write_ndjson
@@ -216,8 +218,8 @@ def test_the_settings_printed_are_the_settings_used(built):
 
 
 def test_small_counts_are_suppressed_and_the_report_says_so(built):
-    suppressed = built.doc.xpath("//*[@data-suppressed]")
-    assert {el.get("data-suppressed") for el in suppressed} >= {Mark.PRIMARY.value, Mark.SMALL_GROUP.value}
+    marks = {el.get("data-suppressed") for el in built.doc.xpath("//*[@data-suppressed]")}
+    assert Mark.PRIMARY.value in marks and marks <= {m.value for m in Mark}
     statement = " ".join(built.doc.get_element_by_id("suppression").text_content().split())
     assert f"<{THRESHOLD}" in statement and "review them before the report leaves the hospital" in statement
 
@@ -283,6 +285,41 @@ def test_a_small_count_is_hidden_and_so_is_the_cell_that_would_reveal_it():
     assert policy.partition([8], hidden_remainder=2) == [Mark.SECONDARY]  # 8 of 10: the 2 without the event
     assert policy.partition([8], hidden_remainder=0) == [None]
     assert SmallCellPolicy(0).partition([1, 2]) == [None, None]
+
+
+def test_a_group_smaller_than_the_threshold_shows_no_statistics_and_a_lone_small_level_takes_another_with_it():
+    def row(variable, level, group, summary):
+        return {"cohort": "prospective", "variable": variable, "level": level, "group": group, "summary": summary,
+                "p_value": 0.5, "test": "welch_t", "smd": 0.1}
+
+    baseline = pd.DataFrame([
+        row("n", None, "combination", "12"), row("n", None, "tacrolimus", "3"),
+        row("age", None, "combination", "50.0 ± 2.0"), row("age", None, "tacrolimus", "49.0 ± 1.0"),
+        row("sex", "female", "combination", "9 (75.0%)"), row("sex", "female", "tacrolimus", "2 (66.7%)"),
+        row("sex", "male", "combination", "3 (25.0%)"), row("sex", "male", "tacrolimus", "1 (33.3%)"),
+    ])
+    builder = ReportBuilder({"baseline_characteristics": baseline, "effect_estimates": pd.DataFrame(
+        columns=["analysis", "comparison", "outcome"])}, SmallCellPolicy(5), "", ())
+    table = builder.baseline_table("prospective", ("combination", "tacrolimus"))
+    shown = {row[0].strip(): [getattr(c, "text", c) for c in row[1:3]] for row in table.rows}
+    assert shown == {"Patients": ["12", "<5"], "Age (years)": ["50.0 ± 2.0", "n<5"], "Sex": ["", ""],
+                     "female": ["*", "n<5"], "male": ["<5", "n<5"]}
+
+
+def test_agreement_judges_direction_and_significance_not_equality():
+    def item(kind, published, reproduced=None):
+        return PublishedItem("x", "s", "w", kind, published, reproduced or {"table": "t"})
+
+    hr = item("hr", {"hr": "0.330", "lower": "0.161", "upper": "0.675"})
+    assert agreement(hr, {"hr": 0.40, "lower": 0.23, "upper": 0.69}) == "published HR inside reproduced CI"
+    assert agreement(hr, {"hr": 0.80, "lower": 0.50, "upper": 1.30}) == "published HR outside reproduced CI"
+    assert agreement(hr, {"hr": math.nan, "lower": math.nan, "upper": math.nan}) == "not estimable"
+    assert agreement(item("p", {"value": "0.002"}), {"value": 0.03}) == "same significance"
+    assert agreement(item("p", {"value": "0.002"}), {"value": 0.20}) == "different significance"
+    assert agreement(item("p", {"value": "n.s."}), {"value": 0.20}) == "same significance"
+    assert agreement(item("p", {"value": "<0.05"}), {"value": 0.049}) == "same significance"
+    assert agreement(item("count", {"value": "93"}), {"value": 93}) == "equal"
+    assert agreement(PublishedItem("x", "s", "w", "count", {"value": "3"}, None, "why"), {}) == "not comparable"
 
 
 # ---------------------------------------------------------------- in a browser
