@@ -61,6 +61,12 @@ def _counts_of(row: Mapping[str, Any], policy: SmallCellPolicy, arm: str) -> tup
     return cells.count(events, _eff_src(row, f"events_{arm}"), policy, e_mark), cells.count(n, _eff_src(row, f"n_{arm}"), policy)
 
 
+def _hides_something(part: Any) -> bool:
+    if isinstance(part, Cell):
+        return "data-suppressed" in part.attrs
+    return isinstance(part, list) and any(_hides_something(p) for p in part)
+
+
 def json_get(value: Any, path: list[Any]) -> Any:
     """``value`` (JSON text) followed along ``path``; None where the path does not exist (an older provenance row)."""
     for key in path:
@@ -540,6 +546,8 @@ class ReportBuilder:
                     else:
                         rep = cells.number(value, loc, 1)
             verdict = agreement(item, {k: v[0] for k, v in got.items()})
+            if _hides_something(rep):  # "equal" beside "<5" would print the hidden count
+                verdict = "not shown (small count)"
             note = cells.published(item.note, item.id, "note") if item.note else ""
             rows.append([cells.published(item.section, item.id, "section"), cells.published(item.what, item.id, "what"),
                          shown_pub, rep, verdict, note])

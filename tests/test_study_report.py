@@ -224,6 +224,13 @@ def test_small_counts_are_suppressed_and_the_report_says_so(built):
     assert f"<{THRESHOLD}" in statement and "review them before the report leaves the hospital" in statement
 
 
+def test_agreement_never_gives_away_a_suppressed_count(built):
+    for row in built.doc.xpath("//table[contains(@class, 'published')]//tbody/tr"):
+        reproduced, verdict = row[3], row[4].text_content()
+        if reproduced.xpath(".//*[@data-suppressed]"):
+            assert verdict == "not shown (small count)"
+
+
 def test_the_report_holds_no_patient_key(built):
     text = built.html_path.read_text()
     keys = set(built.tables["cohort"]["patient_key"]) | set(built.tables["iptw_weights"]["patient_key"])
