@@ -57,7 +57,7 @@ def render_report(tables: Mapping[str, pd.DataFrame], *, generated_at: datetime,
         raise MissingTables(f"the study report needs the warehouse tables {', '.join(missing)}: materialize the study "
                             f"assets first (dagster asset materialize -w workspace.yaml --select '*')")
     paper, published = load_published()
-    b = ReportBuilder(tables, policy, paper, published)
+    b = ReportBuilder(tables, policy, published)
     forest_figure, forest_table = b.forest()
     headline = b.headline()
     sections: dict[str, Any] = {

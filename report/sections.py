@@ -21,10 +21,9 @@ from .cells import Cell
 from .published import PublishedItem, agreement, reproduce
 from .suppression import Mark, SmallCellPolicy
 
-RETRO, PROSP = "retrospective", "prospective"
+RETRO = "retrospective"
 MAIN = "tacrolimus_vs_conventional"
 PROSPECTIVE_COMPARISON = "combination_vs_tacrolimus"
-AGENT_COMPARISONS = ("tacrolimus_vs_CTX", "tacrolimus_vs_MTX", "tacrolimus_vs_AZA")
 ANALYSIS_ORDER = ("primary", "stabilized", "truncated_1_99", "bootstrap")
 OUTCOME_ORDER = ("death", "relapse", "resp_relapse")
 COUNT_IN_SUMMARY = re.compile(r"^(\d+) \(")
@@ -85,14 +84,12 @@ def json_get(value: Any, path: list[Any]) -> Any:
 class ReportBuilder:
     """Builds every section from the warehouse tables; one instance per report."""
 
-    def __init__(self, tables: Mapping[str, pd.DataFrame], policy: SmallCellPolicy, paper: str,
+    def __init__(self, tables: Mapping[str, pd.DataFrame], policy: SmallCellPolicy,
                  published: tuple[PublishedItem, ...]) -> None:
         self.t = tables
         self.policy = policy
-        self.paper = paper
         self.published = published
-        effects = tables["effect_estimates"]
-        self.effects = effects
+        self.effects = tables["effect_estimates"]
         self._provenance: dict[str, Any] | None = None
 
     # ------------------------------------------------------------------ helpers
@@ -150,8 +147,8 @@ class ReportBuilder:
 
     def prov_cell(self, table_name: str, column: str, json_path: list[str] | None = None, decimals: int | None = None) -> Cell:
         row = self.provenance().get(table_name)
-        if row is None:
-            return Cell(cells.MISSING, {"data-src": "{}", "data-kind": "missing"}, "na")
+        if row is None:  # no provenance recorded for that table: nothing to point at
+            return Cell(cells.MISSING, {}, "na")
         src = cells.source("provenance", column, {"table_name": table_name, "run_id": row["run_id"]},
                            json=json_path)
         value = json_get(row[column], json_path or [])
@@ -246,7 +243,7 @@ class ReportBuilder:
         a = self.t["cohort_attrition"]
         a = a[a["cohort"] == cohort]
         row = self.effect_row(comparison, "death")
-        treated, control = self.groups_of(comparison) if comparison != MAIN else ("tacrolimus", "conventional")
+        treated, control = self.groups_of(comparison)
         groups = [(L.label(L.GROUPS, treated), int(row["n_treated"]) if row is not None else 0),
                   (L.label(L.GROUPS, control), int(row["n_control"]) if row is not None else 0)]
         start = "Patients in the warehouse" if cohort == RETRO else "Patients enrolled in the study"
@@ -264,11 +261,12 @@ class ReportBuilder:
         n_rows = b[b["variable"] == "n"].set_index("group")
         n = {g: int(n_rows.loc[g, "summary"]) if g in n_rows.index else 0 for g in groups}
         small_group = {g: self.policy.count(n[g]) is not None for g in groups}
-        header = ["", *(L.label(L.GROUPS, g) for g in groups), "p", "test", "SMD"]
+
         def n_src(g: str) -> dict[str, Any]:
             return cells.source("baseline_characteristics", "summary",
                                 {"cohort": cohort, "variable": "n", "level": None, "group": g})
 
+        header = ["", *(L.label(L.GROUPS, g) for g in groups), "p", "test", "SMD"]
         rows: list[list[Any]] = [[L.VARIABLES["n"], *(cells.count(n[g], n_src(g), self.policy) for g in groups), "", "", ""]]
         block_rows: set[int] = set()
         for variable in dict.fromkeys(b["variable"]):
@@ -280,8 +278,10 @@ class ReportBuilder:
                 by_group = v.set_index("group")
                 row: list[Any] = [L.label(L.VARIABLES, variable)]
                 for g in groups:
-                    r = by_group.loc[g]
-                    r = r.copy()
+                    if g not in by_group.index:
+                        row.append(cells.MISSING)
+                        continue
+                    r = by_group.loc[g].copy()
                     r["group"] = g
                     row.append(self._summary(r, src, Mark.SMALL_GROUP if small_group[g] else None, n_src(g)))
                 row += [cells.p_value(first["p_value"], src(first, "p_value")), L.label(L.TESTS, first["test"]),

@@ -306,7 +306,7 @@ def test_a_group_smaller_than_the_threshold_shows_no_statistics_and_a_lone_small
         row("sex", "male", "combination", "3 (25.0%)"), row("sex", "male", "tacrolimus", "1 (33.3%)"),
     ])
     builder = ReportBuilder({"baseline_characteristics": baseline, "effect_estimates": pd.DataFrame(
-        columns=["analysis", "comparison", "outcome"])}, SmallCellPolicy(5), "", ())
+        columns=["analysis", "comparison", "outcome"])}, SmallCellPolicy(5), ())
     table = builder.baseline_table("prospective", ("combination", "tacrolimus"))
     shown = {row[0].strip(): [getattr(c, "text", c) for c in row[1:3]] for row in table.rows}
     assert shown == {"Patients": ["12", "<5"], "Age (years)": ["50.0 ± 2.0", "n<5"], "Sex": ["", ""],
