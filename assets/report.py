@@ -74,7 +74,7 @@ def _pdf(context: dg.AssetExecutionContext, report: ReportResource, html_path: P
             "pdf_link": dg.MetadataValue.url(pdf_path.resolve().as_uri())}
 
 
-@dg.asset(group_name="study", kinds={"html", "pdf"}, deps=REPORT_INPUTS, automation_condition=STUDY_AUTOMATION)
+@dg.asset(group_name="report", kinds={"html", "pdf"}, deps=REPORT_INPUTS, automation_condition=STUDY_AUTOMATION)
 def study_report(context: dg.AssetExecutionContext, warehouse: WarehouseResource, report: ReportResource) -> dg.MaterializeResult:
     """The study report: every table and figure of the paper (flowcharts S1/S3, Tables 1-2, Figures 1-4,
     Supplementary Figures S2/S4 and Table 1), a forest plot of every comparison and analysis, propensity
