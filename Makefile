@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-stamp
 PYTEST_ARGS ?=
 
-.PHONY: venv demo test lint dev validate docs clean bench bench-venv
+.PHONY: venv demo report test lint dev validate docs clean bench bench-venv
 
 venv: $(STAMP)
 
@@ -19,6 +19,10 @@ $(STAMP): pyproject.toml
 
 demo: venv
 	$(PY) -m synthetic.demo
+
+# The study report (HTML and PDF in .state/reports) for the warehouse `make demo` built.
+report: venv
+	$(PY) -m synthetic.report
 
 lint: venv
 	$(VENV)/bin/ruff check .

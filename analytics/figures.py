@@ -1,5 +1,6 @@
 """Figures people would rather look at than read: IPTW Kaplan-Meier curves with numbers at risk
-(the paper's Figure 1), the love plot and the propensity-score overlap. Pure: data in, PNG bytes out."""
+(the paper's Figure 1), the love plot and the propensity-score overlap. Pure: data in, PNG (the Dagster UI)
+or SVG (the study report) bytes out."""
 from __future__ import annotations
 
 import io
@@ -16,9 +17,18 @@ from .balance import BALANCE_THRESHOLD  # noqa: E402
 COLOURS = ["#1f77b4", "#d62728"]
 
 
-def _png(fig: plt.Figure) -> bytes:
+def to_bytes(fig: plt.Figure, fmt: str = "png") -> bytes:
+    """The figure as PNG or SVG, and closed. SVG keeps its text as text (smaller, selectable, sharp in print)
+    and a fixed id salt and no date, so the same figure gives the same bytes."""
     buffer = io.BytesIO()
-    fig.savefig(buffer, format="png", dpi=110, bbox_inches="tight")
+    if fmt == "svg":
+        with matplotlib.rc_context({"svg.fonttype": "none", "svg.hashsalt": "iimild"}):
+            fig.savefig(buffer, format="svg", bbox_inches="tight", metadata={"Date": None})
+    elif fmt == "png":
+        fig.savefig(buffer, format="png", dpi=110, bbox_inches="tight")
+    else:
+        plt.close(fig)
+        raise ValueError(f"figure format must be png or svg, not {fmt!r}")
     plt.close(fig)
     return buffer.getvalue()
 
@@ -33,7 +43,7 @@ def _at(curve: pd.DataFrame, day: float, column: str) -> float:
 
 
 def km_plot(curves: pd.DataFrame, title: str, *, label: str = "Survival", logrank_p: float | None = None,
-            hazard_ratio: tuple[float, float, float] | None = None, horizon: int = 365, weighted: bool = True) -> bytes:
+            hazard_ratio: tuple[float, float, float] | None = None, horizon: int = 365, weighted: bool = True, fmt: str = "png") -> bytes:
     """Step curves with their CI bands per group and a numbers-at-risk table underneath."""
     fig, (ax, table) = plt.subplots(2, 1, figsize=(7, 5.2), gridspec_kw={"height_ratios": [4, 1]}, sharex=True)
     ticks = list(range(0, horizon + 1, 60))
@@ -69,10 +79,10 @@ def km_plot(curves: pd.DataFrame, title: str, *, label: str = "Survival", logran
     table.set_xlabel(f"Days since index (numbers at risk{', weighted' if weighted else ''})")
     for spine in table.spines.values():
         spine.set_visible(False)
-    return _png(fig)
+    return to_bytes(fig, fmt)
 
 
-def love_plot(balance: pd.DataFrame, title: str) -> bytes:
+def love_plot(balance: pd.DataFrame, title: str, fmt: str = "png") -> bytes:
     b = balance.iloc[::-1]
     fig, ax = plt.subplots(figsize=(6, 0.35 * len(b) + 1.2))
     ax.scatter(b["smd_unweighted"].abs(), b["covariate"], marker="o", facecolors="none", edgecolors="grey",
@@ -82,10 +92,10 @@ def love_plot(balance: pd.DataFrame, title: str) -> bytes:
     ax.set_xlabel("|standardized mean difference|")
     ax.set_title(title)
     ax.legend(loc="lower right")
-    return _png(fig)
+    return to_bytes(fig, fmt)
 
 
-def ps_overlap(ps: pd.Series, treated: pd.Series, title: str) -> bytes:
+def ps_overlap(ps: pd.Series, treated: pd.Series, title: str, fmt: str = "png") -> bytes:
     fig, ax = plt.subplots(figsize=(6, 3.5))
     bins = np.linspace(0, 1, 26)
     ax.hist(ps[treated], bins=bins, alpha=0.6, color=COLOURS[0], label="tacrolimus")
@@ -94,10 +104,10 @@ def ps_overlap(ps: pd.Series, treated: pd.Series, title: str) -> bytes:
     ax.set_ylabel("patients")
     ax.set_title(title)
     ax.legend()
-    return _png(fig)
+    return to_bytes(fig, fmt)
 
 
-def scale_boxplots(visits: pd.DataFrame, scales: list[str], title: str) -> bytes:
+def scale_boxplots(visits: pd.DataFrame, scales: list[str], title: str, fmt: str = "png") -> bytes:
     """One small box plot per scale across the visits (the paper's Figure 2)."""
     cols = 4
     rows = int(np.ceil(len(scales) / cols))
@@ -113,4 +123,4 @@ def scale_boxplots(visits: pd.DataFrame, scales: list[str], title: str) -> bytes
         ax.axis("off")
     fig.suptitle(title)
     fig.tight_layout()
-    return _png(fig)
+    return to_bytes(fig, fmt)

@@ -11,6 +11,7 @@ from analytics.cohort.concepts import load_concept_map
 
 from . import fhir, study
 from .federation import federation_definitions
+from .report import report_definitions
 from .resources import resources_from_env
 
 # A malformed concept map stops the code location from loading, with the file and line in the error.
@@ -19,9 +20,18 @@ load_concept_map(os.environ.get("CONCEPT_MAP_PATH") or None)
 study_job = dg.define_asset_job("study_job", selection=dg.AssetSelection.all(),
                                 description="Pull every FHIR resource type and rebuild all study tables.")
 
-# The federation group (site_aggregates, round answers) joins only at a site in a consortium (FEDERATION_EXCHANGE).
-defs = dg.Definitions.merge(fhir.definitions(), study.definitions(), federation_definitions(),
+
+
+def _tables() -> dg.Definitions:
+    """The FHIR and study sides (a function: the code location may hold only one Definitions object)."""
+    return dg.Definitions.merge(fhir.definitions(), study.definitions())
+
+
+# The study report renders the tables (assets/report.py); the federation group (site_aggregates, round answers)
+# joins only at a site in a consortium (FEDERATION_EXCHANGE).
+defs = dg.Definitions.merge(_tables(), report_definitions(), federation_definitions(),
                             dg.Definitions(jobs=[study_job], resources=resources_from_env()))
-# For tests and tools that materialize outside the code location (dg.materialize).
-all_assets = list(defs.assets or [])
-all_check_keys = set(defs.resolve_asset_graph().asset_check_keys)  # every check runs in its asset's step
+# For tests and tools that materialize the tables outside the code location (dg.materialize): the FHIR and study
+# assets, without the report (which needs a browser) and the federation group.
+all_assets = list(_tables().assets or [])
+all_check_keys = set(_tables().resolve_asset_graph().asset_check_keys)  # every check runs in its asset's step

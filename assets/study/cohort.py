@@ -8,6 +8,7 @@ from datetime import datetime, timezone
 import dagster as dg
 
 from analytics.cohort.facts import build_facts
+from analytics.cohort.prospective import ProspectiveParams
 from analytics.cohort.tables import derive_cohort_tables
 from analytics.pseudonym import pseudonymise
 from etl.fhir.types import RESOURCE_TYPES, TYPES, flatten_all
@@ -36,7 +37,8 @@ def cohort(context: dg.AssetExecutionContext, warehouse: WarehouseResource, stud
               for name, frame in derived.tables.items()}
     tables["patient_xref"] = pseudonymise(facts.patients[["patient_id"]].assign(fhir_patient_id=facts.patients["patient_id"]), key)
     write_tables(wh, context.run.run_id, study, tables,
-                 {"table_set": "cohort", "contract_parameters": dataclasses.asdict(params)})
+                 {"table_set": "cohort", "contract_parameters": dataclasses.asdict(params),
+                  "prospective_parameters": dataclasses.asdict(ProspectiveParams(rules=params))})
     groups = result.cohort["group"].value_counts().to_dict()
     prospective_groups = prospective.cohort["group"].value_counts().to_dict()
     extra: dict[str, dict] = {

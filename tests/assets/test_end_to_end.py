@@ -205,13 +205,15 @@ def test_the_operators_command_materializes_everything(sandbox, small_hospital, 
     home = tmp_path / "dagster_home"
     home.mkdir()
     env = {**os.environ, "FHIR_BASE_URL": sandbox.base_url, "WAREHOUSE_URL": url, "PSEUDONYM_KEY": KEY,
-           "DATA_CUTOFF": CUTOFF, "DAGSTER_HOME": str(home), "BOOTSTRAP_REPLICATES": "40"}
+           "DATA_CUTOFF": CUTOFF, "DAGSTER_HOME": str(home), "BOOTSTRAP_REPLICATES": "40",
+           "REPORTS_DIR": str(tmp_path / "reports")}
     dagster = Path(sys.executable).with_name("dagster")
     done = subprocess.run([str(dagster), "asset", "materialize", "-w", "workspace.yaml", "--select", "*"], cwd=ROOT,
                           env=env, capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     truth = [t for t in small_hospital.truth if t["retro_reason"] is None]
     assert len(Warehouse(url).read_table("cohort")) == len(truth)
+    assert (tmp_path / "reports" / "study_report.html").stat().st_size > 0  # '*' includes the study report
     # No FHIR patient id reaches Dagster's storage (event log, run storage, compute logs) or the console:
     # every Patient id of the hospital is a canary, searched for in every file under DAGSTER_HOME.
     canaries = [t["fhir_patient_id"].encode() for t in small_hospital.truth]

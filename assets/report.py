@@ -1,0 +1,107 @@
+"""The study report: the paper's tables and figures regenerated from the warehouse, beside the
+published numbers, as one self-contained HTML file and a PDF of it under REPORTS_DIR.
+
+Thin: reads the study tables, calls ``report`` to render them, writes the files and records them
+in the asset's metadata. Contributes its own Definitions (the asset and its resource), merged
+into the service's in ``assets/definitions.py``.
+"""
+
+import hashlib
+import os
+from datetime import datetime, timezone
+from pathlib import Path
+
+import dagster as dg
+
+from report.pdf import PdfError, find_chromium, html_to_pdf
+from report.render import REPORT_TABLES, render_report
+from report.suppression import DEFAULT_THRESHOLD, SmallCellPolicy
+
+from .resources import STATE_DIR, WarehouseResource, env
+from .study.automation import STUDY_AUTOMATION
+
+REPORT_FILE = "study_report"
+PDF_MODES = ("auto", "required", "off")
+# provenance is written beside the tables by each study asset; it is read, not an asset of its own.
+REPORT_INPUTS = [name for name in REPORT_TABLES if name != "provenance"]
+
+
+class ReportResource(dg.ConfigurableResource):
+    """Where the study report is written and what it may show."""
+
+    reports_dir: str = ""                           # empty = <state dir>/reports
+    small_cell_threshold: int = DEFAULT_THRESHOLD   # counts 1 … threshold−1 are suppressed; 0 = off
+    pdf: str = "auto"                               # auto (when a Chromium is found) | required | off
+    chromium: str = ""                              # a path or command; empty = chromium on PATH
+
+    def directory(self) -> Path:
+        return Path(self.reports_dir or STATE_DIR / "reports")
+
+    def policy(self) -> SmallCellPolicy:
+        return SmallCellPolicy(self.small_cell_threshold)
+
+
+def report_resources_from_env() -> dict[str, dg.ConfigurableResource]:
+    return {"report": ReportResource(reports_dir=env("REPORTS_DIR", ""),
+                                     small_cell_threshold=int(env("REPORT_SMALL_CELL_THRESHOLD", str(DEFAULT_THRESHOLD))),
+                                     pdf=env("REPORT_PDF", "auto"), chromium=env("CHROMIUM", ""))}
+
+
+def _write_atomically(path: Path, data: bytes) -> None:
+    """A reader (or the UI's link) never sees half a report: write beside it, then rename."""
+    partial = path.with_name(path.name + ".partial")
+    partial.write_bytes(data)
+    os.replace(partial, path)
+
+
+def _pdf(context: dg.AssetExecutionContext, report: ReportResource, html_path: Path) -> dict[str, dg.MetadataValue]:
+    if report.pdf not in PDF_MODES:
+        raise ValueError(f"REPORT_PDF must be one of {', '.join(PDF_MODES)}, not {report.pdf!r}")
+    if report.pdf == "off":
+        return {"pdf": dg.MetadataValue.text("not produced (REPORT_PDF=off)")}
+    chromium = find_chromium(report.chromium)
+    if chromium is None:
+        message = "no Chromium found: install chromium or set CHROMIUM to a Chromium or Chrome binary"
+        if report.pdf == "required":
+            raise PdfError(message)
+        context.log.warning(f"study report: HTML only, {message}")
+        return {"pdf": dg.MetadataValue.text(f"not produced: {message}")}
+    pdf_path = html_path.with_suffix(".pdf")
+    partial = pdf_path.with_name(pdf_path.name + ".partial")
+    size = html_to_pdf(html_path, partial, chromium)
+    os.replace(partial, pdf_path)
+    return {"pdf_path": dg.MetadataValue.path(str(pdf_path)), "pdf_size_bytes": dg.MetadataValue.int(size),
+            "pdf_link": dg.MetadataValue.url(pdf_path.resolve().as_uri())}
+
+
+@dg.asset(group_name="report", kinds={"html", "pdf"}, deps=REPORT_INPUTS, automation_condition=STUDY_AUTOMATION)
+def study_report(context: dg.AssetExecutionContext, warehouse: WarehouseResource, report: ReportResource) -> dg.MaterializeResult:
+    """The study report: every table and figure of the paper (flowcharts S1/S3, Tables 1-2, Figures 1-4,
+    Supplementary Figures S2/S4 and Table 1), a forest plot of every comparison and analysis, propensity
+    diagnostics, the methods as run and a published-vs-reproduced table, as one self-contained HTML file
+    and its PDF under REPORTS_DIR, with small counts suppressed."""
+    wh = warehouse.get()
+    tables = {name: wh.read_table(name) for name in REPORT_TABLES if wh.has_table(name)}
+    policy = report.policy()
+    rendered = render_report(tables, generated_at=datetime.now(timezone.utc), policy=policy)
+    directory = report.directory()
+    directory.mkdir(parents=True, exist_ok=True)
+    html_path = directory / f"{REPORT_FILE}.html"
+    html = rendered.html.encode("utf-8")
+    _write_atomically(html_path, html)
+    metadata: dict[str, dg.MetadataValue] = {
+        "path": dg.MetadataValue.path(str(html_path)),
+        "link": dg.MetadataValue.url(html_path.resolve().as_uri()),
+        "size_bytes": dg.MetadataValue.int(len(html)),
+        "sha256": dg.MetadataValue.text(hashlib.sha256(html).hexdigest()),
+        "small_cell_threshold": dg.MetadataValue.int(policy.threshold),
+        "summary": dg.MetadataValue.md(rendered.summary_markdown),
+        **_pdf(context, report, html_path),
+    }
+    context.log.info(f"study report written to {html_path} ({len(html)} bytes)")
+    return dg.MaterializeResult(metadata=metadata)
+
+
+def report_definitions() -> dg.Definitions:
+    """The report's part of the service's Definitions: its asset and its resource (from the environment)."""
+    return dg.Definitions(assets=[study_report], resources=report_resources_from_env())

@@ -1,0 +1,117 @@
+"""The study report as one self-contained HTML document: Jinja2 templates filled with the sections
+that ``sections.ReportBuilder`` builds from the warehouse tables. Pure: tables in, text out."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any, Mapping
+
+import jinja2
+import pandas as pd
+
+from . import cells, figures
+from . import labels as L
+from .published import load_published
+from .sections import MAIN, PROSPECTIVE_COMPARISON, RETRO, Figure, ReportBuilder, Table, figure_2
+from .suppression import SmallCellPolicy
+
+# The warehouse tables the report reads (the study_report asset's inputs).
+REPORT_TABLES = ("cohort_attrition", "baseline_characteristics", "effect_estimates", "survival_curves",
+                 "covariate_balance", "iptw_weights", "cohort", "scale_changes", "hrct_changes", "safety_summary",
+                 "prospective_visits", "drug_discontinuations", "provenance")
+DEFAULT_POLICY = SmallCellPolicy()
+TITLE = "IIM-ILD study report: the paper's tables and figures, reproduced from this hospital's data"
+
+_ENV = jinja2.Environment(loader=jinja2.PackageLoader("report", "templates"), autoescape=True,
+                          undefined=jinja2.StrictUndefined, trim_blocks=True, lstrip_blocks=True)
+
+
+class MissingTables(ValueError):
+    pass
+
+
+@dataclass(frozen=True)
+class RenderedReport:
+    html: str
+    summary_markdown: str
+    section_ids: tuple[str, ...]
+
+
+def _plain(part: Any) -> str:
+    if isinstance(part, (list, tuple)):
+        return "".join(_plain(p) for p in part)
+    return part.text if isinstance(part, cells.Cell) else str(part)
+
+
+def table_markdown(table: Table) -> str:
+    """A table's text as markdown (the Dagster UI's summary): the same strings the report prints."""
+    lines = ["| " + " | ".join(table.header) + " |", "|" + "---|" * len(table.header)]
+    lines += ["| " + " | ".join(_plain(c) for c in row) + " |" for row in table.rows]
+    return "\n".join(lines)
+
+
+def render_report(tables: Mapping[str, pd.DataFrame], *, generated_at: datetime,
+                  policy: SmallCellPolicy = DEFAULT_POLICY) -> RenderedReport:
+    missing = [t for t in REPORT_TABLES if t not in tables]
+    if missing:
+        raise MissingTables(f"the study report needs the warehouse tables {', '.join(missing)}: materialize the study "
+                            f"assets first (dagster asset materialize -w workspace.yaml --select '*')")
+    paper, published = load_published()
+    b = ReportBuilder(tables, policy, published)
+    forest_figure, forest_table = b.forest()
+    headline = b.headline()
+    sections: dict[str, Any] = {
+        "methods": b.methods(),
+        "figure_s1": b.flowchart("figure-s1-plot", RETRO, "Supplementary Figure S1: retrospective cohort", MAIN),
+        "table_1": b.baseline_table(RETRO, ("tacrolimus", "conventional")),
+        "figure_1": [f for f in (b.km_figure("figure-1a", "Figure 1A: survival", MAIN, "death"),
+                                 b.km_figure("figure-1b", "Figure 1B: relapse", MAIN, "relapse")) if f],
+        "figure_s2": [f for f in (b.km_figure(f"figure-s2-{c.split('_vs_')[1].lower()}-{o}",
+                                              f"{L.COMPARISONS[c]}: {L.OUTCOMES[o]}", c, o)
+                                  for c in ("tacrolimus_vs_CTX", "tacrolimus_vs_MTX", "tacrolimus_vs_AZA")
+                                  for o in ("death", "relapse")) if f],
+        "forest": {"figure": forest_figure, "table": forest_table},
+        "diagnostics": b.diagnostics(),
+        "figure_s3": b.flowchart("figure-s3-plot", "prospective", "Supplementary Figure S3: prospective cohort",
+                                 PROSPECTIVE_COMPARISON),
+        "table_2": b.baseline_table("prospective", ("combination", "tacrolimus")),
+        "figure_2": {"figure": figure_2(b), "table": b.scale_table(("all",), tuple(L.SCALES), between=False)},
+        "figure_3": {
+            "figure": Figure("figure-3abc", "Figure 3A-C: scales, combination vs tacrolimus", _group_changes(b, L.FIGURE_3_SCALES,
+                             "Figure 3A-C: change by group")),
+            "table": b.scale_table(("combination", "tacrolimus"), L.FIGURE_3_SCALES, between=True),
+            "km": [f for f in (b.km_figure("figure-3d", "Figure 3D: survival", PROSPECTIVE_COMPARISON, "death"),
+                               b.km_figure("figure-3e", "Figure 3E: respiratory-related relapse", PROSPECTIVE_COMPARISON,
+                                           "resp_relapse")) if f],
+        },
+        "figure_s4": {
+            "figure": Figure("figure-s4-plot", "Supplementary Figure S4", _group_changes(b, L.FIGURE_S4_SCALES,
+                             "Supplementary Figure S4: change by group")),
+            "table": b.scale_table(("combination", "tacrolimus"), L.FIGURE_S4_SCALES, between=True),
+        },
+        "figure_4": {"figure": Figure("figure-4-plot", "Figure 4A-E: HRCT scores", _hrct(b)),
+                     "table": b.hrct_table(("combination", "tacrolimus"))},
+        "table_s1": {"prospective": b.safety_table("prospective", ("combination", "tacrolimus")),
+                     "retrospective": b.safety_table(RETRO, ("tacrolimus", "conventional"))},
+        "published": b.published_table(),
+    }
+    html = _ENV.get_template("report.html.j2").render(
+        title=TITLE, paper=paper, generated_at=cells.setting(generated_at.strftime("%Y-%m-%d %H:%M UTC"), "generated_at"),
+        threshold=cells.setting(policy.threshold, "small_cell_threshold"), suppression_active=policy.active,
+        headline=headline, s=sections, labels=L)
+    summary = "\n\n".join([f"**{TITLE}**", table_markdown(headline),
+                           f"Counts below {policy.threshold} are suppressed." if policy.active else "No small-cell suppression."])
+    return RenderedReport(html, summary, tuple(SECTION_IDS))
+
+
+def _group_changes(b: ReportBuilder, scales: tuple[str, ...], title: str) -> bytes:
+    return figures.group_changes(b.t["scale_changes"], scales, L.SCALES, ("combination", "tacrolimus"), title, L.GROUPS)
+
+
+def _hrct(b: ReportBuilder) -> bytes:
+    return figures.hrct_panels(b.t["hrct_changes"], L.HRCT, ("combination", "tacrolimus"), L.GROUPS)
+
+
+# The sections of the document, in order (their element ids; each starts a printed page).
+SECTION_IDS = ("summary", "methods", "figure-s1", "table-1", "figure-1", "figure-s2", "forest", "diagnostics",
+               "figure-s3", "table-2", "figure-2", "figure-3", "figure-s4", "figure-4", "table-s1", "published")
