@@ -304,7 +304,10 @@ class ReportBuilder:
                     r = v[(v["group"] == g) & (v["level"] == level)].iloc[0]
                     row.append(self._summary(r, src, marks[g][i], n_src(g)))
                 r0 = v[v["level"] == level].iloc[0]
-                row += ["", "", cells.number(r0["smd"], src(r0, "smd"), 3)]
+                smd = cells.number(r0["smd"], src(r0, "smd"), 3)
+                if any(marks[g][i] is not None for g in groups):  # with the other group's share, it gives the count back
+                    smd = cells.suppressed(smd, Mark.SECONDARY, self.policy)
+                row += ["", "", smd]
                 rows.append(row)
         return Table(header, rows, block_rows)
 
@@ -487,6 +490,7 @@ class ReportBuilder:
             c = s[s["category"] == category]
             row: list[Any] = [L.label(L.AE_CATEGORIES, category)]
             first = None
+            hidden = False  # a hidden count hides the row's p and odds ratio too: either gives it back
             for g in groups:
                 r = c[c["group"] == g]
                 if r.empty:
@@ -499,14 +503,18 @@ class ReportBuilder:
                     return cells.source("safety_summary", col, {"cohort": cohort, "group": g, "category": category})
                 k, n = int(r["n_patients_with_event"]), int(r["n_patients"])
                 mark = Mark.PRIMARY if self.policy.count(n) else self.policy.partition([k], hidden_remainder=n - k)[0]
+                hidden = hidden or mark is not None
                 row += [[cells.count(k, src("n_patients_with_event"), self.policy, mark), " / ",
                          cells.count(n, src("n_patients"), self.policy)],
                         cells.percent(r["percent"], src("percent"), mark, self.policy),
                         cells.count(r["serious_events"], src("serious_events"), self.policy)]
             if first is not None:
                 fsrc = {"cohort": cohort, "group": first["group"], "category": category}
-                row += [cells.p_value(first["p_value"], cells.source("safety_summary", "p_value", fsrc)),
-                        cells.number(first["odds_ratio"], cells.source("safety_summary", "odds_ratio", fsrc), 2)]
+                p_cell = cells.p_value(first["p_value"], cells.source("safety_summary", "p_value", fsrc))
+                or_cell = cells.number(first["odds_ratio"], cells.source("safety_summary", "odds_ratio", fsrc), 2)
+                if hidden:
+                    p_cell, or_cell = (cells.suppressed(x, Mark.SECONDARY, self.policy) for x in (p_cell, or_cell))
+                row += [p_cell, or_cell]
             rows.append(row)
         header = ["category"]
         for g in groups:

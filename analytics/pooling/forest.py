@@ -9,7 +9,7 @@ from typing import Sequence
 import numpy as np
 from matplotlib.ticker import FuncFormatter
 
-from analytics.figures import _png, plt  # one PNG writer for every figure
+from analytics.figures import plt, to_bytes  # one figure writer for every figure
 
 from .meta import meta_analysis
 
@@ -54,4 +54,4 @@ def forest_plot(sites: Sequence[str], log_hr: Sequence[float], se: Sequence[floa
     ax.set_yticklabels([r[0] for r in reversed(rows)])
     ax.set_xlabel("hazard ratio (log scale), tacrolimus vs comparator")
     ax.set_title(title)
-    return _png(fig)
+    return to_bytes(fig)

@@ -335,7 +335,7 @@ def test_chromium_opens_the_report_and_finds_every_section(built, tmp_path):
     from selenium import webdriver
     from selenium.webdriver.chrome.service import Service
 
-    from tests.test_ui_browser import FLAGS
+    from tests.assets.test_ui_browser import FLAGS
 
     options = webdriver.ChromeOptions()
     options.binary_location = CHROMIUM
