@@ -206,11 +206,15 @@ def test_the_enrolment_window_includes_both_ends(enrolled, expected):
     assert outcome(derive(res)) == expected
 
 
-def test_a_death_before_12_months_makes_the_hrct_analysis_unavailable():
+@pytest.mark.parametrize(("deceased", "analysable"), [(350, 0), (None, 1)])
+def test_the_hrct_analysis_set_is_the_survivors_at_12_months_with_both_scans(deceased, analysable):
+    """Both scans present, the 12-month one inside its window (day 340): a death on day 350, before 12 months,
+    takes the patient out of the HRCT analysis; alive, the patient is in it."""
     def hrct(d: int, total: int) -> dict:
         return fb.observation(new_id("obs"), PID, LOCAL, "hrct-score", day(d), valueInteger=total)
-    result = derive16(reference_patient(deceased=day(300), last_contact=290) + [enrol(end=300), hrct(0, 18), hrct(290, 7)])
-    assert result.cohort["hrct_analysable"].iloc[0] == 0
+    res = reference_patient(deceased=day(deceased) if deceased else None, last_contact=deceased or 370)
+    result = derive16(res + [enrol(end=deceased or 365), hrct(0, 18), hrct(340, 7)])
+    assert result.cohort["hrct_analysable"].iloc[0] == analysable
 
 
 @pytest.mark.parametrize("first_id, second_id", [("a-1", "z-9"), ("z-9", "a-1")])
@@ -223,3 +227,32 @@ def test_same_day_duplicates_are_resolved_by_content_not_by_resource_id(first_id
     result = derive16(reference_patient() + [enrol(), high, low, neg, pos])
     visits = result.visits[result.visits["measure"] == "mmrc"].set_index("visit_month")
     assert visits.loc[1, "value"] == 1 and result.cohort["anti_mda5"].iloc[0] == 1
+
+
+def test_an_adverse_event_that_did_not_happen_is_not_a_safety_event():
+    """Contract §1: only AdverseEvent.actuality = actual counts (a potential event is a near miss)."""
+    res = reference_patient()
+    potential = fb.adverse_event(new_id("ae"), PID, "infection", day(40), serious=True)
+    potential["actuality"] = "potential"
+    res += [potential, fb.adverse_event(new_id("ae"), PID, "hepatic", day(50), serious=False)]
+    facts = facts_of(res)
+    from analytics.cohort.retrospective import derive_retrospective
+
+    cohort = derive_retrospective(facts, RuleParams(data_cutoff=date(2025, 1, 1))).cohort
+    assert safety_events(facts, cohort, "retrospective")["category"].tolist() == ["hepatic"]
+
+
+def test_serious_events_are_counted_as_events_and_patients_once():
+    """safety_summary: n_patients_with_event counts a patient once, serious_events counts every serious event."""
+    import pandas as pd
+
+    from analytics.summaries import safety_summary
+
+    cohort = pd.DataFrame({"patient_key": ["a", "b", "c"], "group": ["tacrolimus", "tacrolimus", "conventional"]})
+    events = pd.DataFrame({"patient_key": ["a", "a", "a", "c"], "cohort": "retrospective",
+                           "group": ["tacrolimus", "tacrolimus", "tacrolimus", "conventional"],
+                           "category": "infection", "serious": [1, 1, 0, 0], "day": [10, 20, 30, 40],
+                           "suspected_drug": None})
+    table = safety_summary("retrospective", cohort, events, ("tacrolimus", "conventional"), ["infection"])
+    row = table[(table["group"] == "tacrolimus") & (table["category"] == "infection")].iloc[0]
+    assert (row["n_patients_with_event"], row["n_patients"], row["serious_events"]) == (1, 2, 2)

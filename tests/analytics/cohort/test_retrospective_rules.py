@@ -387,3 +387,39 @@ def test_death_before_a_respiratory_relapse_censors_it_at_death():
     res = reference_patient(deceased=day(40)) + [exacerbation(50, "respiratory"), radiological(50)]
     row = only_row(derive(res))
     assert (row["resp_relapse_event"], row["resp_relapse_days"], row["death_days"]) == (0, 40, 40)
+
+
+@pytest.mark.parametrize("status", ["entered-in-error", "not-taken"])
+def test_a_statement_with_an_ignored_status_gives_no_exposure(status):
+    """Contract §1: MedicationStatement.status entered-in-error and not-taken are ignored (a tacrolimus statement
+    with either leaves the patient conventional)."""
+    res = reference_patient(agent=CTX) + [drug(TACROLIMUS, 10, None, status=status)]
+    assert only_row(derive(res))["group"] == "conventional"
+
+
+@pytest.mark.parametrize("status", ["entered-in-error", "cancelled"])
+def test_an_observation_with_an_ignored_status_is_not_read(status):
+    wrong = obs_quantity("2276-4", 100, 5000, "ng/mL")
+    wrong["status"] = status
+    assert only_row(derive(reference_patient() + [exacerbation(100), wrong]))["relapse_event"] == 0
+
+
+def test_last_contact_counts_resources_of_every_kind_but_never_an_ignored_one_or_a_server_timestamp():
+    """Last contact is the latest clinical date on any counted resource: an adverse event on day 250 extends
+    follow-up; an entered-in-error observation on day 300 and a meta.lastUpdated on day 330 do not."""
+    base = reference_patient(last_contact=200, gc=(-5, 150))
+    ignored = obs_quantity("4537-7", 300, 20, "mm/h")
+    ignored["status"] = "entered-in-error"
+    touched = obs_quantity("4537-7", 150, 20, "mm/h")
+    touched["meta"] = {"versionId": "2", "lastUpdated": f"{day(330).isoformat()}T08:00:00Z"}
+    assert only_row(derive(base + [ignored, touched]))["followup_days"] == 200
+    event = fb.adverse_event(new_id("ae"), PID, "infection", day(250), serious=False)
+    assert only_row(derive(base + [ignored, touched, event]))["followup_days"] == 250
+
+
+def test_the_index_is_the_first_immunosuppressant_that_has_a_glucocorticoid_within_30_days():
+    """CTX on day -20 has no glucocorticoid within ±30 d (it starts on day 20); tacrolimus on day 0 has: the
+    index is day 0, not the earlier start."""
+    res = reference_patient(gc=(20, 400)) + [drug(CTX, -20, -15)]
+    row = only_row(derive(res))
+    assert (row["index_date"], row["group"]) == (day(0), "tacrolimus")
