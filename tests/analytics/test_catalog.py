@@ -61,3 +61,34 @@ def test_every_table_the_study_computes_has_exactly_its_catalog_columns(small_ho
     assert set(computed) == {name for name, spec in CATALOG.items() if spec.asset} - {"patient_xref"}
     for name, frame in computed.items():
         check_columns(name, frame)
+
+
+# Contract §4, typed from the contract: the public interface analysts query. The catalog may add columns after
+# these, never rename, drop or reorder them.
+CONTRACT_COLUMNS = {
+    "cohort": ["patient_key", "group", "conventional_agent", "index_date", "age", "sex", "diagnosis_subset",
+               "initial_pred_mg_day", "plasma_exchange", "ivig", "followup_days", "death_event", "death_days",
+               "relapse_event", "relapse_days", "resp_relapse_event", "resp_relapse_days"],
+    "patient_xref": ["patient_key", "fhir_patient_id"],
+    "cohort_attrition": ["cohort", "step", "reason", "n_excluded", "n_remaining"],
+    "iptw_weights": ["patient_key", "analysis", "propensity_score", "weight", "stabilized_weight"],
+    "covariate_balance": ["analysis", "covariate", "smd_unweighted", "smd_weighted"],
+    "effect_estimates": ["analysis", "comparison", "outcome", "hazard_ratio", "ci_lower", "ci_upper", "p_value",
+                         "logrank_p", "n_treated", "n_control", "events_treated", "events_control"],
+    "survival_curves": ["analysis", "comparison", "outcome", "group", "time_days", "survival", "ci_lower", "ci_upper",
+                        "n_at_risk"],
+    "baseline_characteristics": ["cohort", "variable", "level", "group", "summary", "p_value", "test"],
+    "safety_summary": ["cohort", "group", "category", "n_patients_with_event", "n_patients", "percent",
+                       "serious_events", "p_value"],
+    "cohort_data_quality": ["cohort", "issue", "n_patients"],
+    "prospective_cohort": ["patient_key", "group", "index_date", "enrolment_date", "age", "sex", "diagnosis_subset",
+                           "initial_pred_mg_day", "plasma_exchange", "ivig"],
+    "scale_changes": ["scale", "group", "visit_month", "n", "median", "q1", "q3", "p_vs_baseline", "p_adjusted"],
+    "hrct_changes": ["measure", "group", "n", "baseline_median", "month12_median", "p_within", "p_between_delta"],
+}
+
+
+@pytest.mark.parametrize("table", list(CONTRACT_COLUMNS))
+def test_the_contract_tables_keep_their_names_and_columns_in_order(table):
+    catalogued = list(CATALOG[table].columns)
+    assert [c for c in catalogued if c in CONTRACT_COLUMNS[table]] == CONTRACT_COLUMNS[table]
