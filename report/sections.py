@@ -1,5 +1,6 @@
 """The report's content, section by section in the paper's order, as plain data for the templates:
-rows of ``Cell``s (each number with its warehouse source) and SVG figures. Pure: tables in, no I/O."""
+rows of ``Cell``s (each number with its warehouse source) and SVG figures. Pure: tables in, no I/O.
+Long on purpose: one method per section of the paper, in the paper's order, so the report reads like it."""
 from __future__ import annotations
 
 import base64

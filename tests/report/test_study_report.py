@@ -354,3 +354,28 @@ def test_chromium_opens_the_report_and_finds_every_section(built, tmp_path):
         assert images and all(images)  # every embedded SVG decodes
     finally:
         driver.quit()
+
+
+@pytest.mark.parametrize(("fig_id", "cohort", "comparison"), [
+    ("figure-s1-plot", "retrospective", "tacrolimus_vs_conventional"),
+    ("figure-s3-plot", "prospective", "combination_vs_tacrolimus")])
+def test_the_flowcharts_draw_the_warehouse_counts(built, fig_id, cohort, comparison):
+    """The numbers drawn in the S1 and S3 flowcharts (text in the SVG) are the attrition table's and the analysed
+    groups' sizes, read back here from the warehouse tables."""
+    import base64
+    import html
+
+    img = built.doc.get_element_by_id(fig_id).find("img")
+    svg = base64.b64decode(img.get("src").split(",", 1)[1]).decode()
+    lines = [html.unescape(t).strip() for t in re.findall(r"<text[^>]*>(.*?)</text>", svg, re.S)]
+    remaining = sorted(int(n) for line in lines for n in re.findall(r"n = (\d+)", line))
+    excluded = sorted(int(m.group(1)) for line in lines if (m := re.search(r":\s*(\d+)$", line)))
+    attrition = built.tables["cohort_attrition"]
+    steps = attrition[attrition["cohort"] == cohort].sort_values("step")
+    shown = steps.iloc[1:][steps.iloc[1:]["n_excluded"] > 0]
+    effects = built.tables["effect_estimates"]
+    row = effects[(effects["analysis"] == "primary") & (effects["comparison"] == comparison)
+                  & (effects["outcome"] == "death")].iloc[0]
+    assert remaining == sorted([int(steps.iloc[0]["n_remaining"]), *shown["n_remaining"].astype(int),
+                                int(row["n_treated"]), int(row["n_control"])])
+    assert excluded == sorted(shown["n_excluded"].astype(int))
