@@ -379,3 +379,25 @@ def test_the_flowcharts_draw_the_warehouse_counts(built, fig_id, cohort, compari
     assert remaining == sorted([int(steps.iloc[0]["n_remaining"]), *shown["n_remaining"].astype(int),
                                 int(row["n_treated"]), int(row["n_control"])])
     assert excluded == sorted(shown["n_excluded"].astype(int))
+
+
+@pytest.mark.parametrize(("fig_id", "comparison", "outcome"), [
+    ("figure-1a", "tacrolimus_vs_conventional", "death"), ("figure-1b", "tacrolimus_vs_conventional", "relapse"),
+    ("figure-3d", "combination_vs_tacrolimus", "death")])
+def test_the_numbers_at_risk_drawn_under_the_curves_are_the_warehouse_curves(built, fig_id, comparison, outcome):
+    """The risk table under a Kaplan-Meier figure (the 8-point text of the SVG) holds, per group and every 60 days,
+    the warehouse curve's number at risk on that day (the first time at or after it; 0 after the last)."""
+    import base64
+
+    img = built.doc.get_element_by_id(fig_id).find("img")
+    svg = base64.b64decode(img.get("src").split(",", 1)[1]).decode()
+    drawn = sorted(int(t) for t in re.findall(r"<text[^>]*font-size: 8px[^>]*>\s*(\d+)\s*</text>", svg))
+    curves = built.tables["survival_curves"]
+    curves = curves[(curves["analysis"] == "primary") & (curves["comparison"] == comparison)
+                    & (curves["outcome"] == outcome)]
+    expected = []
+    for _, c in curves.groupby("group"):
+        for day in range(0, 366, 60):
+            later = c[c["time_days"] >= day].sort_values("time_days")
+            expected.append(round(float(later["n_at_risk"].iloc[0])) if len(later) else 0)
+    assert drawn and drawn == sorted(expected)
