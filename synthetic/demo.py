@@ -69,6 +69,20 @@ def headline(warehouse: Warehouse) -> str:
     return "\n".join(lines)
 
 
+def materialize(selection: str, env: dict[str, str], log: Path, what: str) -> int:
+    """The operator's command, ``dagster asset materialize -w workspace.yaml --select <selection>``, its output kept
+    in ``log`` and its tail printed when it fails."""
+    command = [str(Path(sys.executable).with_name("dagster")), "asset", "materialize", "-w", "workspace.yaml",
+               "--select", selection]
+    print("$ dagster " + " ".join(command[1:]))
+    done = subprocess.run(command, cwd=PROJECT_ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    log.write_text(done.stdout)
+    if done.returncode != 0:
+        print(done.stdout[-5000:])
+        print(f"{what} failed (exit {done.returncode}); full log in {log}")
+    return done.returncode
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--seed", type=int, default=HospitalParams().seed)
@@ -106,15 +120,9 @@ def main(argv: list[str] | None = None) -> int:
                 return subprocess.run(ui, cwd=PROJECT_ROOT, env=env).returncode
             except KeyboardInterrupt:
                 return 0
-        command = [str(Path(sys.executable).with_name("dagster")), "asset", "materialize", "-w", "workspace.yaml",
-                   "--select", "*"]
-        print("$ dagster " + " ".join(command[1:]))
-        done = subprocess.run(command, cwd=PROJECT_ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-        (demo_dir / "materialize.log").write_text(done.stdout)
-        if done.returncode != 0:
-            print(done.stdout[-5000:])
-            print(f"materialization failed (exit {done.returncode}); full log in {demo_dir / 'materialize.log'}")
-            return done.returncode
+        code = materialize("*", env, demo_dir / "materialize.log", "materialization")
+        if code != 0:
+            return code
     print(f"materialized every asset (log: {demo_dir / 'materialize.log'})\n")
     print(headline(Warehouse(warehouse_url)))
     print(f"\ngenerator's true hazard ratios: death {params.hr_death}, relapse {params.hr_relapse}")

@@ -8,11 +8,10 @@ from __future__ import annotations
 
 import argparse
 import os
-import subprocess
 import sys
 from pathlib import Path
 
-from .demo import PROJECT_ROOT, dagster_home, demo_pseudonym_key
+from .demo import PROJECT_ROOT, dagster_home, demo_pseudonym_key, materialize
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -32,15 +31,9 @@ def main(argv: list[str] | None = None) -> int:
         "DAGSTER_HOME": str(dagster_home(Path(os.environ.get("DAGSTER_HOME") or args.state_dir / "dagster_home"))),
         "REPORTS_DIR": str(reports),
     }
-    command = [str(Path(sys.executable).with_name("dagster")), "asset", "materialize", "-w", "workspace.yaml",
-               "--select", "study_report"]
-    print("$ dagster " + " ".join(command[1:]))
-    done = subprocess.run(command, cwd=PROJECT_ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    (demo_dir / "report.log").write_text(done.stdout)
-    if done.returncode != 0:
-        print(done.stdout[-5000:])
-        print(f"the study report failed (exit {done.returncode}); full log in {demo_dir / 'report.log'}")
-        return done.returncode
+    code = materialize("study_report", env, demo_dir / "report.log", "the study report")
+    if code != 0:
+        return code
     for name in ("study_report.html", "study_report.pdf"):
         path = reports / name
         print(f"{path}  ({path.stat().st_size:,} bytes)" if path.exists() else f"{path}: not written (see {demo_dir / 'report.log'})")

@@ -118,5 +118,3 @@ def _ingest(context: dg.AssetExecutionContext, config: IngestConfig, fhir: FhirS
                                              "dagster/column_schema": RAW_SCHEMA, **report.as_metadata(),
                                              **({} if fhir.sync_mode == "ndjson" else fhir.limits())})
 
-
-raw_assets = [fhir_ingest]

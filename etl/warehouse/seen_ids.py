@@ -25,7 +25,6 @@ class SeenIds:
         self.warehouse, self.resource_type, self.batch_size = warehouse, resource_type, batch_size
         self.started = datetime.now(timezone.utc)
         self._buffer: list[tuple[str, str]] = []
-        self._count = 0
         warehouse.ensure_schema([resource_type])
         table = warehouse.table(SEEN_IDS)
         with warehouse.engine.begin() as conn:
