@@ -1,10 +1,16 @@
 """One patient's study facts with the rules both cohorts share (study-contract.md §2-3):
 covariates at an index date, follow-up and censoring, death, relapse and respiratory relapse.
+
+A patient's facts are plain lists of rows (named tuples, one list per fact table), split by patient
+once (``group_facts``). The rules used to filter a small DataFrame per patient and question, which
+cost ~100 µs of pandas overhead per filter and kept the rules at ~160 patients/s; the same rules
+over a few dozen tuples run at thousands of patients/s and read the same.
 """
 from __future__ import annotations
 
+import math
 from datetime import date, timedelta
-from typing import Any
+from typing import Any, NamedTuple, Sequence
 
 import numpy as np
 import pandas as pd
@@ -12,42 +18,56 @@ import pandas as pd
 from .facts import CONVENTIONAL, IMMUNOSUPPRESSANTS, StudyFacts
 from .params import RuleParams
 
+Row = Any  # a named tuple of one fact table's columns (``DataFrame.itertuples``)
+
+
+class Day(NamedTuple):
+    """An observation with its day relative to an index date."""
+
+    day: int
+    row: Row
+
 
 def completed_years(born: date, on: date) -> int:
     return on.year - born.year - ((on.month, on.day) < (born.month, born.day))
 
 
-def by_patient(frame: pd.DataFrame) -> dict[str, pd.DataFrame]:
-    return {pid: grp for pid, grp in frame.groupby("patient_id", sort=False)}
+def present(value: Any) -> bool:
+    """Not None and not NaN: a fact table cell that holds a value."""
+    return value is not None and not (isinstance(value, float) and math.isnan(value)) and value is not pd.NaT
+
+
+def by_patient(frame: pd.DataFrame) -> dict[str, list[Row]]:
+    """The frame's rows as named tuples, per patient, in the frame's row order."""
+    out: dict[str, list[Row]] = {}
+    if frame.empty:
+        return out
+    for row in frame.itertuples(index=False):
+        out.setdefault(row.patient_id, []).append(row)
+    return out
 
 
 class PatientRecord:
     """One patient's facts, with the contract's shared rules as methods."""
 
-    def __init__(self, pid: str, row: Any, facts: dict[str, dict[str, pd.DataFrame]], p: RuleParams) -> None:
-        empty = pd.DataFrame()
+    def __init__(self, pid: str, row: Any, facts: dict[str, dict[str, list[Row]]], p: RuleParams) -> None:
         self.pid, self.row, self.p = pid, row, p
-        self.dx = facts["diagnoses"].get(pid, empty)
-        self.ex = facts["exposures"].get(pid, empty)
-        self.proc = facts["procedures"].get(pid, empty)
-        self.obs = facts["observations"].get(pid, empty)
-        self.contacts = facts["contacts"].get(pid, empty)
+        self.dx: list[Row] = facts["diagnoses"].get(pid, [])
+        self.ex: list[Row] = facts["exposures"].get(pid, [])
+        self.proc: list[Row] = facts["procedures"].get(pid, [])
+        self.obs: list[Row] = facts["observations"].get(pid, [])
+        self.contacts: list[Row] = facts["contacts"].get(pid, [])
         self.quality: set[str] = set()
 
     def dx_dates(self, *concepts: str) -> list[date]:
-        if self.dx.empty:
-            return []
-        return sorted(self.dx.loc[self.dx["concept"].isin(concepts), "date"])
+        return sorted(r.date for r in self.dx if r.concept in concepts)
 
-    def exposures(self, *concepts: str) -> pd.DataFrame:
-        if self.ex.empty:
-            return self.ex
-        return self.ex[self.ex["concept"].isin(concepts)]
+    def exposures(self, *concepts: str) -> list[Row]:
+        return [r for r in self.ex if r.concept in concepts]
 
     def agents_in_first_year(self, index: date) -> set[str]:
-        ex = self.exposures(*IMMUNOSUPPRESSANTS)
         end = index + timedelta(days=self.p.followup_days)
-        return set(ex.loc[(ex["start"] <= end) & (ex["end"] >= index), "concept"])
+        return {r.concept for r in self.exposures(*IMMUNOSUPPRESSANTS) if r.start <= end and r.end >= index}
 
     # -- covariates --------------------------------------------------------------------------
     def daily_doses(self, concept: str, first_day: date, last_day: date) -> tuple[np.ndarray, np.ndarray]:
@@ -56,14 +76,13 @@ class PatientRecord:
         any statement covers. A statement without a computable dose adds nothing (it is counted elsewhere)."""
         n = max((last_day - first_day).days + 1, 0)
         total, covered = np.zeros(n), np.zeros(n, dtype=bool)
-        ex = self.exposures(concept)
-        for start, end, dose, factor in ex[["start", "end", "daily_dose_mg", "pred_factor"]].itertuples(index=False):
-            a, b = max((start - first_day).days, 0), min((end - first_day).days, n - 1)
+        for r in self.exposures(concept):
+            a, b = max((r.start - first_day).days, 0), min((r.end - first_day).days, n - 1)
             if a > b:
                 continue
             covered[a:b + 1] = True
-            if dose is not None and not pd.isna(dose):
-                total[a:b + 1] += float(dose) * (float(factor) if concept == "glucocorticoid" else 1.0)
+            if present(r.daily_dose_mg):
+                total[a:b + 1] += float(r.daily_dose_mg) * (float(r.pred_factor) if concept == "glucocorticoid" else 1.0)
         return total, covered
 
     def gc_daily(self, first_day: date, last_day: date) -> np.ndarray:
@@ -74,13 +93,11 @@ class PatientRecord:
         p = self.p
         subset = ("CADM" if self.dx_dates("cadm") else "ASS" if self.dx_dates("antisynthetase_syndrome")
                   else "DM" if self.dx_dates("dermatomyositis", "dermatopolymyositis_unspecified") else "PM")
-        agents_at_index = set(self.exposures(*CONVENTIONAL).pipe(lambda e: e.loc[e["start"] == index, "concept"]))
+        agents_at_index = {r.concept for r in self.exposures(*CONVENTIONAL) if r.start == index}
         agent = next((a for a in CONVENTIONAL if a in agents_at_index), None)
-        window = (index - timedelta(days=p.covariate_window_days), index + timedelta(days=p.covariate_window_days))
-        pe = (not self.proc.empty) and bool(((self.proc["concept"] == "plasma_exchange")
-                                             & self.proc["date"].between(*window)).any())
-        ivig_ex = self.exposures("ivig")
-        ivig = (not ivig_ex.empty) and bool(ivig_ex["start"].between(*window).any())
+        lo, hi = index - timedelta(days=p.covariate_window_days), index + timedelta(days=p.covariate_window_days)
+        pe = any(r.concept == "plasma_exchange" and lo <= r.date <= hi for r in self.proc)
+        ivig = any(lo <= r.start <= hi for r in self.exposures("ivig"))
         return {"age": completed_years(self.row.birth_date, index), "sex": self.row.sex, "diagnosis_subset": subset,
                 "initial_pred_mg_day": float(self.gc_daily(index, index)[0]), "plasma_exchange": int(pe),
                 "ivig": int(ivig), "conventional_agent": agent}
@@ -88,70 +105,64 @@ class PatientRecord:
     # -- follow-up and events ------------------------------------------------------------------
     def last_contact(self, default: date) -> date:
         """The latest clinical date on any counted resource (facts.contacts), ``default`` when there is none."""
-        return max(self.contacts["date"]) if not self.contacts.empty else default
+        return max(r.date for r in self.contacts) if self.contacts else default
 
     def followup(self, index: date) -> dict[str, int]:
         p = self.p
         end = min(p.followup_days, (self.last_contact(index) - index).days, (p.data_cutoff - index).days)
         died = self.row.deceased_date
-        death_day = (died - index).days if died is not None and not pd.isna(died) else None
+        death_day = (died - index).days if present(died) else None
         death = death_day is not None and death_day <= min(p.followup_days, (p.data_cutoff - index).days)
-        followup = max(death_day, 0) if death else max(end, 0)
+        followup = max(death_day, 0) if death else max(end, 0)  # type: ignore[type-var]
         return {"followup_days": followup, "death_event": int(death), "death_days": followup}
 
-    def _obs_days(self, concept: str, index: date) -> pd.DataFrame:
-        if self.obs.empty:
-            return self.obs
-        o = self.obs[self.obs["concept"] == concept]
-        return o.assign(day=[(d - index).days for d in o["date"]])
+    def obs_days(self, concept: str, index: date) -> list[Day]:
+        """The observations of ``concept``, each with its day relative to ``index``."""
+        return [Day((r.date - index).days, r) for r in self.obs if r.concept == concept]
 
     def _baseline(self, concept: str, index: date) -> float | None:
-        o = self._obs_days(concept, index)
-        if o.empty:
+        """The value closest to index within the baseline window (the earlier on a tie of distance)."""
+        lo, hi = -self.p.baseline_before_days, self.p.baseline_after_days
+        window = [o for o in self.obs_days(concept, index) if lo <= o.day <= hi and present(o.row.value)]
+        if not window:
             return None
-        o = o[o["day"].between(-self.p.baseline_before_days, self.p.baseline_after_days) & o["value"].notna()]
-        if o.empty:
-            return None
-        o = o.assign(dist=o["day"].abs()).sort_values(["dist", "day"])
-        return float(o["value"].iloc[0])
+        return float(min(window, key=lambda o: (abs(o.day), o.day)).row.value)
 
     def relapses(self, index: date, followup: int) -> tuple[dict[str, int], list[dict[str, Any]]]:
         p, w = self.p, self.p.relapse_window_days
-        exac = self._obs_days("symptom_exacerbation", index)
-        exac = exac[exac["day"].between(1, followup)] if not exac.empty else exac
+        exac = [o for o in self.obs_days("symptom_exacerbation", index) if 1 <= o.day <= followup]
         out = {"relapse_event": 0, "relapse_days": followup, "resp_relapse_event": 0, "resp_relapse_days": followup}
         detail: list[dict[str, Any]] = []
-        if exac.empty:
+        if not exac:
             return out, detail
         # Criterion (i): ferritin or ESR strictly above twice its baseline.
         lab_days: set[int] = set()
         for concept in ("ferritin", "esr"):
             base = self._baseline(concept, index)
-            o = self._obs_days(concept, index)
-            if base is not None and not o.empty:
-                lab_days |= set(o.loc[o["value"] > p.lab_fold * base, "day"])
+            if base is not None:
+                lab_days |= {o.day for o in self.obs_days(concept, index) if present(o.row.value) and o.row.value > p.lab_fold * base}
         # Criterion (ii): a positive radiological progression.
-        rad = self._obs_days("radiological_progression", index)
-        rad_days = set(rad.loc[rad["value_boolean"] == True, "day"]) if not rad.empty else set()  # noqa: E712
+        rad_days = {o.day for o in self.obs_days("radiological_progression", index) if o.row.value_boolean == True}  # noqa: E712
         # Criterion (iii): the daily GC total rises and exceeds 0.5 mg/kg/day (weight on or before that day).
-        last = int(exac["day"].max()) + w
+        last = max(o.day for o in exac) + w
         gc = self.gc_daily(index, index + timedelta(days=last))  # gc[d] is day d; day 0 is index
-        weights = self._obs_days("body_weight", index)
-        weights = weights[weights["value"].notna()].sort_values("day") if not weights.empty else weights
+        weights = sorted((o for o in self.obs_days("body_weight", index) if present(o.row.value)), key=lambda o: o.day)
         gc_days: set[int] = set()
         unevaluable: set[int] = set()  # GC increases with no weight on record: criterion (iii) unknown
+        known = 0  # weights[:known] are those on or before day d
         for d in range(1, last + 1):
+            while known < len(weights) and weights[known].day <= d:
+                known += 1
             if gc[d] > gc[d - 1]:
-                known = weights[weights["day"] <= d] if not weights.empty else weights
-                if known.empty:
+                if not known:
                     unevaluable.add(d)
-                elif gc[d] > p.gc_increase_mg_per_kg * float(known["value"].iloc[-1]):
+                elif gc[d] > p.gc_increase_mg_per_kg * float(weights[known - 1].row.value):
                     gc_days.add(d)
 
         def near(days: set[int], t: int) -> bool:
             return any(max(1, t - w) <= d <= t + w for d in days)
 
-        for t, category in sorted(zip(exac["day"], exac["value_code"], strict=True)):
+        for t, category in sorted((o.day, o.row.value_code) for o in exac):
             crit = {"ferritin_esr": near(lab_days, t), "radiological": near(rad_days, t), "gc_increase": near(gc_days, t)}
             if near(unevaluable, t):
                 self.quality.add("relapse_gc_criterion_not_evaluable_no_weight")
@@ -164,11 +175,14 @@ class PatientRecord:
         return out, detail
 
 
-
-
 GROUPED_FACTS = ("diagnoses", "exposures", "procedures", "observations", "contacts")
 
 
-def group_facts(facts: StudyFacts) -> dict[str, dict[str, pd.DataFrame]]:
+def group_facts(facts: StudyFacts) -> dict[str, dict[str, list[Row]]]:
     """Each per-patient fact table split by patient once, for PatientRecord."""
     return {name: by_patient(getattr(facts, name)) for name in GROUPED_FACTS}
+
+
+def rows_of(frame: pd.DataFrame) -> Sequence[Row]:
+    """A small frame's rows as named tuples (an enrolment list, say)."""
+    return list(frame.itertuples(index=False))

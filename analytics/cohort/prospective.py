@@ -6,13 +6,13 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from datetime import date, timedelta
-from typing import Any
+from typing import Any, Iterable
 
 import pandas as pd
 
 from .facts import StudyFacts
 from .params import RuleParams
-from .patient import PatientRecord, group_facts
+from .patient import PatientRecord, Row, group_facts, present, rows_of
 from .retrospective import attrition_table
 
 # The contract's five reasons, then death_date_unknown: §1 excludes a death without a date from every
@@ -54,40 +54,38 @@ class ProspectiveResult:
     data_quality: pd.DataFrame  # cohort, issue, n_patients
 
 
-def _select(patient: PatientRecord, enrolment: pd.DataFrame, pp: ProspectiveParams) -> tuple[str | None, dict[str, Any]]:
+def _select(patient: PatientRecord, enrolment: list[Row], pp: ProspectiveParams) -> tuple[str | None, dict[str, Any]]:
     """The first failed §3 rule (None when included) and what was learnt on the way."""
-    info: dict[str, Any] = {"enrolment_date": min(enrolment["start"].dropna(), default=None)}
+    info: dict[str, Any] = {"enrolment_date": min((e.start for e in enrolment if present(e.start)), default=None)}
     enrolled = info["enrolment_date"]
     if enrolled is None or not (pp.enrolment_start <= enrolled <= pp.enrolment_end):
         return "enrolment_outside_window", info
     # Index: the earliest tacrolimus statement still running on or after enrolment.
-    tac = patient.exposures("tacrolimus")
-    tac = tac[tac["end"] >= enrolled] if not tac.empty else tac
-    if tac.empty:
+    tac = [r for r in patient.exposures("tacrolimus") if r.end >= enrolled]
+    if not tac:
         return "no_tacrolimus", info
-    index = min(tac["start"])
+    index = min(r.start for r in tac)
     info["index_date"] = index
     horizon = index + timedelta(days=pp.rules.followup_days)
-    pirf = patient.exposures("pirfenidone")
-    pirf = pirf[(pirf["start"] <= horizon) & (pirf["end"] >= index)] if not pirf.empty else pirf
+    pirf = [r for r in patient.exposures("pirfenidone") if r.start <= horizon and r.end >= index]
     info["pirfenidone_mg_day"] = None
-    if not pirf.empty:
+    if pirf:
         # The dose is the daily total: overlapping statements (explicit ends) add, as for glucocorticoids.
         total, covered = patient.daily_doses("pirfenidone", index, horizon)
         daily = total[covered]
         low, high = pp.pirfenidone_low_mg_day
-        unknown = pirf["daily_dose_mg"].isna().any()
+        unknown = any(not present(r.daily_dose_mg) for r in pirf)
         if unknown:
             patient.quality.add("pirfenidone_dose_not_computable")
-        first_start = min(pirf["start"])
+        first_start = min(r.start for r in pirf)
         if unknown or not len(daily) or not ((daily >= low) & (daily <= high)).all() or \
                 (first_start - index).days > pp.pirfenidone_start_max_days:
             return "pirfenidone_other_dose", info
         info["pirfenidone_mg_day"] = float(daily.max())
-    death = patient.row.deceased_date if patient.row.deceased_date is not None and not pd.isna(patient.row.deceased_date) else None
+    death = patient.row.deceased_date if present(patient.row.deceased_date) else None
     died_in_year = death is not None and death < horizon
-    closed = enrolment[enrolment["status"].isin(pp.withdrawal_statuses) & enrolment["end"].notna()]
-    if not died_in_year and (closed["end"] < horizon).any():
+    closed = [e.end for e in enrolment if e.status in pp.withdrawal_statuses and present(e.end)]
+    if not died_in_year and any(end < horizon for end in closed):
         return "withdrawn_before_12m", info
     if not died_in_year and patient.last_contact(index) < horizon:
         return "lost_to_follow_up_before_12m", info
@@ -99,16 +97,13 @@ def _select(patient: PatientRecord, enrolment: pd.DataFrame, pp: ProspectivePara
 def _anti_mda5(patient: PatientRecord, index: date) -> int | None:
     """The latest anti-MDA5 result up to the end of the baseline window (index + 7 d); of a positive and a
     negative result on that same day, the positive (the order the server listed them in cannot decide)."""
-    obs = patient.obs
-    if obs.empty:
+    last_day = index + timedelta(days=VISITS[0][1])
+    results = [(o.date, bool(o.value_boolean) if present(o.value_boolean) else o.value_code == "positive")
+               for o in patient.obs if o.concept == "anti_mda5" and o.date <= last_day
+               and (present(o.value_boolean) or o.value_code in ("positive", "negative"))]
+    if not results:
         return None
-    o = obs[(obs["concept"] == "anti_mda5") & (obs["date"] <= index + timedelta(days=VISITS[0][1]))]
-    o = o[o["value_boolean"].notna() | o["value_code"].isin(["positive", "negative"])]
-    if o.empty:
-        return None
-    positive = [bool(b) if pd.notna(b) else c == "positive" for b, c in zip(o["value_boolean"], o["value_code"], strict=True)]
-    latest = o.assign(positive=positive).sort_values(["date", "positive"], kind="stable").iloc[-1]
-    return int(latest["positive"])
+    return int(max(results)[1])
 
 
 def visit_values(patient: PatientRecord, index: date, followup_days: int) -> list[dict[str, Any]]:
@@ -120,18 +115,17 @@ def visit_values(patient: PatientRecord, index: date, followup_days: int) -> lis
     within follow-up only (after death or the last contact a zero dose would be invented, not observed).
     """
     rows: list[dict[str, Any]] = []
-    obs = patient.obs
-    if not obs.empty:
-        obs = obs[obs["concept"].isin(VISIT_MEASURES) & obs["value"].notna()]
-        obs = obs.assign(day=[(d - index).days for d in obs["date"]])
+    measured = [((o.date - index).days, o.concept, float(o.value)) for o in patient.obs
+                if o.concept in VISIT_MEASURES and present(o.value)]
     for month, (lo, hi, nominal) in VISITS.items():
-        if not obs.empty:
-            window = obs[obs["day"].between(lo, hi)]
-            # Same-day results are ordered by value, not by resource id: ids are the hospital's choice.
-            window = window.assign(dist=(window["day"] - nominal).abs()).sort_values(["concept", "dist", "day", "value"])
-            for row in window.drop_duplicates("concept").itertuples(index=False):
-                rows.append({"patient_id": patient.pid, "measure": row.concept, "visit_month": month,
-                             "nominal_day": nominal, "day": int(row.day), "value": float(row.value)})
+        # Same-day results are ordered by value, not by resource id: ids are the hospital's choice.
+        window = sorted((concept, abs(day - nominal), day, value) for day, concept, value in measured if lo <= day <= hi)
+        seen: set[str] = set()
+        for concept, _, day, value in window:
+            if concept not in seen:
+                seen.add(concept)
+                rows.append({"patient_id": patient.pid, "measure": concept, "visit_month": month,
+                             "nominal_day": nominal, "day": int(day), "value": value})
         if nominal > followup_days:
             continue
         gc = patient.gc_daily(index + timedelta(days=nominal), index + timedelta(days=nominal))[0]
@@ -140,17 +134,32 @@ def visit_values(patient: PatientRecord, index: date, followup_days: int) -> lis
     return rows
 
 
-def derive_prospective(facts: StudyFacts, params: ProspectiveParams) -> ProspectiveResult:
+@dataclass
+class ProspectivePart:
+    """The §3 outcomes of one set of patients, before assembly (see ``retrospective.RetrospectivePart``)."""
+
+    enrolled: set[str] = field(default_factory=set)  # enrolled patient ids, present in the Patient table or not
+    rows: list[dict[str, Any]] = field(default_factory=list)
+    visits: list[dict[str, Any]] = field(default_factory=list)
+    exclusions: list[dict[str, Any]] = field(default_factory=list)
+    quality: dict[str, set[str]] = field(default_factory=dict)
+
+    def cohort(self) -> pd.DataFrame:
+        return pd.DataFrame(self.rows, columns=COHORT_COLUMNS).sort_values("patient_id").reset_index(drop=True)
+
+
+def prospective_part(facts: StudyFacts, params: ProspectiveParams) -> ProspectivePart:
     enrolments = facts.enrolments
     in_study = enrolments[enrolments["study_identifiers"].fillna("").str.split(";").apply(
         lambda ids: params.study_identifier in ids)]
-    enrolled_ids = set(in_study["patient_id"].dropna())
+    part = ProspectivePart(enrolled=set(in_study["patient_id"].dropna()))
     grouped = group_facts(facts)
-    rows, visits, exclusions = [], [], []
-    quality: dict[str, set[str]] = {}
-    for row in facts.patients[facts.patients["patient_id"].isin(enrolled_ids)].itertuples(index=False):
+    enrolment_of: dict[str, list[Row]] = {}
+    for e in rows_of(in_study):
+        enrolment_of.setdefault(e.patient_id, []).append(e)
+    for row in facts.patients[facts.patients["patient_id"].isin(part.enrolled)].itertuples(index=False):
         patient = PatientRecord(row.patient_id, row, grouped, params.rules)
-        reason, info = _select(patient, in_study[in_study["patient_id"] == row.patient_id], params)
+        reason, info = _select(patient, enrolment_of[row.patient_id], params)
         if reason is None:
             index = info["index_date"]
             fu = patient.followup(index)
@@ -159,21 +168,36 @@ def derive_prospective(facts: StudyFacts, params: ProspectiveParams) -> Prospect
             cov.pop("conventional_agent")
             patient_visits = visit_values(patient, index, fu["followup_days"])
             hrct_months = {v["visit_month"] for v in patient_visits if v["measure"] == "hrct_score"}
-            rows.append({"patient_id": row.patient_id,
-                         "group": "combination" if info["pirfenidone_mg_day"] is not None else "tacrolimus",
-                         **info, **cov, "anti_mda5": _anti_mda5(patient, index), **fu, **events,
-                         "hrct_analysable": int({0, 12} <= hrct_months and not fu["death_event"])})
-            visits += patient_visits
+            part.rows.append({"patient_id": row.patient_id,
+                              "group": "combination" if info["pirfenidone_mg_day"] is not None else "tacrolimus",
+                              **info, **cov, "anti_mda5": _anti_mda5(patient, index), **fu, **events,
+                              "hrct_analysable": int({0, 12} <= hrct_months and not fu["death_event"])})
+            part.visits += patient_visits
         else:
-            exclusions.append({"patient_id": row.patient_id, "reason": reason})
+            part.exclusions.append({"patient_id": row.patient_id, "reason": reason})
         for issue in patient.quality:
-            quality.setdefault(issue, set()).add(row.patient_id)
-    excluded = pd.DataFrame(exclusions, columns=["patient_id", "reason"])
+            part.quality.setdefault(issue, set()).add(row.patient_id)
+    return part
+
+
+def assemble_prospective(parts: Iterable[ProspectivePart]) -> ProspectiveResult:
+    parts = list(parts)
+    quality: dict[str, set[str]] = {}
+    for part in parts:
+        for issue, pids in part.quality.items():
+            quality.setdefault(issue, set()).update(pids)
+    excluded = pd.DataFrame([e for part in parts for e in part.exclusions], columns=["patient_id", "reason"])
+    enrolled = set().union(*(part.enrolled for part in parts))
     return ProspectiveResult(
-        cohort=pd.DataFrame(rows, columns=COHORT_COLUMNS).sort_values("patient_id").reset_index(drop=True),
-        visits=pd.DataFrame(visits, columns=VISIT_COLUMNS),
-        attrition=attrition_table("prospective", len(enrolled_ids), excluded["reason"], ATTRITION_REASONS),
+        cohort=pd.DataFrame([r for part in parts for r in part.rows], columns=COHORT_COLUMNS)
+        .sort_values("patient_id").reset_index(drop=True),
+        visits=pd.DataFrame([v for part in parts for v in part.visits], columns=VISIT_COLUMNS),
+        attrition=attrition_table("prospective", len(enrolled), excluded["reason"], ATTRITION_REASONS),
         exclusions=excluded,
         data_quality=pd.DataFrame([{"cohort": "prospective", "issue": k, "n_patients": len(v)}
                                    for k, v in sorted(quality.items())], columns=["cohort", "issue", "n_patients"]),
     )
+
+
+def derive_prospective(facts: StudyFacts, params: ProspectiveParams) -> ProspectiveResult:
+    return assemble_prospective([prospective_part(facts, params)])

@@ -6,8 +6,9 @@ happens where the tables are written.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import date, timedelta
+from typing import Any, Iterable, Mapping
 
 import pandas as pd
 
@@ -53,16 +54,15 @@ def select(patient: PatientRecord) -> tuple[str | None, date | None]:
     first_iim = iim[0]
     if any(abs((d - first_iim).days) <= p.malignancy_days for d in patient.dx_dates("malignancy")):
         return "malignancy_within_3y", None
-    candidates = patient.exposures(*IMMUNOSUPPRESSANTS)
-    if not candidates.empty:
-        candidates = candidates[candidates["start"] >= ild[0] - timedelta(days=p.ild_lookback_days)]
-    if candidates.empty:
+    earliest = ild[0] - timedelta(days=p.ild_lookback_days)
+    candidates = [r for r in patient.exposures(*IMMUNOSUPPRESSANTS) if r.start >= earliest]
+    if not candidates:
         return "no_qualifying_immunosuppressant", None
     gc = patient.exposures("glucocorticoid")
     index = None
-    for start in sorted(candidates["start"].unique()):
+    for start in sorted({r.start for r in candidates}):
         lo, hi = start - timedelta(days=p.gc_at_index_days), start + timedelta(days=p.gc_at_index_days)
-        if not gc.empty and ((gc["start"] <= hi) & (gc["end"] >= lo)).any():
+        if any(g.start <= hi and g.end >= lo for g in gc):
             index = start
             break
     if index is None:
@@ -78,15 +78,37 @@ def select(patient: PatientRecord) -> tuple[str | None, date | None]:
     agents = patient.agents_in_first_year(index)
     if "tacrolimus" in agents and agents & set(CONVENTIONAL):
         return "mixed_exposure", index
-    if patient.row.deceased and (patient.row.deceased_date is None or pd.isna(patient.row.deceased_date)):
+    if death_date_unknown(patient.row):
         return "death_date_unknown", index
     return None, index
 
 
-def derive_retrospective(facts: StudyFacts, params: RuleParams) -> RetrospectiveResult:
+def death_date_unknown(row: Any) -> bool:
+    """A patient recorded as deceased without a date (§1: excluded from time-to-event analyses, counted)."""
+    return bool(row.deceased) and (row.deceased_date is None or pd.isna(row.deceased_date))
+
+
+@dataclass
+class RetrospectivePart:
+    """The rule outcomes of one set of patients (a chunk of the hospital, or all of it), before assembly.
+
+    Quality is kept as sets of patients, not counts: a patient's issues may be found in more than one
+    part (an absent patient referenced from two chunks), and the table counts each patient once."""
+
+    n_patients: int = 0
+    rows: list[dict[str, Any]] = field(default_factory=list)
+    exclusions: list[dict[str, Any]] = field(default_factory=list)
+    details: list[dict[str, Any]] = field(default_factory=list)
+    quality: dict[str, set[str]] = field(default_factory=dict)
+
+    def cohort(self) -> pd.DataFrame:
+        return pd.DataFrame(self.rows, columns=COHORT_COLUMNS).sort_values("patient_id").reset_index(drop=True)
+
+
+def retrospective_part(facts: StudyFacts, params: RuleParams) -> RetrospectivePart:
+    """Every rule for the patients of ``facts``, with every data-quality issue found in them."""
     grouped = group_facts(facts)
-    rows, exclusions, details = [], [], []
-    quality: dict[str, set[str]] = {}
+    part = RetrospectivePart(n_patients=len(facts.patients))
     for row in facts.patients.itertuples(index=False):
         patient = PatientRecord(row.patient_id, row, grouped, params)
         reason, index = select(patient)
@@ -97,28 +119,59 @@ def derive_retrospective(facts: StudyFacts, params: RuleParams) -> Retrospective
             cov = patient.covariates(index)
             if group == "tacrolimus":
                 cov["conventional_agent"] = None
-            rows.append({"patient_id": row.patient_id, "group": group, "index_date": index, **cov, **fu, **events})
-            details += detail
+            part.rows.append({"patient_id": row.patient_id, "group": group, "index_date": index, **cov, **fu, **events})
+            part.details += detail
         else:
-            exclusions.append({"patient_id": row.patient_id, "reason": reason})
+            part.exclusions.append({"patient_id": row.patient_id, "reason": reason})
         for issue in patient.quality:
-            quality.setdefault(issue, set()).add(row.patient_id)
-        if row.deceased and (row.deceased_date is None or pd.isna(row.deceased_date)):
-            quality.setdefault("death_date_unknown", set()).add(row.patient_id)
+            part.quality.setdefault(issue, set()).add(row.patient_id)
+    add_fact_quality(part.quality, facts)
+    return part
 
+
+def without_iim_or_ild_codes(facts: StudyFacts) -> RetrospectivePart:
+    """Patients known (from the warehouse's codes, ``etl.warehouse.scope``) to have no Condition coded IIM or
+    ILD under any status: each fails the first rule, ``no_iim_condition``, whatever else their record holds,
+    so no rule is run. ``facts`` need only hold what data quality reads (patients, medications, observations)."""
+    part = RetrospectivePart(n_patients=len(facts.patients),
+                             exclusions=[{"patient_id": pid, "reason": "no_iim_condition"} for pid in facts.patients["patient_id"]])
+    add_fact_quality(part.quality, facts)
+    return part
+
+
+def add_fact_quality(quality: dict[str, set[str]], facts: StudyFacts) -> None:
+    """The issues every patient is checked for, in the cohort or not: a death without a date and the facts
+    that could not be read (``StudyFacts.quality``)."""
+    for row in facts.patients.itertuples(index=False):
+        if death_date_unknown(row):
+            quality.setdefault("death_date_unknown", set()).add(row.patient_id)
     for issue_row in facts.quality.itertuples(index=False):
         quality.setdefault(issue_row.issue, set()).add(issue_row.patient_id)
-    cohort = pd.DataFrame(rows, columns=COHORT_COLUMNS).sort_values("patient_id").reset_index(drop=True)
-    excluded = pd.DataFrame(exclusions, columns=["patient_id", "reason"])
+
+
+def assemble_retrospective(parts: Iterable[RetrospectivePart], more_quality: Mapping[str, set[str]] | None = None) -> RetrospectiveResult:
+    """The retrospective tables from the parts, in their order (patients in hospital order within each)."""
+    parts = list(parts)
+    quality: dict[str, set[str]] = {k: set(v) for k, v in (more_quality or {}).items()}
+    for part in parts:
+        for issue, pids in part.quality.items():
+            quality.setdefault(issue, set()).update(pids)
+    cohort = (pd.DataFrame([r for part in parts for r in part.rows], columns=COHORT_COLUMNS)
+              .sort_values("patient_id").reset_index(drop=True))
+    excluded = pd.DataFrame([e for part in parts for e in part.exclusions], columns=["patient_id", "reason"])
     return RetrospectiveResult(
         cohort=cohort,
-        attrition=attrition_table("retrospective", len(facts.patients), excluded["reason"], ATTRITION_REASONS),
+        attrition=attrition_table("retrospective", sum(part.n_patients for part in parts), excluded["reason"], ATTRITION_REASONS),
         exclusions=excluded,
-        relapse_detail=pd.DataFrame(details, columns=["patient_id", "kind", "day", "category", "ferritin_esr",
-                                                      "radiological", "gc_increase"]),
+        relapse_detail=pd.DataFrame([d for part in parts for d in part.details],
+                                    columns=["patient_id", "kind", "day", "category", "ferritin_esr", "radiological", "gc_increase"]),
         data_quality=pd.DataFrame([{"cohort": "retrospective", "issue": k, "n_patients": len(v)}
                                    for k, v in sorted(quality.items())], columns=["cohort", "issue", "n_patients"]),
     )
+
+
+def derive_retrospective(facts: StudyFacts, params: RuleParams) -> RetrospectiveResult:
+    return assemble_retrospective([retrospective_part(facts, params)])
 
 
 def attrition_table(cohort: str, n_total: int, reasons: pd.Series, order: tuple[str, ...]) -> pd.DataFrame:

@@ -31,7 +31,12 @@ def safety_events(facts: StudyFacts, cohort: pd.DataFrame, cohort_name: str) -> 
                 for ids in ae["suspect_statement_ids"]]
     out = ae.assign(cohort=cohort_name, day=[(d - i).days for d, i in zip(ae["date"], ae["index_date"], strict=True)],
                     suspected_drug=suspects, serious=ae["serious"].astype(int))
-    return out.sort_values(EVENT_COLUMNS, na_position="first")[EVENT_COLUMNS].reset_index(drop=True)
+    return sort_events(out[EVENT_COLUMNS])
+
+
+def sort_events(events: pd.DataFrame) -> pd.DataFrame:
+    """The table's row order, the same whether the events were found in one pass or in chunks of patients."""
+    return events.sort_values(EVENT_COLUMNS, na_position="first").reset_index(drop=True)
 
 
 def drug_discontinuations(facts: StudyFacts, cohort: pd.DataFrame, cohort_name: str) -> pd.DataFrame:
@@ -40,4 +45,9 @@ def drug_discontinuations(facts: StudyFacts, cohort: pd.DataFrame, cohort_name: 
     ex = stopped.merge(_follow_up(cohort), on="patient_id")
     ex = ex[(ex["stop"] >= ex["index_date"]) & (ex["stop"] <= ex["end"])]
     out = ex.assign(cohort=cohort_name, day=[(d - i).days for d, i in zip(ex["stop"], ex["index_date"], strict=True)])
-    return out[DISCONTINUATION_COLUMNS].sort_values(["patient_id", "day"]).reset_index(drop=True)
+    return sort_discontinuations(out[DISCONTINUATION_COLUMNS])
+
+
+def sort_discontinuations(stops: pd.DataFrame) -> pd.DataFrame:
+    """By patient and day; a multi-key sort is stable, so one patient's rows keep their order from ``facts``."""
+    return stops.sort_values(["patient_id", "day"]).reset_index(drop=True)
