@@ -1,43 +1,121 @@
-"""Time the cohort derivation (flatten -> facts -> contract rules) as the hospital grows.
+"""Time and peak memory of the cohort step as the hospital grows: the whole hospital flattened at once
+(the old path, ``derive_whole_hospital``) beside chunks of candidate patients read from the warehouse
+(the asset's path, ``derive_in_chunks``), in the same run on the same warehouse.
 
-Prints one line per size; run with `.venv/bin/python benchmarks/cohort.py [--sizes 250 1000 4000]`.
+Each path runs in its own child process, so that its peak RSS (VmHWM) is its own. ``rules s`` is the time
+inside the contract rules (``CohortBuilder.add``: both cohorts and safety), and ``rules/s`` divides the
+patients the rules read by it: every patient for the whole-hospital path, the candidates for the chunked one.
+
+    PYTHONPATH=. .venv/bin/python benchmarks/cohort.py [--patients 1000 4000 40000] [--keep DIR]
 """
 from __future__ import annotations
 
 import argparse
-import resource
+import json
+import subprocess
+import sys
+import tempfile
 import time
-from datetime import date
+from dataclasses import replace
+from pathlib import Path
 
-from analytics.cohort.concepts import load_concept_map
-from analytics.cohort.facts import build_facts
-from analytics.cohort.params import RuleParams
-from analytics.cohort.retrospective import derive_retrospective
-from etl.fhir.types import flatten_all
-from synthetic.hospital import HospitalParams, generate_hospital
+RUNS = ("whole", "chunked")
+
+
+def _peak_rss_mb() -> float:
+    """This process's own peak RSS (VmHWM; ru_maxrss would carry a big parent's over the exec)."""
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) / 1024
+    return float("nan")
+
+
+def _child(run: str, url: str) -> None:
+    from datetime import date
+
+    from analytics.cohort.concepts import load_concept_map
+    from analytics.cohort.params import RuleParams
+    from analytics.cohort.tables import CohortBuilder
+    from assets.study import cohort_source
+    from etl.warehouse import Warehouse
+
+    rules = {"s": 0.0}
+    add = CohortBuilder.add
+
+    def timed_add(self, facts):  # type: ignore[no-untyped-def]
+        t = time.perf_counter()
+        add(self, facts)
+        rules["s"] += time.perf_counter() - t
+
+    CohortBuilder.add = timed_add  # type: ignore[method-assign]
+    wh, concepts, params = Warehouse(url), load_concept_map(), RuleParams(data_cutoff=date(2026, 1, 1))
+    started = time.perf_counter()
+    derive = cohort_source.derive_whole_hospital if run == "whole" else cohort_source.derive_in_chunks
+    tables, patients = derive(wh, concepts, params)
+    wall = time.perf_counter() - started
+    # The patients the rules read: all for the whole hospital; for the chunked path the candidates (counted
+    # again here, after the timing).
+    read_by_rules = len(patients) if run == "whole" else len(cohort_source.index_hospital(wh, concepts, None).candidates)
+    print(json.dumps({"wall_s": wall, "rules_s": rules["s"], "rule_patients": read_by_rules, "cohort": len(tables.tables["cohort"]),
+                      "patients": len(patients), "peak_rss_mb": _peak_rss_mb()}))
+
+
+def _run_child(run: str, url: str) -> dict:
+    out = subprocess.run([sys.executable, __file__, "--child", run, url], check=True, capture_output=True, text=True)
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def _build_warehouse(n_patients: int, url: str) -> tuple[int, int]:
+    from etl.fhir.types import RESOURCE_TYPES
+    from etl.records import RawRow
+    from etl.warehouse import Warehouse
+    from synthetic.hospital import HospitalParams, generate_hospital
+
+    # About a fifth of the hospital is eligible and most of the rest is noise, as in issue 16's hospital
+    # (8,213 of 40,000 in the cohort).
+    base = HospitalParams()
+    eligible = max(n_patients // 5, 10)
+    params = replace(base, n_retrospective=eligible, n_noise=max(n_patients - eligible - base.n_prospective_enrolled, 0))
+    hospital = generate_hospital(params)
+    wh = Warehouse(url)
+    wh.ensure_schema(RESOURCE_TYPES)
+    by_type: dict[str, list] = {}
+    for r in hospital.resources:
+        by_type.setdefault(r["resourceType"], []).append(r)
+    for rtype, rows in by_type.items():
+        for i in range(0, len(rows), 20_000):
+            wh.apply(rtype, [RawRow.of(r, "benchmark") for r in rows[i:i + 20_000]])
+    wh.engine.dispose()
+    return len(by_type.get("Patient", [])), len(hospital.resources)
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--sizes", type=int, nargs="+", default=[250, 1000, 4000],
-                        help="eligible retrospective patients per generated hospital")
+    parser.add_argument("--patients", type=int, nargs="+", default=[1000, 4000], help="patients per generated hospital")
+    parser.add_argument("--keep", help="directory to keep (and reuse) the generated warehouses in")
+    parser.add_argument("--only", choices=RUNS, help="run one path only (the whole-hospital path needs ~120 kB per resource)")
+    parser.add_argument("--child", nargs=2, help=argparse.SUPPRESS)
     args = parser.parse_args()
-    concepts = load_concept_map()
-    print(f"{'eligible':>8} {'patients':>9} {'resources':>10} {'flatten s':>10} {'facts s':>8} {'rules s':>8} "
-          f"{'patients/s':>11} {'peak RSS MB':>12}")
-    for n in args.sizes:
-        hospital = generate_hospital(HospitalParams(n_retrospective=n, n_noise=n // 2))
-        by_type = hospital.by_type()
-        t0 = time.perf_counter()
-        flat = flatten_all(by_type)
-        t1 = time.perf_counter()
-        facts = build_facts(flat, concepts)
-        t2 = time.perf_counter()
-        derive_retrospective(facts, RuleParams(data_cutoff=date(2026, 1, 1)))
-        t3 = time.perf_counter()
-        rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-        print(f"{n:>8} {len(hospital.truth):>9} {len(hospital.resources):>10} {t1 - t0:>10.2f} {t2 - t1:>8.2f} "
-              f"{t3 - t2:>8.2f} {len(hospital.truth) / (t3 - t0):>11.0f} {rss:>12.0f}")
+    if args.child:
+        _child(*args.child)
+        return
+    directory = Path(args.keep or tempfile.mkdtemp(prefix="cohort-bench-"))
+    directory.mkdir(parents=True, exist_ok=True)
+    print(f"{'patients':>8} {'resources':>9} {'path':>8} {'step s':>7} {'rules s':>8} {'rule pts':>8} {'rules/s':>8} "
+          f"{'cohort':>6} {'peak RSS MB':>11}")
+    for n in args.patients:
+        file = directory / f"hospital-{n}.sqlite"
+        meta = directory / f"hospital-{n}.json"
+        if not file.exists() or not meta.exists():
+            file.unlink(missing_ok=True)
+            patients, resources = _build_warehouse(n, f"sqlite:///{file}")
+            meta.write_text(json.dumps({"patients": patients, "resources": resources}))
+        sizes = json.loads(meta.read_text())
+        for run in ([args.only] if args.only else RUNS):
+            f = _run_child(run, f"sqlite:///{file}")
+            print(f"{sizes['patients']:>8} {sizes['resources']:>9} {run:>8} {f['wall_s']:>7.1f} {f['rules_s']:>8.2f} "
+                  f"{f['rule_patients']:>8} {f['rule_patients'] / max(f['rules_s'], 1e-9):>8.0f} {f['cohort']:>6} "
+                  f"{f['peak_rss_mb']:>11.0f}", flush=True)
 
 
 if __name__ == "__main__":

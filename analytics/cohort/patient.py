@@ -9,6 +9,7 @@ over a few dozen tuples run at thousands of patients/s and read the same.
 from __future__ import annotations
 
 import math
+from bisect import bisect_right
 from datetime import date, timedelta
 from typing import Any, NamedTuple, Sequence
 
@@ -50,13 +51,13 @@ def by_patient(frame: pd.DataFrame) -> dict[str, list[Row]]:
 class PatientRecord:
     """One patient's facts, with the contract's shared rules as methods."""
 
-    def __init__(self, pid: str, row: Any, facts: dict[str, dict[str, list[Row]]], p: RuleParams) -> None:
+    def __init__(self, pid: str, row: Any, facts: dict[str, dict[str, Any]], p: RuleParams) -> None:
         self.pid, self.row, self.p = pid, row, p
         self.dx: list[Row] = facts["diagnoses"].get(pid, [])
         self.ex: list[Row] = facts["exposures"].get(pid, [])
         self.proc: list[Row] = facts["procedures"].get(pid, [])
         self.obs: list[Row] = facts["observations"].get(pid, [])
-        self.contacts: list[Row] = facts["contacts"].get(pid, [])
+        self.latest_contact: date | None = facts["last_contact"].get(pid)
         self.quality: set[str] = set()
 
     def dx_dates(self, *concepts: str) -> list[date]:
@@ -105,7 +106,7 @@ class PatientRecord:
     # -- follow-up and events ------------------------------------------------------------------
     def last_contact(self, default: date) -> date:
         """The latest clinical date on any counted resource (facts.contacts), ``default`` when there is none."""
-        return max(r.date for r in self.contacts) if self.contacts else default
+        return self.latest_contact if self.latest_contact is not None else default
 
     def followup(self, index: date) -> dict[str, int]:
         p = self.p
@@ -147,17 +148,15 @@ class PatientRecord:
         last = max(o.day for o in exac) + w
         gc = self.gc_daily(index, index + timedelta(days=last))  # gc[d] is day d; day 0 is index
         weights = sorted((o for o in self.obs_days("body_weight", index) if present(o.row.value)), key=lambda o: o.day)
+        weight_days = [o.day for o in weights]
         gc_days: set[int] = set()
         unevaluable: set[int] = set()  # GC increases with no weight on record: criterion (iii) unknown
-        known = 0  # weights[:known] are those on or before day d
-        for d in range(1, last + 1):
-            while known < len(weights) and weights[known].day <= d:
-                known += 1
-            if gc[d] > gc[d - 1]:
-                if not known:
-                    unevaluable.add(d)
-                elif gc[d] > p.gc_increase_mg_per_kg * float(weights[known - 1].row.value):
-                    gc_days.add(d)
+        for d in (np.flatnonzero(gc[1:] > gc[:-1]) + 1).tolist():  # the days the total rises
+            known = bisect_right(weight_days, d)  # weights[:known] are those on or before day d
+            if not known:
+                unevaluable.add(d)
+            elif gc[d] > p.gc_increase_mg_per_kg * float(weights[known - 1].row.value):
+                gc_days.add(d)
 
         def near(days: set[int], t: int) -> bool:
             return any(max(1, t - w) <= d <= t + w for d in days)
@@ -175,12 +174,19 @@ class PatientRecord:
         return out, detail
 
 
-GROUPED_FACTS = ("diagnoses", "exposures", "procedures", "observations", "contacts")
+GROUPED_FACTS = ("diagnoses", "exposures", "procedures", "observations")
 
 
-def group_facts(facts: StudyFacts) -> dict[str, dict[str, list[Row]]]:
-    """Each per-patient fact table split by patient once, for PatientRecord."""
-    return {name: by_patient(getattr(facts, name)) for name in GROUPED_FACTS}
+def group_facts(facts: StudyFacts) -> dict[str, dict[str, Any]]:
+    """Each per-patient fact table split by patient once, for PatientRecord; of the contacts (every clinical
+    date, the largest table) only each patient's latest is kept, which is all the rules read."""
+    grouped: dict[str, dict[str, Any]] = {name: by_patient(getattr(facts, name)) for name in GROUPED_FACTS}
+    latest: dict[str, date] = {}
+    for pid, when in zip(facts.contacts["patient_id"], facts.contacts["date"], strict=True):
+        if pid not in latest or when > latest[pid]:
+            latest[pid] = when
+    grouped["last_contact"] = latest  # a loop: pandas groups an object column of dates in pure Python, slower still
+    return grouped
 
 
 def rows_of(frame: pd.DataFrame) -> Sequence[Row]:

@@ -148,12 +148,13 @@ class ProspectivePart:
         return pd.DataFrame(self.rows, columns=COHORT_COLUMNS).sort_values("patient_id").reset_index(drop=True)
 
 
-def prospective_part(facts: StudyFacts, params: ProspectiveParams) -> ProspectivePart:
+def prospective_part(facts: StudyFacts, params: ProspectiveParams, grouped: dict[str, dict[str, Any]] | None = None) -> ProspectivePart:
     enrolments = facts.enrolments
-    in_study = enrolments[enrolments["study_identifiers"].fillna("").str.split(";").apply(
-        lambda ids: params.study_identifier in ids)]
+    # A boolean mask built as such: .apply over no enrolments gives an object Series, which would select columns.
+    in_study = enrolments[pd.Series([params.study_identifier in str(ids).split(";") for ids in enrolments["study_identifiers"].fillna("")],
+                                    index=enrolments.index, dtype=bool)]
     part = ProspectivePart(enrolled=set(in_study["patient_id"].dropna()))
-    grouped = group_facts(facts)
+    grouped = grouped if grouped is not None else group_facts(facts)
     enrolment_of: dict[str, list[Row]] = {}
     for e in rows_of(in_study):
         enrolment_of.setdefault(e.patient_id, []).append(e)

@@ -105,9 +105,10 @@ class RetrospectivePart:
         return pd.DataFrame(self.rows, columns=COHORT_COLUMNS).sort_values("patient_id").reset_index(drop=True)
 
 
-def retrospective_part(facts: StudyFacts, params: RuleParams) -> RetrospectivePart:
-    """Every rule for the patients of ``facts``, with every data-quality issue found in them."""
-    grouped = group_facts(facts)
+def retrospective_part(facts: StudyFacts, params: RuleParams, grouped: dict[str, dict[str, Any]] | None = None) -> RetrospectivePart:
+    """Every rule for the patients of ``facts``, with every data-quality issue found in them (``grouped``:
+    ``group_facts(facts)``, when the caller has it already)."""
+    grouped = grouped if grouped is not None else group_facts(facts)
     part = RetrospectivePart(n_patients=len(facts.patients))
     for row in facts.patients.itertuples(index=False):
         patient = PatientRecord(row.patient_id, row, grouped, params)

@@ -41,7 +41,8 @@ def sort_events(events: pd.DataFrame) -> pd.DataFrame:
 
 def drug_discontinuations(facts: StudyFacts, cohort: pd.DataFrame, cohort_name: str) -> pd.DataFrame:
     """Statements stopped for an adverse event (statusReason adverse-event) ending during follow-up."""
-    stopped = facts.exposures[facts.exposures["stopped_for_adverse_event"]].rename(columns={"end": "stop", "concept": "drug"})
+    # astype(bool): an empty object column used as a mask would select columns, not rows.
+    stopped = facts.exposures[facts.exposures["stopped_for_adverse_event"].astype(bool)].rename(columns={"end": "stop", "concept": "drug"})
     ex = stopped.merge(_follow_up(cohort), on="patient_id")
     ex = ex[(ex["stop"] >= ex["index_date"]) & (ex["stop"] <= ex["end"])]
     out = ex.assign(cohort=cohort_name, day=[(d - i).days for d, i in zip(ex["stop"], ex["index_date"], strict=True)])

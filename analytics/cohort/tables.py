@@ -17,6 +17,7 @@ import pandas as pd
 
 from .facts import StudyFacts
 from .params import RuleParams
+from .patient import group_facts
 from .prospective import ProspectiveParams, ProspectivePart, ProspectiveResult, assemble_prospective, prospective_part
 from .retrospective import (
     RetrospectivePart,
@@ -63,8 +64,9 @@ class CohortBuilder:
     stops: dict[str, list[pd.DataFrame]] = field(default_factory=lambda: {c: [] for c in COHORTS})
 
     def add(self, facts: StudyFacts) -> None:
-        retro = retrospective_part(facts, self.params)
-        pro = prospective_part(facts, ProspectiveParams(rules=self.params))
+        grouped = group_facts(facts)
+        retro = retrospective_part(facts, self.params, grouped)
+        pro = prospective_part(facts, ProspectiveParams(rules=self.params), grouped)
         self.retrospective.append(retro)
         self.prospective.append(pro)
         for name, part in zip(COHORTS, (retro, pro), strict=True):

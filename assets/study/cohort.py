@@ -1,21 +1,21 @@
-"""The cohort tables, derived in one pass over the study facts: both cohorts, their attrition and
-data quality, relapse detail, prospective visits, safety events and the pseudonym cross-reference.
-Thin: reads the warehouse's raw tables, calls ``analytics.cohort`` and publishes the results."""
+"""The cohort tables: both cohorts, their attrition and data quality, relapse detail, prospective visits,
+safety events and the pseudonym cross-reference. Thin: ``cohort_source`` reads the warehouse's raw tables in
+chunks of patients and calls ``analytics.cohort``; this publishes the results."""
 
 import dataclasses
 from datetime import datetime, timezone
 
 import dagster as dg
+import pandas as pd
 
-from analytics.cohort.facts import build_facts
 from analytics.cohort.prospective import ProspectiveParams
-from analytics.cohort.tables import derive_cohort_tables
 from analytics.pseudonym import pseudonymise
-from etl.fhir.types import RESOURCE_TYPES, TYPES, flatten_all
+from etl.fhir.types import RESOURCE_TYPES
 
 from ..fhir.ingest import raw_asset_key
 from ..resources import FhirServerResource, StudyResource, WarehouseResource
 from .checks import asset_check_specs, table_check_results
+from .cohort_source import derive_in_chunks
 from .publish import asset_specs, table_result, write_tables
 
 
@@ -23,19 +23,17 @@ from .publish import asset_specs, table_result, write_tables
                 check_specs=asset_check_specs("cohort"))
 def cohort(context: dg.AssetExecutionContext, warehouse: WarehouseResource, study: StudyResource, fhir: FhirServerResource):
     wh = warehouse.get()
-    # Absolute references count as ours only under the configured FHIR server's base URL.
-    flat = flatten_all({rtype: wh.raw_resources(rtype) for rtype in TYPES}, base=fhir.base_url or None)
-    facts = build_facts(flat, study.concepts())
     extracted = wh.extraction_time() or datetime.now(timezone.utc)
     params = study.retrospective_params(extracted.date())
-    derived = derive_cohort_tables(facts, params)
+    # Absolute references count as ours only under the configured FHIR server's base URL.
+    derived, patient_ids = derive_in_chunks(wh, study.concepts(), params, base=fhir.base_url or None)
     result, prospective = derived.retrospective, derived.prospective
-    context.log.info(f"cohort: {len(result.cohort)} of {len(facts.patients)} patients, prospective cohort: "
+    context.log.info(f"cohort: {len(result.cohort)} of {len(patient_ids)} patients, prospective cohort: "
                      f"{len(prospective.cohort)}, data cut-off {params.data_cutoff}")
     key = study.pseudonym_key
     tables = {name: pseudonymise(frame, key) if "patient_id" in frame.columns else frame
               for name, frame in derived.tables.items()}
-    tables["patient_xref"] = pseudonymise(facts.patients[["patient_id"]].assign(fhir_patient_id=facts.patients["patient_id"]), key)
+    tables["patient_xref"] = pseudonymise(pd.DataFrame({"patient_id": patient_ids, "fhir_patient_id": patient_ids}), key)
     write_tables(wh, context.run.run_id, study, tables,
                  {"table_set": "cohort", "contract_parameters": dataclasses.asdict(params),
                   "prospective_parameters": dataclasses.asdict(ProspectiveParams(rules=params))})

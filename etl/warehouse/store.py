@@ -30,6 +30,7 @@ import sqlalchemy as sa
 from etl.records import ApplyResult, QuarantineRow, RawRow, Tombstone, is_newer, version_number
 
 from .bookkeeping import Bookkeeping
+from .by_patient import ResourcesByPatient
 from .lock import exclusive
 from .schema import (
     HISTORY,
@@ -86,7 +87,7 @@ class WarehouseWriteError(RuntimeError):
     """A batch could not be written; the message names the table and the error, never the rows."""
 
 
-class Warehouse(Bookkeeping, DerivedTables):
+class Warehouse(Bookkeeping, DerivedTables, ResourcesByPatient):
     def __init__(self, url: str) -> None:
         self.url = url
         # hide_parameters: a failed statement's message (an IntegrityError, say) must not carry the rows it

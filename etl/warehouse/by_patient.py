@@ -1,0 +1,61 @@
+"""Reading raw resources patient by patient, for steps whose memory must grow with a chunk of patients
+rather than with the hospital (the cohort step: README, "The cohort in chunks of patients").
+
+A mixin of ``Warehouse``. The raw tables hold each resource as JSON text; which patient a resource
+is about is read by the database itself (SQLite's ``json_extract``, PostgreSQL's ``#>>`` on the text
+cast to ``json``), so an index of the whole hospital costs one pass of small rows, not one parsed
+resource each. Nothing is written: the index is read afresh each run, so re-runs, resources loaded
+or deleted since, and warehouses loaded before this existed all need nothing more.
+"""
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any, Callable, Iterator, Sequence
+
+import orjson
+import sqlalchemy as sa
+from sqlalchemy.dialects import postgresql
+
+from .writes import among
+
+if TYPE_CHECKING:
+    from .schema import Tables
+
+_STREAM_ROWS = 20_000  # rows fetched per round trip while streaming an index
+_BY_ID = 500           # ids per query when reading resources by id (SQLite's variable limit is far above)
+
+
+class ResourcesByPatient:
+    engine: sa.Engine
+    tables: "Tables"
+    postgres: bool
+    has_table: Callable[[str], bool]  # DerivedTables
+
+    def _json_text(self, column: sa.ColumnElement[Any], path: Sequence[str]) -> sa.ColumnElement[Any]:
+        """The JSON value at ``path`` as text (a string as itself, an object or array as JSON), NULL when absent."""
+        if self.postgres:
+            return sa.cast(column, postgresql.JSON)[tuple(path)].astext
+        return sa.func.json_extract(column, "$." + ".".join(path))
+
+    def json_index(self, resource_type: str, *paths: Sequence[str]) -> Iterator[tuple[Any, ...]]:
+        """(id, value at each path as text) of every current resource of a type, in the table's id order,
+        streamed. Values are as the database reads them: a number may come back as a number on SQLite."""
+        table = self.tables.raw(resource_type)
+        if not self.has_table(table.name):
+            return
+        query = sa.select(table.c.id, *(self._json_text(table.c.resource, p) for p in paths)).order_by(table.c.id)
+        with self.engine.connect() as conn:
+            result = conn.execution_options(stream_results=True, yield_per=_STREAM_ROWS).execute(query)
+            for row in result:
+                yield tuple(row)
+
+    def raw_resources_by_id(self, resource_type: str, ids: Sequence[str]) -> dict[str, dict[str, Any]]:
+        """The current resources of a type with these ids, parsed, keyed by id (ids not stored are left out)."""
+        table = self.tables.raw(resource_type)
+        out: dict[str, dict[str, Any]] = {}
+        if not ids:
+            return out
+        with self.engine.connect() as conn:
+            for i in range(0, len(ids), _BY_ID):
+                query = sa.select(table.c.id, table.c.resource).where(among(self.postgres, table.c.id, ids[i:i + _BY_ID]))
+                out.update((rid, orjson.loads(text)) for rid, text in conn.execute(query))
+        return out
