@@ -10,7 +10,9 @@ from __future__ import annotations
 
 import math
 from bisect import bisect_right
+from collections import namedtuple
 from datetime import date, timedelta
+from functools import lru_cache
 from typing import Any, NamedTuple, Sequence
 
 import numpy as np
@@ -38,13 +40,21 @@ def present(value: Any) -> bool:
     return value is not None and not (isinstance(value, float) and math.isnan(value)) and value is not pd.NaT
 
 
+@lru_cache(maxsize=64)
+def _row_type(columns: tuple[str, ...]) -> type:
+    return namedtuple("Row", columns)  # type: ignore[misc]
+
+
 def by_patient(frame: pd.DataFrame) -> dict[str, list[Row]]:
-    """The frame's rows as named tuples, per patient, in the frame's row order."""
+    """The frame's rows as named tuples, per patient, in the frame's row order (the values as
+    ``itertuples`` gives them: Python scalars; ``tolist`` per column is the faster way there)."""
     out: dict[str, list[Row]] = {}
     if frame.empty:
         return out
-    for row in frame.itertuples(index=False):
-        out.setdefault(row.patient_id, []).append(row)
+    make = _row_type(tuple(frame.columns))._make
+    columns = [frame[c].tolist() for c in frame.columns]
+    for pid, row in zip(frame["patient_id"].tolist(), map(make, zip(*columns, strict=True)), strict=True):
+        out.setdefault(pid, []).append(row)
     return out
 
 
@@ -59,6 +69,8 @@ class PatientRecord:
         self.obs: list[Row] = facts["observations"].get(pid, [])
         self.latest_contact: date | None = facts["last_contact"].get(pid)
         self.quality: set[str] = set()
+        self._doses: dict[str, list[tuple[int, int, float | None]]] = {}
+        self._obs_of: dict[str, list[Row]] | None = None
 
     def dx_dates(self, *concepts: str) -> list[date]:
         return sorted(r.date for r in self.dx if r.concept in concepts)
@@ -76,15 +88,35 @@ class PatientRecord:
         ends may overlap and their doses add), prednisolone-equivalent for glucocorticoids; and which days
         any statement covers. A statement without a computable dose adds nothing (it is counted elsewhere)."""
         n = max((last_day - first_day).days + 1, 0)
+        first = first_day.toordinal()
+        if n == 1:  # one day (a covariate, a visit): the same sum, in the same order, without arrays per statement
+            day_total, day_covered = 0.0, False
+            for start, end, dose in self._dose_intervals(concept):
+                if start <= first <= end:
+                    day_covered = True
+                    if dose is not None:
+                        day_total += dose
+            return np.array([day_total]), np.array([day_covered])
         total, covered = np.zeros(n), np.zeros(n, dtype=bool)
-        for r in self.exposures(concept):
-            a, b = max((r.start - first_day).days, 0), min((r.end - first_day).days, n - 1)
+        for start, end, dose in self._dose_intervals(concept):
+            a, b = max(start - first, 0), min(end - first, n - 1)
             if a > b:
                 continue
             covered[a:b + 1] = True
-            if present(r.daily_dose_mg):
-                total[a:b + 1] += float(r.daily_dose_mg) * (float(r.pred_factor) if concept == "glucocorticoid" else 1.0)
+            if dose is not None:
+                total[a:b + 1] += dose
         return total, covered
+
+    def _dose_intervals(self, concept: str) -> list[tuple[int, int, float | None]]:
+        """(first day, last day as ordinals, mg/day) of each statement of ``concept``, read once per patient:
+        the rules ask for doses on many days, and re-reading the statements each time was most of their cost."""
+        if concept not in self._doses:
+            gc = concept == "glucocorticoid"
+            self._doses[concept] = [
+                (r.start.toordinal(), r.end.toordinal(),
+                 float(r.daily_dose_mg) * (float(r.pred_factor) if gc else 1.0) if present(r.daily_dose_mg) else None)
+                for r in self.exposures(concept)]
+        return self._doses[concept]
 
     def gc_daily(self, first_day: date, last_day: date) -> np.ndarray:
         """Prednisolone-equivalent mg/day summed over the GC statements covering each day."""
@@ -119,7 +151,11 @@ class PatientRecord:
 
     def obs_days(self, concept: str, index: date) -> list[Day]:
         """The observations of ``concept``, each with its day relative to ``index``."""
-        return [Day((r.date - index).days, r) for r in self.obs if r.concept == concept]
+        if self._obs_of is None:  # split by concept once: the rules ask for several concepts, several times
+            self._obs_of = {}
+            for r in self.obs:
+                self._obs_of.setdefault(r.concept, []).append(r)
+        return [Day((r.date - index).days, r) for r in self._obs_of.get(concept, ())]
 
     def _baseline(self, concept: str, index: date) -> float | None:
         """The value closest to index within the baseline window (the earlier on a tie of distance)."""

@@ -49,37 +49,55 @@ class CohortTables:
 
 
 @dataclass
+class ChunkOutcome:
+    """What one chunk of patients contributes to the tables: small (rows of the cohort, not facts), so that
+    chunks can be derived in worker processes and gathered in order."""
+
+    retrospective: RetrospectivePart
+    prospective: ProspectivePart | None = None
+    events: dict[str, pd.DataFrame] = field(default_factory=dict)
+    stops: dict[str, pd.DataFrame] = field(default_factory=dict)
+
+
+def chunk_outcome(facts: StudyFacts, params: RuleParams) -> ChunkOutcome:
+    """Every rule for the patients of ``facts`` (all of a patient's facts must be in it)."""
+    grouped = group_facts(facts)
+    retro = retrospective_part(facts, params, grouped)
+    pro = prospective_part(facts, ProspectiveParams(rules=params), grouped)
+    outcome = ChunkOutcome(retro, pro)
+    for name, part in zip(COHORTS, (retro, pro), strict=True):
+        cohort = part.cohort()
+        outcome.events[name] = safety_events(facts, cohort, name)
+        outcome.stops[name] = drug_discontinuations(facts, cohort, name)
+    return outcome
+
+
+def non_candidate_outcome(facts: StudyFacts) -> ChunkOutcome:
+    """Patients known to have no IIM-coded Condition (``retrospective.without_iim_or_ild_codes``)."""
+    return ChunkOutcome(without_iim_or_ild_codes(facts))
+
+
+@dataclass
 class CohortBuilder:
     """Gathers the cohort tables chunk by chunk of patients, holding only each chunk's outcomes.
 
     Chunks are added in hospital order (the Patient table's order); a patient's facts must all be in
-    one chunk. ``add_non_candidates`` takes patients known to have no IIM or ILD code, whose facts need
+    one chunk. ``add_non_candidates`` takes patients known to have no IIM-coded Condition, whose facts need
     only carry what data quality reads. Absent patients (referenced but not in the Patient table) and
-    resources without a patient are the caller's to report in ``more_quality``."""
+    resources without a patient are the caller's to report in ``build(more_quality)``."""
 
     params: RuleParams
-    retrospective: list[RetrospectivePart] = field(default_factory=list)
-    prospective: list[ProspectivePart] = field(default_factory=list)
-    events: dict[str, list[pd.DataFrame]] = field(default_factory=lambda: {c: [] for c in COHORTS})
-    stops: dict[str, list[pd.DataFrame]] = field(default_factory=lambda: {c: [] for c in COHORTS})
+    outcomes: list[ChunkOutcome] = field(default_factory=list)
 
     def add(self, facts: StudyFacts) -> None:
-        grouped = group_facts(facts)
-        retro = retrospective_part(facts, self.params, grouped)
-        pro = prospective_part(facts, ProspectiveParams(rules=self.params), grouped)
-        self.retrospective.append(retro)
-        self.prospective.append(pro)
-        for name, part in zip(COHORTS, (retro, pro), strict=True):
-            cohort = part.cohort()
-            self.events[name].append(safety_events(facts, cohort, name))
-            self.stops[name].append(drug_discontinuations(facts, cohort, name))
+        self.outcomes.append(chunk_outcome(facts, self.params))
 
     def add_non_candidates(self, facts: StudyFacts) -> None:
-        self.retrospective.append(without_iim_or_ild_codes(facts))
+        self.outcomes.append(non_candidate_outcome(facts))
 
     def build(self, more_quality: dict[str, set[str]] | None = None) -> CohortTables:
-        result = assemble_retrospective(self.retrospective, more_quality)
-        prospective = assemble_prospective(self.prospective)
+        result = assemble_retrospective([o.retrospective for o in self.outcomes], more_quality)
+        prospective = assemble_prospective([o.prospective for o in self.outcomes if o.prospective is not None])
         tables = {
             "cohort": result.cohort,
             "cohort_attrition": pd.concat([result.attrition, prospective.attrition], ignore_index=True),
@@ -87,9 +105,10 @@ class CohortBuilder:
             "relapse_detail": result.relapse_detail,
             "prospective_cohort": prospective.cohort,
             "prospective_visits": prospective.visits,
-            "safety_events": pd.concat([sort_events(_gather(self.events[c], EVENT_COLUMNS)) for c in COHORTS],
-                                       ignore_index=True),
-            "drug_discontinuations": pd.concat([sort_discontinuations(_gather(self.stops[c], DISCONTINUATION_COLUMNS))
+            "safety_events": pd.concat([sort_events(_gather([o.events[c] for o in self.outcomes if c in o.events], EVENT_COLUMNS))
+                                        for c in COHORTS], ignore_index=True),
+            "drug_discontinuations": pd.concat([sort_discontinuations(_gather([o.stops[c] for o in self.outcomes if c in o.stops],
+                                                                              DISCONTINUATION_COLUMNS))
                                                 for c in COHORTS], ignore_index=True),
         }
         return CohortTables(result, prospective, tables)

@@ -26,7 +26,9 @@ def cohort(context: dg.AssetExecutionContext, warehouse: WarehouseResource, stud
     extracted = wh.extraction_time() or datetime.now(timezone.utc)
     params = study.retrospective_params(extracted.date())
     # Absolute references count as ours only under the configured FHIR server's base URL.
-    derived, patient_ids = derive_in_chunks(wh, study.concepts(), params, base=fhir.base_url or None)
+    timings: dict[str, float] = {}
+    derived, patient_ids = derive_in_chunks(wh, study.concepts(), params, base=fhir.base_url or None, timings=timings)
+    context.log.info("cohort step: " + ", ".join(f"{k} {v:.1f}" for k, v in timings.items()))  # counts and seconds only
     result, prospective = derived.retrospective, derived.prospective
     context.log.info(f"cohort: {len(result.cohort)} of {len(patient_ids)} patients, prospective cohort: "
                      f"{len(prospective.cohort)}, data cut-off {params.data_cutoff}")

@@ -17,21 +17,35 @@ No Dagster here: the asset (``cohort.py``) calls ``derive_in_chunks``.
 """
 from __future__ import annotations
 
+import multiprocessing
+import os
+import time
+from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Iterator, Sequence
 
 import orjson
+import sqlalchemy as sa
 
 from analytics.cohort.concepts import ConceptMap
 from analytics.cohort.facts import build_facts
 from analytics.cohort.params import RuleParams
 from analytics.cohort.scope import carries_iim
-from analytics.cohort.tables import CohortBuilder, CohortTables, derive_cohort_tables
+from analytics.cohort.tables import (
+    ChunkOutcome,
+    CohortBuilder,
+    CohortTables,
+    chunk_outcome,
+    derive_cohort_tables,
+    non_candidate_outcome,
+)
 from etl.fhir.references import parse_reference
 from etl.fhir.types import SUBJECT_FIELD, TYPES, flatten_all
 from etl.warehouse import Warehouse
 
 CHUNK_PATIENTS = 1000
+POOL_FROM_CHUNKS = 4  # fewer chunks run in this process: starting a worker (imports) costs a few seconds
 # What data quality reads of a patient outside the candidates (analytics.cohort.facts: death without a date,
 # glucocorticoid doses, observation values and units).
 QUALITY_TYPES = ("Patient", "MedicationStatement", "Observation")
@@ -100,34 +114,101 @@ def _chunks(items: Sequence[str], size: int) -> Iterator[Sequence[str]]:
         yield items[i:i + size]
 
 
-def _read(wh: Warehouse, index: HospitalIndex, types: Sequence[str], patients: Sequence[str]) -> dict[str, list[dict]]:
-    """The chunk's resources of each type, in the warehouse's order within each patient."""
-    out = {}
-    for rtype in types:
-        ids = list(patients) if rtype == "Patient" else index.ids(rtype, patients)
+@dataclass(frozen=True)
+class _Job:
+    """One chunk to derive, self-contained so that a worker process can run it."""
+
+    url: str
+    ids: dict[str, list[str]]  # type -> resource ids, in the warehouse's order within each patient
+    candidates: bool
+    studies: list[dict]
+    base: str | None
+    concepts: ConceptMap
+    params: RuleParams
+
+
+_WAREHOUSES: dict[str, Warehouse] = {}  # one per worker process and URL
+
+
+def _warehouse(url: str) -> Warehouse:
+    if url not in _WAREHOUSES:
+        _WAREHOUSES[url] = Warehouse(url)
+    return _WAREHOUSES[url]
+
+
+def peak_rss_mb() -> float:
+    """This process's peak resident memory (VmHWM), for the step's log and the benchmark; NaN off Linux."""
+    try:
+        status = Path("/proc/self/status").read_text()
+    except OSError:
+        return float("nan")
+    return next((int(line.split()[1]) / 1024 for line in status.splitlines() if line.startswith("VmHWM:")), float("nan"))
+
+
+def _run(job: _Job, wh: Warehouse | None = None) -> tuple[ChunkOutcome, float, float]:
+    """Read, flatten and derive one chunk; the outcome, the seconds spent in the rules and the process's peak RSS."""
+    wh = wh or _warehouse(job.url)
+    resources: dict[str, list[dict]] = {}
+    for rtype, ids in job.ids.items():
         found = wh.raw_resources_by_id(rtype, ids)
-        out[rtype] = [found[rid] for rid in ids if rid in found]  # a resource deleted since the index is gone
-    return out
+        resources[rtype] = [found[rid] for rid in ids if rid in found]  # a resource deleted since the index is gone
+    resources["ResearchStudy"] = job.studies
+    facts = build_facts(flatten_all(resources, base=job.base), job.concepts)
+    started = time.perf_counter()
+    outcome = chunk_outcome(facts, job.params) if job.candidates else non_candidate_outcome(facts)
+    return outcome, time.perf_counter() - started, peak_rss_mb()
+
+
+def _in_memory(url: str) -> bool:
+    return url.startswith("sqlite") and sa.engine.make_url(url).database in (None, "", ":memory:")
 
 
 def derive_in_chunks(wh: Warehouse, concepts: ConceptMap, params: RuleParams, base: str | None = None,
-                     chunk_patients: int = CHUNK_PATIENTS) -> tuple[CohortTables, list[str]]:
-    """Every cohort table, reading at most ``chunk_patients`` patients' resources at a time; and every
-    Patient id (for ``patient_xref``), in the warehouse's order."""
+                     chunk_patients: int = CHUNK_PATIENTS, workers: int | None = None,
+                     timings: dict[str, float] | None = None) -> tuple[CohortTables, list[str]]:
+    """Every cohort table, reading at most ``chunk_patients`` patients' resources at a time (per worker);
+    and every Patient id (for ``patient_xref``), in the warehouse's order.
+
+    With ``POOL_FROM_CHUNKS`` chunks or more, chunks run in ``workers`` processes (default: up to 2 cores);
+    outcomes are gathered in chunk order, so the tables do not depend on the number of workers."""
+    timings = timings if timings is not None else {}
+    started = time.perf_counter()
     index = index_hospital(wh, concepts, base)
+    timings["index_s"] = time.perf_counter() - started
     studies = wh.raw_resources("ResearchStudy")
-    builder = CohortBuilder(params)
     patient_types = [t for t in TYPES if TYPES[t].patient_data]
     known = set(index.patients)
     candidates = [p for p in index.patients if p in index.candidates] + sorted(index.candidates - known)
-    # At least one chunk, even of nobody: a hospital without candidates still gets typed empty tables.
-    for chunk in _chunks(candidates, chunk_patients) if candidates else [[]]:
-        resources = _read(wh, index, patient_types, chunk)
-        resources["ResearchStudy"] = studies
-        builder.add(build_facts(flatten_all(resources, base=base), concepts))
     others = [p for p in index.patients if p not in index.candidates]
-    for chunk in _chunks(others, chunk_patients):
-        builder.add_non_candidates(build_facts(flatten_all(_read(wh, index, QUALITY_TYPES, chunk), base=base), concepts))
+
+    def job(patients: Sequence[str], types: Sequence[str], is_candidate: bool) -> _Job:
+        ids = {t: list(patients) if t == "Patient" else index.ids(t, patients) for t in types}
+        return _Job(wh.url, ids, is_candidate, studies if is_candidate else [], base, concepts, params)
+
+    # At least one candidate chunk, even of nobody: a hospital without candidates still gets typed empty tables.
+    phases = {"candidates": [job(c, patient_types, True) for c in (_chunks(candidates, chunk_patients) if candidates else [[]])],
+              "others": [job(c, QUALITY_TYPES, False) for c in _chunks(others, chunk_patients)]}
+    workers = workers if workers is not None else min(2, os.cpu_count() or 1)
+    # No pool in a daemonic process (a Celery prefork worker runs steps in one, and daemons may not have children).
+    pooled = (workers > 1 and sum(map(len, phases.values())) >= POOL_FROM_CHUNKS and not _in_memory(wh.url)
+              and not multiprocessing.current_process().daemon)
+    pool = ProcessPoolExecutor(max_workers=workers, mp_context=multiprocessing.get_context("spawn")) if pooled else None
+    builder = CohortBuilder(params)
+    timings["rules_cpu_s"] = timings["worker_peak_rss_mb"] = 0.0
+    try:
+        for phase, jobs in phases.items():
+            started = time.perf_counter()
+            results = pool.map(_run, jobs) if pool else (_run(j, wh) for j in jobs)
+            for outcome, rules_s, peak in results:
+                builder.outcomes.append(outcome)
+                timings["rules_cpu_s"] += rules_s
+                timings["worker_peak_rss_mb"] = max(timings["worker_peak_rss_mb"], peak)
+            timings[f"{phase}_s"] = time.perf_counter() - started
+    finally:
+        if pool:
+            pool.shutdown()
+    timings["candidates"] = len(index.candidates)
+    timings["workers"] = workers if pool else 1
     return builder.build(index.quality), index.patients
 
 

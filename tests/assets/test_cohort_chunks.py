@@ -34,10 +34,10 @@ def load(wh: Warehouse, resources: list[dict]) -> None:
         wh.apply(rtype, [RawRow.of(r, "test") for r in rows])
 
 
-def assert_same_tables(wh: Warehouse, base: str | None = SERVER_BASE) -> dict[str, pd.DataFrame]:
+def assert_same_tables(wh: Warehouse, base: str | None = SERVER_BASE, workers: int = 1) -> dict[str, pd.DataFrame]:
     concepts = load_concept_map()
     whole, whole_ids = derive_whole_hospital(wh, concepts, PARAMS, base)
-    chunked, chunked_ids = derive_in_chunks(wh, concepts, PARAMS, base, chunk_patients=CHUNK)
+    chunked, chunked_ids = derive_in_chunks(wh, concepts, PARAMS, base, chunk_patients=CHUNK, workers=workers)
     assert chunked_ids == whole_ids
     assert set(chunked.tables) == set(COHORT_TABLES)
     for name in COHORT_TABLES:
@@ -50,9 +50,11 @@ def small_hospital():
     return generate_hospital(SMALL)
 
 
-def test_the_synthetic_hospital_in_chunks_gives_every_table_unchanged(any_warehouse, small_hospital):
+@pytest.mark.parametrize("workers", [1, 2])
+def test_the_synthetic_hospital_in_chunks_gives_every_table_unchanged(any_warehouse, small_hospital, workers):
+    """In this process and in two worker processes (whose outcomes are gathered in chunk order)."""
     load(any_warehouse, small_hospital.resources)
-    tables = assert_same_tables(any_warehouse)
+    tables = assert_same_tables(any_warehouse, workers=workers)
     assert len(tables["cohort"]) > 3 * CHUNK, "the cohort must span several chunks"
     assert not tables["prospective_cohort"].empty and not tables["safety_events"].empty
 
