@@ -45,7 +45,7 @@ from etl.fhir.types import SUBJECT_FIELD, TYPES, flatten_all
 from etl.warehouse import Warehouse
 
 CHUNK_PATIENTS = 1000
-POOL_FROM_CHUNKS = 4  # fewer chunks run in this process: starting a worker (imports) costs a few seconds
+POOL_FROM_CHUNKS = 4  # fewer chunks run in this process: a pool is not worth its start
 # What data quality reads of a patient outside the candidates (analytics.cohort.facts: death without a date,
 # glucocorticoid doses, observation values and units).
 QUALITY_TYPES = ("Patient", "MedicationStatement", "Observation")
@@ -192,7 +192,12 @@ def derive_in_chunks(wh: Warehouse, concepts: ConceptMap, params: RuleParams, ba
     # No pool in a daemonic process (a Celery prefork worker runs steps in one, and daemons may not have children).
     pooled = (workers > 1 and sum(map(len, phases.values())) >= POOL_FROM_CHUNKS and not _in_memory(wh.url)
               and not multiprocessing.current_process().daemon)
-    pool = ProcessPoolExecutor(max_workers=workers, mp_context=multiprocessing.get_context("spawn")) if pooled else None
+    pool = None
+    if pooled:
+        # Forked as the validation pool is (etl.ingest.pipeline): a spawned worker re-imported Dagster, seconds
+        # per worker. The parent's pooled connections are closed first, so no child inherits a live one.
+        wh.engine.dispose()
+        pool = ProcessPoolExecutor(max_workers=workers)
     builder = CohortBuilder(params)
     timings["rules_cpu_s"] = timings["worker_peak_rss_mb"] = 0.0
     try:
