@@ -185,10 +185,14 @@ def derive_in_chunks(wh: Warehouse, concepts: ConceptMap, params: RuleParams, ba
         ids = {t: list(patients) if t == "Patient" else index.ids(t, patients) for t in types}
         return _Job(wh.url, ids, is_candidate, studies if is_candidate else [], base, concepts, params)
 
-    # At least one candidate chunk, even of nobody: a hospital without candidates still gets typed empty tables.
-    phases = {"candidates": [job(c, patient_types, True) for c in (_chunks(candidates, chunk_patients) if candidates else [[]])],
-              "others": [job(c, QUALITY_TYPES, False) for c in _chunks(others, chunk_patients)]}
     workers = workers if workers is not None else min(2, os.cpu_count() or 1)
+
+    def size(patients: Sequence[str]) -> int:  # at most chunk_patients, and small enough to give every worker a chunk
+        return max(1, min(chunk_patients, -(-len(patients) // workers)))
+
+    # At least one candidate chunk, even of nobody: a hospital without candidates still gets typed empty tables.
+    phases = {"candidates": [job(c, patient_types, True) for c in (_chunks(candidates, size(candidates)) if candidates else [[]])],
+              "others": [job(c, QUALITY_TYPES, False) for c in _chunks(others, size(others))]}
     # No pool in a daemonic process (a Celery prefork worker runs steps in one, and daemons may not have children).
     pooled = (workers > 1 and sum(map(len, phases.values())) >= POOL_FROM_CHUNKS and not _in_memory(wh.url)
               and not multiprocessing.current_process().daemon)
