@@ -7,11 +7,13 @@ comparator; stabilized weights multiply by the marginal probability of the group
 """
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass
 
 import numpy as np
 import pandas as pd
 import statsmodels.api as sm
+from statsmodels.tools.sm_exceptions import PerfectSeparationWarning
 
 PS_COVARIATES = ("age", "sex", "diagnosis_subset", "initial_pred_mg_day", "plasma_exchange", "ivig")
 REFERENCE_LEVELS = {"sex": "female", "diagnosis_subset": "DM"}
@@ -53,10 +55,19 @@ def fit_propensity(frame: pd.DataFrame, treated: pd.Series, covariates: tuple[st
         raise PropensityModelError(f"both groups need patients to fit a propensity model (got {int(y.sum())} treated of {len(y)})")
     X = design_matrix(frame, covariates)
     try:
-        result = sm.GLM(y, X, family=sm.families.Binomial()).fit()
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always", PerfectSeparationWarning)
+            result = sm.GLM(y, X, family=sm.families.Binomial()).fit()
     except (np.linalg.LinAlgError, ValueError) as exc:
         raise PropensityModelError(f"propensity model failed: {exc}") from exc
-    return PropensityFit(scores=pd.Series(result.predict(X), index=frame.index, name="propensity_score"),
+    scores = np.asarray(result.predict(X), dtype=float)
+    # Separation (R's glm warns "fitted probabilities numerically 0 or 1 occurred") leaves the model
+    # unidentified and the weights arbitrary or infinite: the comparison is not estimable, not a crash
+    # of the blocking weight check downstream.
+    if any(issubclass(w.category, PerfectSeparationWarning) for w in caught) or not np.all((scores > 0) & (scores < 1)):
+        raise PropensityModelError("the covariates separate the groups (fitted propensity scores of 0 or 1): "
+                                   "IPTW weights are not defined")
+    return PropensityFit(scores=pd.Series(scores, index=frame.index, name="propensity_score"),
                          coefficients=result.params, design_columns=list(X.columns), design=X)
 
 

@@ -49,3 +49,25 @@ def test_a_comparison_without_events_in_a_group_is_reported_not_estimable():
     row = prospective_comparison(cohort).effect_estimates.iloc[0]
     assert np.isnan(row["hazard_ratio"]) and np.isnan(row["logrank_p"])
     assert (row["n_treated"], row["events_treated"], row["events_control"]) == (2, 0, 2)
+
+
+def test_a_covariate_that_separates_the_groups_is_a_clear_error_not_infinite_weights():
+    frame, treated = cohort({("female", 1): 6, ("male", 0): 6})
+    with pytest.raises(PropensityModelError, match="separate the groups"):
+        fit_propensity(frame, treated, covariates=("sex",))
+
+
+def test_a_separated_comparison_is_reported_not_estimable_with_its_reason():
+    from analytics.comparisons import retrospective_comparison
+
+    n = 12
+    cohort_rows = pd.DataFrame({
+        "group": ["tacrolimus"] * (n // 2) + ["conventional"] * (n // 2), "conventional_agent": [None] * (n // 2) + ["MTX"] * (n // 2),
+        "age": [40.0 + i for i in range(n)], "sex": ["female"] * (n // 2) + ["male"] * (n // 2),
+        "diagnosis_subset": ["DM"] * n, "initial_pred_mg_day": [50.0] * n, "plasma_exchange": [0] * n, "ivig": [0] * n,
+        **{f"{o}_days": list(range(10, 10 + n)) for o in ("death", "relapse", "resp_relapse")},
+        **{f"{o}_event": [1, 0] * (n // 2) for o in ("death", "relapse", "resp_relapse")}})
+    results = retrospective_comparison(cohort_rows, "tacrolimus_vs_mtx", "MTX")
+    assert results.iptw_weights.empty
+    assert results.effect_estimates["hazard_ratio"].isna().all()
+    assert "separate the groups" in results.diagnostics["tacrolimus_vs_mtx"]["error"]
