@@ -124,9 +124,9 @@ class Consortium:
         for party in (*[s.site_id for s in self.sites], "coordinator"):
             path = self.root / party / "signing_key.pem"
             path.parent.mkdir(parents=True, exist_ok=True)
-            if not path.exists():
-                path.write_text(private_pem(Ed25519PrivateKey.generate()))
-                path.chmod(0o600)
+            if not path.exists():  # created 0600: never readable by others, not even for a moment
+                with os.fdopen(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600), "w") as out:
+                    out.write(private_pem(Ed25519PrivateKey.generate()))
             environment[key_env(party)] = str(path)
             public[party] = public_pem(serialization.load_pem_private_key(path.read_bytes(), password=None))  # type: ignore[arg-type]
         self.key_list.write_text(yaml.safe_dump({"coordinator": public.pop("coordinator"), "sites": public}))
@@ -209,9 +209,8 @@ class Consortium:
         raise RuntimeError(f"session {session} did not finish in {max_ticks} ticks")
 
 
-def _build(root: str, site_id: str) -> bool:
-    consortium = Consortium(Path(root))
-    return consortium.build_site(next(s for s in consortium.sites if s.site_id == site_id)).success
+def _build(root: str, site: DemoSite) -> bool:
+    return Consortium(Path(root)).build_site(site).success
 
 
 def build_sites(consortium: Consortium, workers: int = 2) -> dict[str, bool]:
@@ -219,7 +218,7 @@ def build_sites(consortium: Consortium, workers: int = 2) -> dict[str, bool]:
     state is shared). The processes inherit this one's environment, with the sites' key variables."""
     context = multiprocessing.get_context("spawn")
     with ProcessPoolExecutor(max_workers=workers, mp_context=context) as pool:
-        futures = {s.site_id: pool.submit(_build, str(consortium.root), s.site_id) for s in consortium.sites}
+        futures = {s.site_id: pool.submit(_build, str(consortium.root), s) for s in consortium.sites}
         return {site: f.result() for site, f in futures.items()}
 
 
