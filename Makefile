@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-stamp
 PYTEST_ARGS ?=
 
-.PHONY: venv demo report test lint dev validate docs clean bench bench-venv
+.PHONY: venv demo report federation-demo test lint dev validate docs clean bench bench-venv
 
 venv: $(STAMP)
 
@@ -23,6 +23,11 @@ demo: venv
 # The study report (HTML and PDF in .state/reports) for the warehouse `make demo` built.
 report: venv
 	$(PY) -m synthetic.report
+
+# Three synthetic FHIR hospitals, each with its own warehouse and Dagster instance, pooled by a coordinator
+# through a local folder (.state/federation); prints the pooled and meta-analysed hazard ratios.
+federation-demo: venv
+	$(PY) -m synthetic.consortium
 
 lint: venv
 	$(VENV)/bin/ruff check .

@@ -11,14 +11,17 @@ import pandas as pd
 
 from . import cells, figures
 from . import labels as L
+from .pooled import POOLED_TABLES, pooled_section
+from .pooled import SECTION_ID as POOLED_SECTION
 from .published import load_published
 from .sections import MAIN, PROSPECTIVE_COMPARISON, RETRO, Figure, ReportBuilder, Table, figure_2
 from .suppression import SmallCellPolicy
 
-# The warehouse tables the report reads (the study_report asset's inputs).
+# The warehouse tables the report reads (the study_report asset's inputs); the coordinator's tables when present.
 REPORT_TABLES = ("cohort_attrition", "baseline_characteristics", "effect_estimates", "survival_curves",
                  "covariate_balance", "iptw_weights", "cohort", "scale_changes", "hrct_changes", "safety_summary",
                  "prospective_visits", "drug_discontinuations", "provenance")
+OPTIONAL_TABLES = POOLED_TABLES
 DEFAULT_POLICY = SmallCellPolicy()
 TITLE = "IIM-ILD study report: the paper's tables and figures, reproduced from this hospital's data"
 
@@ -94,6 +97,7 @@ def render_report(tables: Mapping[str, pd.DataFrame], *, generated_at: datetime,
         "table_s1": {"prospective": b.safety_table("prospective", ("combination", "tacrolimus")),
                      "retrospective": b.safety_table(RETRO, ("tacrolimus", "conventional"))},
         "published": b.published_table(),
+        "pooled": pooled_section(tables),  # only where the warehouse holds the coordinator's tables (report/pooled.py)
     }
     html = _ENV.get_template("report.html.j2").render(
         title=TITLE, paper=paper, generated_at=cells.setting(generated_at.strftime("%Y-%m-%d %H:%M UTC"), "generated_at"),
@@ -101,7 +105,7 @@ def render_report(tables: Mapping[str, pd.DataFrame], *, generated_at: datetime,
         headline=headline, s=sections, labels=L)
     summary = "\n\n".join([f"**{TITLE}**", table_markdown(headline),
                            f"Counts below {policy.threshold} are suppressed." if policy.active else "No small-cell suppression."])
-    return RenderedReport(html, summary, tuple(SECTION_IDS))
+    return RenderedReport(html, summary, tuple(SECTION_IDS) + ((POOLED_SECTION,) if sections["pooled"] else ()))
 
 
 def _group_changes(b: ReportBuilder, scales: tuple[str, ...], title: str) -> bytes:
@@ -115,3 +119,10 @@ def _hrct(b: ReportBuilder) -> bytes:
 # The sections of the document, in order (their element ids; each starts a printed page).
 SECTION_IDS = ("summary", "methods", "figure-s1", "table-1", "figure-1", "figure-s2", "forest", "diagnostics",
                "figure-s3", "table-2", "figure-2", "figure-3", "figure-s4", "figure-4", "table-s1", "published")
+
+
+def render_pooled(tables: Mapping[str, pd.DataFrame]) -> str | None:
+    """The pooled section alone (the coordinator's tables in, an HTML fragment out), or None without those tables:
+    what the study report includes, for a coordinator's own page or a test."""
+    section = pooled_section(tables)
+    return None if section is None else _ENV.get_template("pooled.html.j2").render(pooled=section)

@@ -48,6 +48,24 @@ SCALES = ["6mwt", "mmrc", "patient-global-activity", "mmt8", "myoact", "mitax", 
 
 
 @dataclass(frozen=True)
+class TreatmentPropensity:
+    """The log-odds of tacrolimus (versus a conventional agent) the hospital's clinicians follow: sicker patients
+    (older, amyopathic, higher glucocorticoid dose, IVIg or plasma exchange) get it more often."""
+
+    intercept: float = -1.6
+    age_per_year: float = 0.04       # per year over 52
+    cadm: float = 1.2
+    pred_per_mg: float = 0.02        # per mg/day over 65
+    ivig: float = 0.9
+    plasma_exchange: float = 0.8
+    female: float = 0.2
+
+    def logit(self, age: int, cadm: bool, pred0: float, ivig: bool, pe: bool, female: bool) -> float:
+        return (self.intercept + self.age_per_year * (age - 52) + self.cadm * cadm + self.pred_per_mg * (pred0 - 65)
+                + self.ivig * ivig + self.plasma_exchange * pe + self.female * female)
+
+
+@dataclass(frozen=True)
 class HospitalParams:
     """The knobs of the synthetic hospital; the defaults give a cohort of the paper's size."""
 
@@ -65,6 +83,11 @@ class HospitalParams:
     # reordered codings, extensions, narratives, unit spellings, time formats, superseded and
     # entered-in-error copies. The clinical content, and so the truth, is the same either way.
     messy: bool = True
+    # Case mix and how the hospital's clinicians choose treatment (multi-site demo: each hospital its own).
+    # The defaults are the values the generator always used, so a hospital built without them is unchanged.
+    mean_age: float = 52.0
+    subset_mix: tuple[float, float, float, float] = (0.45, 0.15, 0.25, 0.15)   # DM, PM, CADM, ASS
+    propensity: TreatmentPropensity = TreatmentPropensity()
 
 
 @dataclass
@@ -131,8 +154,8 @@ class _PatientBuilder:
         rng, spec = self.rng, self.spec
         reason = spec.retro_reason
         sex = str(rng.choice(["female", "male"], p=[0.65, 0.35]))
-        subset = str(rng.choice(["DM", "PM", "CADM", "ASS"], p=[0.45, 0.15, 0.25, 0.15]))
-        age = int(np.clip(round(rng.normal(52, 12)), 19, 84))
+        subset = str(rng.choice(["DM", "PM", "CADM", "ASS"], p=list(self.params.subset_mix)))
+        age = int(np.clip(round(rng.normal(self.params.mean_age, 12)), 19, 84))
         if reason == "age_under_18":
             age = self.u(16, 17)
         weight = float(np.clip(round(rng.normal(60, 10), 1), 40, 100))
@@ -160,8 +183,7 @@ class _PatientBuilder:
         if group is None:
             # Sicker patients (older, amyopathic, higher GC dose, IVIg or plasma exchange) get tacrolimus
             # more often, so the unadjusted hazard ratio understates its benefit.
-            logit = (-1.6 + 0.04 * (age - 52) + 1.2 * (subset == "CADM") + 0.02 * (pred0 - 65)
-                     + 0.9 * ivig + 0.8 * pe + 0.2 * (sex == "female"))
+            logit = self.params.propensity.logit(age, subset == "CADM", pred0, ivig, pe, sex == "female")
             group = "tacrolimus" if rng.random() < _expit(logit) else "conventional"
         agent = "tacrolimus" if group == "tacrolimus" else str(rng.choice(CONVENTIONAL_ORDER, p=[0.42, 0.25, 0.15, 0.12, 0.06]))
 

@@ -31,3 +31,30 @@ def site_tables(site: str) -> SiteTables:
         warnings.simplefilter("ignore")  # the small sites' MTX and AZA propensity models nearly separate
         results = study_results(cohort)
     return SiteTables(cohort, attrition, results.iptw_weights, results.covariate_balance)
+
+
+# The three synthetic FHIR hospitals of `make federation-demo` (synthetic/consortium.py): their analysis rows.
+DEMO_ROWS = HERE / "demo_rows.csv"
+DEMO_REFERENCE = HERE / "demo_reference.json"
+ROW_COLUMNS = ["comparison", "outcome", "site", "t", "e", "treat", "w"]
+
+
+def demo_analysis_rows(warehouse_urls: dict[str, str], comparisons: tuple[str, ...]) -> pd.DataFrame:
+    """Per comparison × outcome, every site's rows as its Cox model sees them (t, e, treat and its own IPTW weight
+    w), read from the site's warehouse the way federation/site.py reads them; sorted, so the order of rows in a
+    table plays no part."""
+    from analytics.comparisons import OUTCOMES
+    from etl.warehouse import Warehouse
+    from federation.site import comparison_rows, outcome_rows
+
+    parts = []
+    for site, url in warehouse_urls.items():
+        wh = Warehouse(url)
+        cohort, weights = wh.read_table("cohort"), wh.read_table("iptw_weights")
+        for comparison in comparisons:
+            rows = comparison_rows(cohort, weights, comparison)
+            for outcome in OUTCOMES:
+                t, e, treat, w = outcome_rows(rows, outcome).arrays()
+                parts.append(pd.DataFrame({"comparison": comparison, "outcome": outcome, "site": site, "t": t, "e": e,
+                                           "treat": treat, "w": w}))
+    return pd.concat(parts, ignore_index=True).sort_values(ROW_COLUMNS, ignore_index=True)

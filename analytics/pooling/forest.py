@@ -1,6 +1,6 @@
 """Forest plot of a pooled comparison: each site's own hazard ratio with its 95% CI (box area by its
 fixed-effect weight), the fixed-effect and random-effects (REML) pooled estimates as diamonds, the
-exact stratified estimate when there is one, and the REML prediction interval. Pure: data in, PNG out."""
+exact stratified estimate when there is one, and the REML prediction interval. Pure: data in, PNG or SVG out."""
 from __future__ import annotations
 
 import math
@@ -17,8 +17,9 @@ Z = 1.959963984540054
 
 
 def forest_plot(sites: Sequence[str], log_hr: Sequence[float], se: Sequence[float], title: str, *,
-                stratified: tuple[float, float, float] | None = None) -> bytes:
-    """``stratified``: the exact pooled (HR, CI lower, CI upper) from the round-based fit, if known."""
+                stratified: tuple[float, float, float] | None = None, fmt: str = "png") -> bytes:
+    """``stratified``: the exact pooled (HR, CI lower, CI upper) from the round-based fit, if known; ``fmt``: png (the
+    Dagster UI's metadata) or svg (the study report)."""
     y, s = np.asarray(log_hr, dtype=float), np.asarray(se, dtype=float)
     rows: list[tuple[str, float, float, float, str]] = [
         (name, math.exp(b), math.exp(b - Z * e), math.exp(b + Z * e), "site") for name, b, e in zip(sites, y, s, strict=True)]
@@ -54,4 +55,4 @@ def forest_plot(sites: Sequence[str], log_hr: Sequence[float], se: Sequence[floa
     ax.set_yticklabels([r[0] for r in reversed(rows)])
     ax.set_xlabel("hazard ratio (log scale), tacrolimus vs comparator")
     ax.set_title(title)
-    return to_bytes(fig)
+    return to_bytes(fig, fmt)

@@ -401,3 +401,16 @@ def test_the_numbers_at_risk_drawn_under_the_curves_are_the_warehouse_curves(bui
             later = c[c["time_days"] >= day].sort_values("time_days")
             expected.append(round(float(later["n_at_risk"].iloc[0])) if len(later) else 0)
     assert drawn and drawn == sorted(expected)
+
+
+def test_with_the_coordinator_tables_the_report_gains_the_pooled_section(built):
+    """A hospital that also coordinates holds pooled_effects, meta_analysis and site_heterogeneity: the report adds
+    their section (tests/report/test_pooled_section.py reads its numbers back); without them it is unchanged."""
+    from tests.report.test_pooled_section import pooled_tables
+
+    rendered = render_report({**built.tables, **pooled_tables()}, generated_at=built.started,
+                             policy=SmallCellPolicy(THRESHOLD))
+    assert rendered.section_ids == (*SECTION_IDS, "pooled")
+    doc = lxml_html.fromstring(rendered.html)
+    assert doc.xpath("//section[@id='pooled']//figure") and doc.xpath("//ol[@class='toc']//a[@href='#pooled']")
+    assert "pooled" not in render_report(built.tables, generated_at=built.started).section_ids

@@ -35,3 +35,20 @@ def test_both_groups_and_all_outcomes_occur(small_hospital):
     assert {t["group"] for t in cohort} == {"tacrolimus", "conventional"}
     for outcome in ("death_event", "relapse_event", "resp_relapse_event"):
         assert 0 < sum(t[outcome] for t in cohort) < len(cohort)
+
+
+def test_a_hospitals_propensity_model_and_case_mix_decide_who_gets_tacrolimus():
+    """Multi-site demo hospitals differ in how clinicians choose treatment and whom they see (synthetic/consortium.py)."""
+    from synthetic.hospital import TreatmentPropensity
+
+    def cohort(**kwargs):
+        h = generate_hospital(HospitalParams(seed=11, n_retrospective=60, n_prospective_enrolled=4, n_noise=0,
+                                             attrition_per_reason=1, messy=False, **kwargs))
+        return [t for t in h.truth if t["retro_reason"] is None and t["prospective"] is None]
+
+    rarely = cohort(propensity=TreatmentPropensity(intercept=-6.0))
+    mostly = cohort(propensity=TreatmentPropensity(intercept=4.0))
+    assert sum(t["group"] == "tacrolimus" for t in rarely) <= 3 < 55 <= sum(t["group"] == "tacrolimus" for t in mostly)
+    amyopathic = cohort(subset_mix=(0.0, 0.0, 1.0, 0.0), mean_age=70.0)
+    assert {t["diagnosis_subset"] for t in amyopathic} == {"CADM"}
+    assert sum(t["age"] for t in amyopathic) / len(amyopathic) > 62

@@ -1,0 +1,135 @@
+"""`make federation-demo` end to end: three synthetic FHIR hospitals of different sizes, case mixes and
+propensity models, each ingested by the real pipeline (NDJSON mode) into its own warehouse with its own
+Dagster instance, publish signed packages and answer the coordinator's rounds through a local folder. The
+coordinator's pooled_effects equals R's coxph(Surv(t, e) ~ treat + strata(site), weights = w, robust = TRUE)
+on the pooled rows, and its meta_analysis equals metafor::rma (tests/fixtures/pooling/demo_reference.json)."""
+from __future__ import annotations
+
+import json
+import shutil
+
+import dagster as dg
+import numpy as np
+import pandas as pd
+import pytest
+
+from coordinator.assets import consortium_meta
+from coordinator.resources import CoordinatorResource
+from etl.warehouse import Warehouse
+from federation.canonical import canonical_bytes, parse
+from federation.contract import contract_terms
+from federation.package import SiteTables, build_site_package, sign_package
+from federation.signing import Signer, load_private_key
+from synthetic.consortium import POOLED_COMPARISONS, Consortium, build_sites, fits_for, key_env
+from tests.pooling_sites import DEMO_REFERENCE, DEMO_ROWS, ROW_COLUMNS, demo_analysis_rows
+
+REF = json.loads(DEMO_REFERENCE.read_text())
+TOL = 1e-6
+REGENERATE = ("the three demo hospitals no longer give the rows the R references were computed on (the generator, "
+              "the pipeline or a site's propensity model changed): if that is intended, run "
+              "`python -m tests.fixtures.pooling.export_demo_sites` and `Rscript tests/fixtures/pooling/reference.R` "
+              "and commit demo_rows.csv and demo_reference.json")
+
+
+@pytest.fixture(scope="module")
+def consortium(tmp_path_factory):
+    demo = Consortium(tmp_path_factory.mktemp("consortium"))
+    with pytest.MonkeyPatch.context() as env:
+        for name, value in demo.make_keys().items():
+            env.setenv(name, value)
+        for site in demo.sites:
+            demo.export_hospital(site)
+        assert build_sites(demo) == {s.site_id: True for s in demo.sites}
+        assert demo.meta_analyse().success
+        demo.run_session(fits_for(POOLED_COMPARISONS))
+        yield demo
+
+
+def coordinator_table(demo: Consortium, name: str) -> pd.DataFrame:
+    return Warehouse(demo.warehouse_url("coordinator")).read_table(name)
+
+
+def test_each_site_pools_the_rows_the_r_references_were_computed_on(consortium):
+    got = demo_analysis_rows({s.site_id: consortium.warehouse_url(s.site_id) for s in consortium.sites}, POOLED_COMPARISONS)
+    fixture = pd.read_csv(DEMO_ROWS)[ROW_COLUMNS]
+    labels = ["comparison", "outcome", "site"]
+    same = (len(got) == len(fixture) and got[labels].equals(fixture[labels])
+            and all(np.array_equal(got[c].to_numpy(float), fixture[c].to_numpy(float)) for c in ("t", "e", "treat"))
+            and np.allclose(got["w"], fixture["w"], rtol=1e-12, atol=0))
+    assert same, REGENERATE
+    # Sizes and case mixes differ: the sites are not copies of one another.
+    sizes = fixture[(fixture["comparison"] == "tacrolimus_vs_conventional") & (fixture["outcome"] == "death")]
+    assert sizes.groupby("site").size().to_dict() == {"north": 79, "central": 109, "south": 149}
+    assert sizes.groupby("site")["treat"].mean().round(2).to_dict() == {"central": 0.41, "north": 0.37, "south": 0.67}
+
+
+def test_the_pooled_hazard_ratios_equal_r_coxph_with_site_strata(consortium):
+    pooled = coordinator_table(consortium, "pooled_effects").set_index(["comparison", "outcome"])
+    assert set(pooled["status"]) == {"pooled"} and len(pooled) == len(REF["fits"]) == 6
+    assert set(pooled["sites"]) == {"central,north,south"}
+    for fit in REF["fits"].values():
+        got, expected = pooled.loc[(fit["comparison"], fit["outcome"])], fit["pooled"]
+        for key in ("coef", "robust_se", "se", "hazard_ratio", "ci_lower", "ci_upper", "p_value"):
+            assert got[key] == pytest.approx(expected[key], abs=TOL, rel=TOL), (fit["comparison"], fit["outcome"], key)
+
+
+def test_the_meta_analysis_equals_metafor(consortium):
+    meta = coordinator_table(consortium, "meta_analysis").set_index(["comparison", "outcome", "method", "test"])
+    for fit in REF["fits"].values():
+        for name, expected in fit["meta"].items():
+            method, test = name.split("_")
+            got = meta.loc[(fit["comparison"], fit["outcome"], method, test)]
+            assert got["sites"] == ",".join(fit["sites"])  # a site without events in an arm is left out, as in R
+            for key in ("estimate", "se", "ci_lower", "ci_upper", "p_value", "q", "q_p", "i2", "tau2", "pi_lower", "pi_upper"):
+                where = (fit["comparison"], fit["outcome"], name, key)
+                if expected[key] == {}:  # R's NULL: metafor's predict() has no prediction interval for a fixed-effect model
+                    assert method == "FE" and np.isnan(got[key]), where
+                else:
+                    assert got[key] == pytest.approx(expected[key], abs=TOL, rel=TOL), where
+
+
+def test_no_patient_key_or_fhir_id_reaches_the_exchange(consortium):
+    documents = b"".join(p.read_bytes() for p in consortium.exchange.rglob("*.json"))
+    assert documents.count(b'"kind":"round_reply"') >= 3 * 5  # every site answered every round
+    for site in consortium.sites:
+        wh = Warehouse(consortium.warehouse_url(site.site_id))
+        keys = wh.read_table("cohort")["patient_key"]
+        assert not any(k.encode() in documents for k in keys)
+        assert b"pt-0" not in documents and b"nz-0" not in documents   # the generator's FHIR patient ids
+
+
+def test_a_tampered_package_and_one_under_another_contract_are_reported_not_pooled(consortium, tmp_path):
+    exchange = tmp_path / "exchange"
+    shutil.copytree(consortium.exchange / "aggregates", exchange / "aggregates")
+    north = exchange / "aggregates" / "north.json"
+    envelope = parse(north.read_bytes())
+    envelope["payload"]["cohort"]["n"] += 1
+    north.write_bytes(canonical_bytes(envelope))
+    # central publishes a package built under a study window other than the consortium's.
+    central = consortium.sites[1]
+    wh = Warehouse(consortium.warehouse_url("central"))
+    tables = [wh.read_table(n) for n in ("cohort", "cohort_attrition", "iptw_weights", "covariate_balance")]
+    study = consortium.site_resources(central)["study"]
+    params = study.retrospective_params(pd.Timestamp("2026-01-01").date())
+    other = contract_terms(type(params)(window_start=params.window_start, window_end=pd.Timestamp("2021-12-31").date()))
+    payload = build_site_package("central", SiteTables(*tables), terms=other, concepts=study.concepts(),
+                                 data_cutoff=params.data_cutoff)
+    key = load_private_key(  # the site's own key: the package is signed, only its contract differs
+        str(consortium.root / "central" / "signing_key.pem"))
+    (exchange / "aggregates" / "central.json").write_bytes(canonical_bytes(sign_package(payload, Signer("central", key))))
+
+    coordinator = consortium.coordinator_resources()
+    resources = {"coordinator": CoordinatorResource(exchange=str(exchange), consortium=coordinator["coordinator"].consortium,
+                                                    signing_key_env=key_env("coordinator"), state_dir=str(tmp_path / "c")),
+                 "warehouse": type(coordinator["warehouse"])(url=f"sqlite:///{tmp_path / 'c.sqlite'}")}
+    with pytest.MonkeyPatch.context() as env:
+        env.setenv(key_env("coordinator"), str(consortium.root / "coordinator" / "signing_key.pem"))
+        assert dg.materialize([consortium_meta], resources=resources).success
+    packages = Warehouse(f"sqlite:///{tmp_path / 'c.sqlite'}").read_table("site_packages").set_index("site_id")
+    assert packages.loc["south", "status"] == "accepted"
+    assert packages.loc["north", ["status", "code"]].tolist() == ["rejected", "bad_signature"]
+    assert "the content was changed after signing" in packages.loc["north", "reason"]
+    assert packages.loc["central", ["status", "code"]].tolist() == ["rejected", "contract_digest"]
+    assert "different rule parameters" in packages.loc["central", "reason"]
+    meta = Warehouse(f"sqlite:///{tmp_path / 'c.sqlite'}").read_table("meta_analysis")
+    assert meta["k"].max() == 1 and set(meta["note"]) == {"fewer than two sites with an estimate"}  # south alone
