@@ -40,6 +40,7 @@ PAPER = "paper"
 TICK = os.sysconf("SC_CLK_TCK")
 # Issue 16's targets, printed beside the measured figures.
 TARGET_PAPER_WALL_S = 60.0
+SMALL_MB = 50  # processes below this are summed into one line
 TARGET_PEAK_RSS_MB = {40_000: 1536.0, 200_000: 4096.0}
 
 
@@ -211,6 +212,7 @@ class Step:
     start: float
     end: float
     status: str
+    pid: int | None = None     # the process that ran the step (each step is one with the multiprocess executor)
     tables: list[str] = field(default_factory=list)
 
 
@@ -229,7 +231,7 @@ def steps_of_last_run(dagster_home_dir: Path) -> list[Step]:
                 continue
             step = steps.setdefault(key, Step(key, record.timestamp, record.timestamp, "running"))
             if event.event_type == dg.DagsterEventType.STEP_START:
-                step.start = record.timestamp
+                step.start, step.pid = record.timestamp, event.pid
             elif event.event_type == dg.DagsterEventType.ASSET_MATERIALIZATION:
                 step.tables.append(event.asset_key.path[-1])
             else:
@@ -276,8 +278,9 @@ def cohort_agreement(warehouse_url: str, truth_path: Path) -> dict[str, int]:
 # -- the figures ----------------------------------------------------------------------------------------
 
 def _step_process(step: Step, processes: dict[int, Process]) -> Process | None:
-    named = [p for p in processes.values() if p.command == f"step {step.key}"]
-    return max(named, key=lambda p: p.peak_rss_mb) if named else None
+    """The step's own process, unless it ran in the CLI's process (an in-process executor) or was never sampled."""
+    proc = processes.get(step.pid) if step.pid is not None else None
+    return proc if proc is not None and proc.pid != min(processes) else None
 
 
 def _window_peak(step: Step, processes: dict[int, Process]) -> float:
@@ -307,9 +310,16 @@ def report(size: str, params: Any, generated: dict[str, Any], run: dict[str, Any
         target = f"  (target peak RSS <= {TARGET_PEAK_RSS_MB[int(size)]:.0f} MB)"
     lines.append(f"materialize --select '*': exit {run['code']}, {run['wall_s']:.1f} s wall, "
                  f"{run['children_cpu_s']:.1f} s CPU (all processes), peak RSS of any process {peak_all:.0f} MB{target}")
-    lines.append(f"{'process':<60} {'pid':>8} {'alive s':>8} {'CPU s':>8} {'VmHWM MB':>9}")
+    roles = {s.pid: f"step {s.key}" for s in steps if s.pid is not None}
+    lines.append(f"{'process (every one at or above ' + str(SMALL_MB) + ' MB)':<60} {'pid':>8} {'alive s':>8} {'CPU s':>8} {'VmHWM MB':>9}")
+    small = [p for p in run["processes"].values() if p.peak_rss_mb < SMALL_MB]
     for p in sorted(run["processes"].values(), key=lambda p: p.first_seen):
-        lines.append(f"{p.command[:60]:<60} {p.pid:>8} {p.last_seen - p.first_seen:>8.1f} {p.cpu_s:>8.1f} {p.peak_rss_mb:>9.0f}")
+        if p.peak_rss_mb >= SMALL_MB:
+            role = roles.get(p.pid) or ("dagster CLI (run coordinator)" if p.pid == min(run["processes"]) else p.command)
+            lines.append(f"{role[:60]:<60} {p.pid:>8} {p.last_seen - p.first_seen:>8.1f} {p.cpu_s:>8.1f} {p.peak_rss_mb:>9.0f}")
+    if small:
+        lines.append(f"{f'{len(small)} smaller processes (log tailers, resource trackers)':<60} {'':>8} {'':>8} "
+                     f"{sum(p.cpu_s for p in small):>8.1f} {max(p.peak_rss_mb for p in small):>9.0f}")
     if agreement is not None:
         ok = agreement["missing"] == agreement["extra"] == agreement["wrong_group"] == 0
         lines.append(f"cohort vs generator's truth: {agreement['cohort']} of {agreement['truth']} planned, "
