@@ -22,7 +22,7 @@ from ..resources import StudyResource
 # Rows of a raw table validated at once. The table is read through a streaming cursor READ_SIZE resources at a
 # time and flattened as it comes, so memory holds one batch of flat rows, not the raw table: a hospital's
 # Observation table has millions. Each batch costs one GX validation run (a fraction of a second).
-BATCH_ROWS = 50_000
+BATCH_ROWS = 20_000
 READ_SIZE = 5_000
 
 
