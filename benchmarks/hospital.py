@@ -111,6 +111,7 @@ def _stat(pid: int) -> tuple[int, float] | None:
 @dataclass
 class Process:
     pid: int
+    parent: int
     command: str
     first_seen: float
     last_seen: float = 0.0
@@ -160,7 +161,7 @@ class ProcessWatcher(threading.Thread):
                 continue
             proc = self.processes.get(pid)
             if proc is None:
-                proc = self.processes[pid] = Process(pid, _command(pid), now)
+                proc = self.processes[pid] = Process(pid, parents[pid], _command(pid), now)
             proc.last_seen, proc.cpu_s, proc.peak_rss_mb = now, cpu[pid], max(proc.peak_rss_mb, hwm)
             proc.samples.append((now, rss))
 
@@ -288,6 +289,16 @@ def _window_peak(step: Step, processes: dict[int, Process]) -> float:
     return max((rss for p in processes.values() for t, rss in p.samples if step.start <= t <= step.end), default=0.0)
 
 
+def _role(p: Process, roles: dict[int, str], cli: int) -> str:
+    if p.pid == cli:
+        return "dagster CLI (run coordinator)"
+    if p.pid in roles:
+        return roles[p.pid]
+    if p.parent in roles:
+        return f"{p.command.split()[0].rsplit('/', 1)[-1]}, child of {roles[p.parent]}"
+    return p.command
+
+
 def report(size: str, params: Any, generated: dict[str, Any], run: dict[str, Any], steps: list[Step],
            rows: dict[str, int], agreement: dict[str, int] | None) -> list[str]:
     n_patients = patients_in(params)
@@ -295,13 +306,14 @@ def report(size: str, params: Any, generated: dict[str, Any], run: dict[str, Any
     lines = [f"== hospital {size}: {n_patients} patients, {resources} resources ==",
              f"generate (streamed NDJSON): {generated['wall_s']:.1f} s wall, {generated['cpu_s']:.1f} s CPU, "
              f"peak RSS {generated['peak_rss_mb']:.0f} MB",
-             f"{'stage (Dagster step)':<34} {'status':>8} {'wall s':>8} {'CPU s':>8} {'peak RSS MB':>12}  rows written"]
+             f"{'stage (Dagster step)':<24} {'status':>8} {'wall s':>7} {'process s':>9} {'CPU s':>7} {'peak RSS MB':>11}  rows written"]
     for step in steps:
         proc = _step_process(step, run["processes"])
         cpu = f"{proc.cpu_s:.1f}" if proc else "-"
         peak = proc.peak_rss_mb if proc else _window_peak(step, run["processes"])
         written = ", ".join(f"{t} {rows[t]}" for t in sorted(set(step.tables)) if t in rows)
-        lines.append(f"{step.key:<34} {step.status:>8} {step.end - step.start:>8.1f} {cpu:>8} {peak:>12.0f}  {written}")
+        alive = f"{proc.last_seen - proc.first_seen:.1f}" if proc else "-"  # the step's process from spawn to exit
+        lines.append(f"{step.key:<24} {step.status:>8} {step.end - step.start:>7.1f} {alive:>9} {cpu:>7} {peak:>11.0f}  {written}")
     peak_all = max((p.peak_rss_mb for p in run["processes"].values()), default=0.0)
     target = ""
     if size == PAPER:
@@ -315,7 +327,7 @@ def report(size: str, params: Any, generated: dict[str, Any], run: dict[str, Any
     small = [p for p in run["processes"].values() if p.peak_rss_mb < SMALL_MB]
     for p in sorted(run["processes"].values(), key=lambda p: p.first_seen):
         if p.peak_rss_mb >= SMALL_MB:
-            role = roles.get(p.pid) or ("dagster CLI (run coordinator)" if p.pid == min(run["processes"]) else p.command)
+            role = _role(p, roles, min(run["processes"]))
             lines.append(f"{role[:60]:<60} {p.pid:>8} {p.last_seen - p.first_seen:>8.1f} {p.cpu_s:>8.1f} {p.peak_rss_mb:>9.0f}")
     if small:
         lines.append(f"{f'{len(small)} smaller processes (log tailers, resource trackers)':<60} {'':>8} {'':>8} "
