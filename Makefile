@@ -56,6 +56,7 @@ bench: venv bench-venv
 	$(PY) -m benchmarks.ingest
 	$(PY) -m benchmarks.statistics
 	$(PY) -m benchmarks.cohort
+	$(PY) -m benchmarks.hospital
 
 clean:
 	rm -rf .state .pytest_cache

@@ -3,10 +3,12 @@
 A failed ``critical`` expectation makes the check fail with ERROR severity, which blocks the assets
 downstream; ``warning`` expectations fail with WARN and do not block.
 """
+from typing import Any, Iterable, Iterator
+
 import dagster as dg
 
 from expectations import suites
-from expectations.runner import SuiteOutcome, run_suite
+from expectations.runner import SuiteOutcome, run_suite, run_suite_batches
 
 
 def check_result(outcome: SuiteOutcome) -> dg.AssetCheckResult:
@@ -22,3 +24,16 @@ def check_result(outcome: SuiteOutcome) -> dg.AssetCheckResult:
 
 def run_check(name: str, suite: suites.Suite) -> dg.AssetCheckResult:
     return check_result(run_suite(name, suite.frame, suite.expectations, suite.key_columns))
+
+
+def run_check_batches(name: str, batches: Iterable[suites.Suite]) -> dg.AssetCheckResult:
+    """One check over a table validated batch by batch: the suite built on the first batch is the suite of all."""
+    stream: Iterator[suites.Suite] = iter(batches)
+    first = next(stream)
+
+    def frames() -> Iterator[Any]:
+        yield first.frame
+        for suite in stream:
+            yield suite.frame
+
+    return check_result(run_suite_batches(name, frames(), first.expectations, first.key_columns))

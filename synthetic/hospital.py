@@ -22,7 +22,7 @@ import numpy as np
 
 from . import fhir_builders as fb
 from .fhir_builders import ICD10, LOCAL, LOINC, RXNORM, SNOMED, Resource
-from .variants import messy_mix
+from .variants import messy_stream
 
 RETRO_WINDOW = (date(2014, 1, 1), date(2020, 9, 30))
 PROSPECTIVE_WINDOW = (date(2018, 1, 1), date(2020, 12, 31))
@@ -576,23 +576,47 @@ def _specs(params: HospitalParams, rng: np.random.Generator) -> Iterator[_Spec]:
         yield _Spec(next_pid(), group=group, index=start, prospective=plan)
 
 
-def generate_hospital(params: HospitalParams = HospitalParams()) -> Hospital:
-    """Build the whole hospital deterministically from ``params.seed``."""
+@dataclass(frozen=True)
+class PatientRecord:
+    """One patient as the streamed generator yields it: their resources (messy dialect applied) and truth row.
+
+    The hospital-level ResearchStudy comes first, as a record with no truth row."""
+
+    resources: list[Resource]
+    truth: dict[str, Any] | None
+
+
+def stream_hospital(params: HospitalParams = HospitalParams()) -> Iterator[PatientRecord]:
+    """The hospital patient by patient, so that writing it out needs the memory of one patient, not of N.
+
+    Concatenating every record's resources (and truth rows) gives ``generate_hospital(params)`` exactly:
+    each patient draws from a generator seeded by its own id, and the messy dialect's single generator
+    is advanced resource by resource in the same order either way."""
     rng = np.random.default_rng(params.seed)
-    resources: list[Resource] = [fb.research_study(RESEARCH_STUDY_ID)]
-    truth: list[dict[str, Any]] = []
-    specs = list(_specs(params, rng))
-    for spec in specs:
+    messy = messy_stream(params.seed) if params.messy else None
+
+    def record(resources: list[Resource], truth: dict[str, Any] | None) -> PatientRecord:
+        return PatientRecord(messy(resources) if messy else resources, truth)
+
+    yield record([fb.research_study(RESEARCH_STUDY_ID)], None)
+    for spec in _specs(params, rng):
         b = _PatientBuilder(spec, np.random.default_rng([params.seed, int(spec.pid[3:])]), params)
         b.build()
-        resources += b.resources
-        truth.append(_finalise_truth(b.truth))
+        yield record(b.resources, _finalise_truth(b.truth))
     for j in range(params.n_noise):
         pid = f"nz-{j + 1:05d}"
-        resources += _noise_patient(pid, np.random.default_rng([params.seed, 10**6 + j]))
-        truth.append({"fhir_patient_id": pid, "retro_reason": "no_iim_condition", "prospective": None})
-    if params.messy:
-        resources = messy_mix(resources, params.seed)
+        yield record(_noise_patient(pid, np.random.default_rng([params.seed, 10**6 + j])),
+                     {"fhir_patient_id": pid, "retro_reason": "no_iim_condition", "prospective": None})
+
+
+def generate_hospital(params: HospitalParams = HospitalParams()) -> Hospital:
+    """Build the whole hospital deterministically from ``params.seed`` (in memory: see ``stream_hospital``)."""
+    resources: list[Resource] = []
+    truth: list[dict[str, Any]] = []
+    for patient in stream_hospital(params):
+        resources += patient.resources
+        if patient.truth is not None:
+            truth.append(patient.truth)
     return Hospital(resources=resources, truth=truth, params=params)
 
 

@@ -9,7 +9,7 @@ from typing import Any, Iterable
 import httpx
 import orjson
 
-from .hospital import Hospital
+from .hospital import Hospital, PatientRecord
 
 # Referenced resources first, so a server that checks references accepts every bundle.
 LOAD_ORDER = ("ResearchStudy", "Patient", "Condition", "MedicationStatement", "Procedure", "Observation",
@@ -24,6 +24,32 @@ def write_ndjson(hospital: Hospital, directory: Path) -> dict[str, Path]:
         path.write_bytes(b"".join(orjson.dumps(r) + b"\n" for r in resources))
         paths[rtype] = path
     return paths
+
+
+def write_ndjson_stream(patients: Iterable[PatientRecord], directory: Path, truth_path: Path) -> dict[str, int]:
+    """Write a streamed hospital (``stream_hospital``) as it comes: one NDJSON file per type, appended patient by
+    patient, and the truth as NDJSON (one row per patient; rows differ in their keys, so no CSV header up front).
+    Memory stays that of one patient whatever the hospital's size. Returns resources written per type."""
+    directory.mkdir(parents=True, exist_ok=True)
+    truth_path.parent.mkdir(parents=True, exist_ok=True)
+    files: dict[str, Any] = {}
+    counts: dict[str, int] = {}
+    try:
+        with truth_path.open("wb") as truth:
+            for patient in patients:
+                for r in patient.resources:
+                    rtype = r["resourceType"]
+                    if rtype not in files:
+                        files[rtype] = (directory / f"{rtype}.ndjson").open("wb")
+                        counts[rtype] = 0
+                    files[rtype].write(orjson.dumps(r) + b"\n")
+                    counts[rtype] += 1
+                if patient.truth is not None:
+                    truth.write(orjson.dumps(patient.truth) + b"\n")
+    finally:
+        for f in files.values():
+            f.close()
+    return counts
 
 
 def write_truth(hospital: Hospital, path: Path) -> None:

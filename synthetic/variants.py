@@ -461,13 +461,23 @@ def messy_mix(resources: list[Resource], seed: int, share: float = 0.35) -> list
     """The synthetic hospital's default dialect: each resource, with probability ``share``, rewritten by
     one or two preserving variants drawn with its own seeded generator (so the clinical content, and the
     generator's truth, do not move)."""
+    return messy_stream(seed, share)(resources)
+
+
+def messy_stream(seed: int, share: float = 0.35) -> Callable[[list[Resource]], list[Resource]]:
+    """``messy_mix`` for a hospital handed over in pieces: call the returned function on consecutive pieces;
+    together they come out exactly as ``messy_mix`` of the whole (one generator, advanced resource by resource)."""
     rng = random.Random(seed)
     pool = [v.per_resource for v in VARIANTS if v.in_messy_mix and v.per_resource is not None]
-    out: list[Resource] = []
-    for r in resources:
-        batch = [r]
-        if rng.random() < share:
-            for rewrite in rng.sample(pool, rng.choice((1, 2))):
-                batch = [x for item in batch for x in rewrite(copy.deepcopy(item), rng)]
-        out += batch
-    return out
+
+    def rewrite_piece(resources: list[Resource]) -> list[Resource]:
+        out: list[Resource] = []
+        for r in resources:
+            batch = [r]
+            if rng.random() < share:
+                for rewrite in rng.sample(pool, rng.choice((1, 2))):
+                    batch = [x for item in batch for x in rewrite(copy.deepcopy(item), rng)]
+            out += batch
+        return out
+
+    return rewrite_piece

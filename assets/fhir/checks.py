@@ -6,27 +6,54 @@ own: each step is a fresh process that imports Dagster and Great Expectations, a
 Both kinds are blocking: a failure stops the study tables downstream. A check can still be run alone
 (select it without its asset): the ingestion step then evaluates it without pulling anything.
 """
-from typing import Callable
+from typing import Callable, Iterator
 
 import dagster as dg
+import pandas as pd
 
 from analytics.pseudonym import patient_key
 from etl.fhir.types import RESOURCE_TYPES, TYPES
 from etl.warehouse import Warehouse, raw_table_name
 from expectations import suites
 
-from ..gx import run_check
+from ..gx import run_check_batches
 from ..resources import StudyResource
 
+# Rows of a raw table validated at once. The table is read through a streaming cursor READ_SIZE resources at a
+# time and flattened as it comes, so memory holds one batch of flat rows, not the raw table: a hospital's
+# Observation table has millions. Each batch costs one GX validation run (a fraction of a second).
+BATCH_ROWS = 20_000
+READ_SIZE = 5_000
 
-def raw_expectations(resource_type: str, wh: Warehouse, study: StudyResource) -> dg.AssetCheckResult:
-    frame = TYPES[resource_type].flatten(wh.raw_resources(resource_type))  # type: ignore[misc]
+
+def raw_expectations(resource_type: str, wh: Warehouse, study: StudyResource, batch_rows: int = BATCH_ROWS) -> dg.AssetCheckResult:
+    suite_of, concepts = suites.RAW_SUITES[resource_type], study.concepts()
+    batches = (suite_of(frame, concepts) for frame in _flat_batches(resource_type, wh, study, batch_rows))
+    return run_check_batches(f"raw_{resource_type.lower()}", batches)
+
+
+def _flat_batches(resource_type: str, wh: Warehouse, study: StudyResource, batch_rows: int) -> Iterator[pd.DataFrame]:
+    """The type's flattened, pseudonymised rows in frames of about ``batch_rows`` (always at least one frame)."""
+    flatten = TYPES[resource_type].flatten
+    pending: list[pd.DataFrame] = []
+    held, emitted = 0, False
+    for resources in wh.raw_resource_batches(resource_type, min(READ_SIZE, batch_rows)):
+        frame = _pseudonymised(flatten(resources), study)  # type: ignore[operator]
+        pending.append(frame)
+        held += len(frame)
+        if held >= batch_rows:
+            yield pd.concat(pending, ignore_index=True)
+            pending, held, emitted = [], 0, True
+    if pending or not emitted:
+        yield pd.concat(pending, ignore_index=True) if pending else _pseudonymised(flatten([]), study)  # type: ignore[operator]
+
+
+def _pseudonymised(frame: pd.DataFrame, study: StudyResource) -> pd.DataFrame:
     # Dagster's event log is read by every engineer: failing rows are named by pseudonym, never by FHIR id
     # (patient_xref, a restricted table, maps a pseudonym back). GX quotes the checked column's values too,
     # so the id column itself is replaced; a missing subject stays missing.
-    frame = frame.assign(patient_id=[patient_key(p, study.pseudonym_key) if isinstance(p, str) else None
-                                     for p in frame["patient_id"]])
-    return run_check(f"raw_{resource_type.lower()}", suites.RAW_SUITES[resource_type](frame, study.concepts()))
+    return frame.assign(patient_id=[patient_key(p, study.pseudonym_key) if isinstance(p, str) else None
+                                    for p in frame["patient_id"]])
 
 
 def count_matches_server(resource_type: str, wh: Warehouse, study: StudyResource) -> dg.AssetCheckResult:

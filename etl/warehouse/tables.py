@@ -6,7 +6,7 @@ none of the load path's upsert rules apply to them.
 from __future__ import annotations
 
 from datetime import datetime
-from typing import TYPE_CHECKING, Any, Iterable
+from typing import TYPE_CHECKING, Any, Iterable, Iterator
 
 import orjson
 import pandas as pd
@@ -31,6 +31,17 @@ class DerivedTables:
             return []
         with self.engine.connect() as conn:
             return [orjson.loads(text) for (text,) in conn.execute(sa.select(table.c.resource).order_by(table.c.id))]
+
+    def raw_resource_batches(self, resource_type: str, batch_size: int = 5_000) -> Iterator[list[dict[str, Any]]]:
+        """``raw_resources`` in batches of at most ``batch_size``, in the same order, read through a streaming cursor
+        (a server-side cursor on PostgreSQL): memory holds one batch, not the table."""
+        table = self.tables.raw(resource_type)
+        if not self.has_table(table.name):
+            return
+        with self.engine.connect() as conn:
+            result = conn.execution_options(yield_per=batch_size).execute(sa.select(table.c.resource).order_by(table.c.id))
+            for rows in result.partitions():
+                yield [orjson.loads(text) for (text,) in rows]
 
     def extraction_time(self, resource_type: str = "Patient") -> datetime | None:
         """When ``resource_type`` was last confirmed current on the server: the default data cut-off."""

@@ -2,9 +2,13 @@
 from __future__ import annotations
 
 import collections
+import itertools
+
+import orjson
 
 from etl.fhir.validation import validation_errors
-from synthetic.hospital import PROSPECTIVE_ATTRITION_REASONS, RETRO_ATTRITION_REASONS, HospitalParams, generate_hospital
+from synthetic.hospital import PROSPECTIVE_ATTRITION_REASONS, RETRO_ATTRITION_REASONS, HospitalParams, generate_hospital, stream_hospital
+from synthetic.load import write_ndjson_stream
 from tests.conftest import SMALL_HOSPITAL
 
 
@@ -52,3 +56,33 @@ def test_a_hospitals_propensity_model_and_case_mix_decide_who_gets_tacrolimus():
     amyopathic = cohort(subset_mix=(0.0, 0.0, 1.0, 0.0), mean_age=70.0)
     assert {t["diagnosis_subset"] for t in amyopathic} == {"CADM"}
     assert sum(t["age"] for t in amyopathic) / len(amyopathic) > 62
+
+
+def test_the_streamed_hospital_is_the_generated_hospital_patient_by_patient(small_hospital):
+    records = list(stream_hospital(SMALL_HOSPITAL))
+    assert [r for p in records for r in p.resources] == small_hospital.resources
+    assert [p.truth for p in records if p.truth is not None] == small_hospital.truth
+    # one record per patient (after the study's ResearchStudy), each holding only that patient's resources
+    assert records[0].truth is None and {r["resourceType"] for r in records[0].resources} == {"ResearchStudy"}
+    for p in records[1:]:
+        pid = p.truth["fhir_patient_id"]
+        assert {r["id"] if r["resourceType"] == "Patient" else r["subject" if "subject" in r else "individual"]["reference"]
+                .rsplit("/", 1)[-1] for r in p.resources} == {pid}
+
+
+def test_the_streamed_hospital_yields_before_it_generates_the_rest():
+    # Ten million patients could not be built in the test's time or memory: the first three come at once.
+    huge = HospitalParams(seed=7, n_retrospective=10_000_000, n_noise=10_000_000)
+    first = list(itertools.islice(stream_hospital(huge), 4))
+    assert [p.truth["fhir_patient_id"] for p in first[1:]] == ["pt-00001", "pt-00002", "pt-00003"]
+
+
+def test_the_streamed_ndjson_files_hold_the_generated_hospital(tmp_path, small_hospital):
+    counts = write_ndjson_stream(stream_hospital(SMALL_HOSPITAL), tmp_path / "ndjson", tmp_path / "truth.ndjson")
+    by_type = small_hospital.by_type()
+    assert counts == {t: len(rs) for t, rs in by_type.items()}
+    for rtype, resources in by_type.items():
+        assert [orjson.loads(line) for line in (tmp_path / "ndjson" / f"{rtype}.ndjson").read_bytes().splitlines()] == \
+            orjson.loads(orjson.dumps(resources))
+    truth = [orjson.loads(line) for line in (tmp_path / "truth.ndjson").read_bytes().splitlines()]
+    assert [t["fhir_patient_id"] for t in truth] == [t["fhir_patient_id"] for t in small_hospital.truth]
