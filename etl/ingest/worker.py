@@ -83,9 +83,22 @@ def check_line(line: Line) -> list[Checked]:
     return [Checked(line.source, expected, b"", (), row=row)]
 
 
-def check_chunk(lines: list[Line]) -> list[Checked]:
-    return [c for line in lines for c in check_line(line)]
+# What crosses back from a worker: a valid resource as a plain tuple (resource type, then RawRow's fields in order:
+# id, versionId, lastUpdated, source, text, digest), anything else (errors, tombstones) as its Checked. Rebuilding
+# a Checked and its RawRow on the loading side cost that process about 8 us per resource, a sixth of its time in
+# the ingestion benchmark, and the loading process is the one that limits the step; a tuple costs about 1 us.
+ValidRow = tuple[str, str, "str | None", "str | None", str, str, str]
+Result = Checked | ValidRow
 
 
-def check_block(block: Block) -> list[Checked]:
-    return [checked for line in block.lines() for checked in check_line(line)]
+def compact(checked: list[Checked]) -> list[Result]:
+    return [c if c.row is None else (c.resource_type, c.row.id, c.row.version_id, c.row.last_updated, c.row.source,
+                                     c.row.text, c.row.digest) for c in checked]
+
+
+def check_chunk(lines: list[Line]) -> list[Result]:
+    return compact([c for line in lines for c in check_line(line)])
+
+
+def check_block(block: Block) -> list[Result]:
+    return compact([checked for line in block.lines() for checked in check_line(line)])
