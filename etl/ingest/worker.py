@@ -55,34 +55,6 @@ class Checked:
         return Checked, (self.source, self.resource_type, self.text, self.errors, self.tombstone, self.row, self.known)
 
 
-def check_line(line: Line) -> list[Checked]:
-    """Parse and validate one NDJSON line (runs in a worker). A Bulk ``deleted`` Bundle yields tombstones."""
-    too_big = oversize_error(len(line.text))
-    if too_big:  # not even parsed (an endless line arrives cut just over the limit)
-        return [Checked(line.source, line.type_hint, line.text[:1000], (too_big,), known=line.known)]
-    try:
-        resource = orjson.loads(line.text)
-    except orjson.JSONDecodeError as exc:
-        return [Checked(line.source, line.type_hint, line.text, (f"invalid JSON: {exc}",), known=line.known)]
-    actual = resource.get("resourceType") if isinstance(resource, dict) else None
-    if actual == "Bundle" and resource.get("type") in ("transaction", "batch", "history") and line.type_hint in (None, "Bundle"):
-        out = []
-        for entry in resource.get("entry") or []:
-            request = entry.get("request") or {}
-            parts = [p for p in (request.get("url") or "").split("?")[0].split("/") if p]
-            if request.get("method") == "DELETE" and len(parts) >= 2:
-                out.append(Checked(line.source, parts[-2], b"", (), (parts[-1], None)))
-        return out
-    expected = line.type_hint or (actual if isinstance(actual, str) else None) or "Unknown"
-    errors = tuple(check_resource(resource, expected, line.text))
-    if errors:
-        return [Checked(line.source, expected, line.text, errors)]
-    meta = resource.get("meta") or {}
-    row = RawRow(resource["id"], meta.get("versionId"), meta.get("lastUpdated"), None, line.source,
-                 text=line.text.decode(), digest=content_hash(resource))
-    return [Checked(line.source, expected, b"", (), row=row)]
-
-
 # What crosses back from a worker: a valid resource as a plain tuple (resource type, then RawRow's fields in order:
 # id, versionId, lastUpdated, source, text, digest), anything else (errors, tombstones) as its Checked. Rebuilding
 # a Checked and its RawRow on the loading side cost that process about 8 us per resource, a sixth of its time in
@@ -91,14 +63,47 @@ ValidRow = tuple[str, str, "str | None", "str | None", str, str, str]
 Result = Checked | ValidRow
 
 
-def compact(checked: list[Checked]) -> list[Result]:
-    return [c if c.row is None else (c.resource_type, c.row.id, c.row.version_id, c.row.last_updated, c.row.source,
-                                     c.row.text, c.row.digest) for c in checked]
+def check_text(source: str, text: bytes, type_hint: str | None, known: tuple[str, str | None] | None = None) -> list[Result]:
+    """Parse and validate one NDJSON line (runs in a worker). A Bulk ``deleted`` Bundle yields tombstones."""
+    too_big = oversize_error(len(text))
+    if too_big:  # not even parsed (an endless line arrives cut just over the limit)
+        return [Checked(source, type_hint, text[:1000], (too_big,), known=known)]
+    try:
+        resource = orjson.loads(text)
+    except orjson.JSONDecodeError as exc:
+        return [Checked(source, type_hint, text, (f"invalid JSON: {exc}",), known=known)]
+    actual = resource.get("resourceType") if isinstance(resource, dict) else None
+    if actual == "Bundle" and resource.get("type") in ("transaction", "batch", "history") and type_hint in (None, "Bundle"):
+        out: list[Result] = []
+        for entry in resource.get("entry") or []:
+            request = entry.get("request") or {}
+            parts = [p for p in (request.get("url") or "").split("?")[0].split("/") if p]
+            if request.get("method") == "DELETE" and len(parts) >= 2:
+                out.append(Checked(source, parts[-2], b"", (), (parts[-1], None)))
+        return out
+    expected = type_hint or (actual if isinstance(actual, str) else None) or "Unknown"
+    errors = tuple(check_resource(resource, expected, text))
+    if errors:
+        return [Checked(source, expected, text, errors)]
+    meta = resource.get("meta") or {}
+    return [(expected, resource["id"], meta.get("versionId"), meta.get("lastUpdated"), source, text.decode(),
+             content_hash(resource))]
+
+
+def check_line(line: Line) -> list[Result]:
+    return check_text(line.source, line.text, line.type_hint, line.known)
 
 
 def check_chunk(lines: list[Line]) -> list[Result]:
-    return compact([c for line in lines for c in check_line(line)])
+    return [c for line in lines for c in check_text(line.source, line.text, line.type_hint, line.known)]
 
 
 def check_block(block: Block) -> list[Result]:
-    return compact([checked for line in block.lines() for checked in check_line(line)])
+    """Every line of a block, without making a ``Line`` for each (``Block.lines`` does the same, one object a line)."""
+    out: list[Result] = []
+    prefix, hint = f"{block.path}:", block.type_hint
+    for offset, text in enumerate(block.data.split(b"\n"), block.first_line):
+        text = text.strip()
+        if text:
+            out.extend(check_text(prefix + str(offset), text, hint))
+    return out
