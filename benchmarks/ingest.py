@@ -5,8 +5,8 @@ which takes about ten minutes more on two cores; `--no-rest` skips the REST and 
 
 * The headline: ``dagster asset materialize -w workspace.yaml --select <the raw assets>`` with
   FHIR_SYNC_MODE=ndjson, FHIR_NDJSON_DIR, WAREHOUSE_URL and a fresh DAGSTER_HOME, timed as Dagster reports
-  the step (its blocking checks included, and split into load and checks from the log). Peak RSS of the
-  whole command's process tree, validation workers included, while it loads and while it checks.
+  the step (its blocking checks included, and split into load and checks from the log). Peak memory (PSS) of
+  the whole command's process tree, validation workers included, while it loads and while it checks.
 * Ceilings, measured in the same run on the same files: the parse floor (``orjson.loads`` of every line)
   and a bare loader (parse + the same current and history raw-row writes into the same kind of fresh
   database, no validation, no bookkeeping; ``executemany`` in WAL mode on SQLite, COPY on PostgreSQL).
@@ -22,7 +22,6 @@ import argparse
 import math
 import os
 import re
-import resource
 import shutil
 import subprocess
 import sys
@@ -155,24 +154,25 @@ def bare_loader(directory: Path, url: str, batch: int = BARE_BATCH) -> dict[str,
 
 # ---------------------------------------------------------------- the step, as operators run it
 
-def _tree_rss_mb(root: int) -> float:
-    """Resident memory of ``root`` and all its descendants (the step's process and its validation workers)."""
+def _tree_memory_mb(root: int) -> float:
+    """Proportional set size (PSS) of ``root`` and all its descendants (the CLI, the step's process and its validation
+    workers). PSS, not RSS: forked workers share their parent's pages, and a sum of RSS counts those once per process."""
     children: dict[int, list[int]] = {}
-    rss: dict[int, int] = {}
     for stat in Path("/proc").glob("[0-9]*/stat"):
         try:
-            fields = stat.read_text().rsplit(")", 1)[1].split()
-        except OSError:
+            children.setdefault(int(stat.read_text().rsplit(")", 1)[1].split()[1]), []).append(int(stat.parent.name))
+        except (OSError, ValueError, IndexError):
             continue
-        pid = int(stat.parent.name)
-        children.setdefault(int(fields[1]), []).append(pid)
-        rss[pid] = int(fields[21])
-    total, stack = 0, [root]
+    total_kb, stack = 0, [root]
     while stack:
         pid = stack.pop()
-        total += rss.get(pid, 0)
+        try:
+            rollup = Path(f"/proc/{pid}/smaps_rollup").read_text()
+        except OSError:  # gone since the listing
+            rollup = ""
+        total_kb += next((int(line.split()[1]) for line in rollup.splitlines() if line.startswith("Pss:")), 0)
         stack.extend(children.get(pid, []))
-    return total * resource.getpagesize() / 1e6
+    return total_kb / 1024
 
 
 def operator_step(directory: Path, url: str, workdir: Path, log: Path) -> dict[str, float]:
@@ -196,7 +196,7 @@ def operator_step(directory: Path, url: str, workdir: Path, log: Path) -> dict[s
         while process.poll() is None:
             # Until every raw asset is materialized the step is loading; after that it runs its checks.
             phase = "checks" if log.read_text().count("ASSET_MATERIALIZATION - ") >= len(TYPES) else "load"
-            peak[phase] = max(peak[phase], _tree_rss_mb(process.pid))
+            peak[phase] = max(peak[phase], _tree_memory_mb(process.pid))
             time.sleep(0.2)
     wall = time.perf_counter() - started
     text = log.read_text()
@@ -332,7 +332,7 @@ def main() -> None:
         print("NDJSON hand-over: the fhir_ingest step (dagster asset materialize, FHIR_SYNC_MODE=ndjson) beside its ceilings")
         print(f"{'database':<11} {'resources':>10} {'parse floor':>12} {'bare loader':>12} {'step res/s':>11} "
               f"{'step/bare':>10} {'load/bare':>10} {'step s':>7} {'load s':>7} {'checks s':>9} {'command s':>10} "
-              f"{'RSS load MB':>12} {'RSS checks MB':>14}")
+              f"{'PSS load MB':>12} {'PSS checks MB':>14}")
         for label, written, floor, bare, step in rows:
             rate = written / step["seconds"]
             print(f"{label:<11} {written:>10} {_rate(floor):>12.0f} {_rate(bare):>12.0f} {rate:>11.0f} "
@@ -343,8 +343,8 @@ def main() -> None:
         print(" raw rows into a fresh database of the same kind, no validation, one process. step: Dagster's own timing of")
         print(" fhir_ingest, its blocking checks included; load and checks: its two parts, from the log's whole-second")
         print(" timestamps (load: step start to the last raw asset materialized, so load/bare leaves the checks out);")
-        print(" command: the whole CLI. RSS: the peak of the command's process tree (the CLI, the step's process and its")
-        print(" validation workers) while the step loads and while it checks, sampled every 0.2 s)")
+        print(" command: the whole CLI. PSS: the peak proportional set size of the command's process tree (the CLI, the")
+        print(" step's process and its validation workers) while the step loads and while it checks, sampled every 0.2 s)")
         files = work / f"ndjson-{args.resources}"
         rate = fhiry_rate(files, args.fhiry_sample)
         if rate is None:
