@@ -13,7 +13,7 @@ from etl.fhir.ndjson import Block, Line
 from etl.fhir.plausibility import plausibility_errors
 from etl.fhir.validation import validation_errors
 from etl.fhir.wire import oversize_error, wire_errors
-from etl.records import RawRow, content_hash
+from etl.records import content_hash
 
 
 def check_resource(resource: Any, expected_type: str, text: bytes | None = None) -> list[str]:
@@ -48,11 +48,10 @@ class Checked:
     text: bytes
     errors: tuple[str, ...]
     tombstone: tuple[str, str | None] | None = None  # (id, versionId) for a deleted-resource entry
-    row: RawRow | None = None  # a valid resource, serialised and hashed by the worker
     known: tuple[str, str | None] | None = None  # the line's (id, versionId) when its sender knew them
 
     def __reduce__(self) -> tuple:
-        return Checked, (self.source, self.resource_type, self.text, self.errors, self.tombstone, self.row, self.known)
+        return Checked, (self.source, self.resource_type, self.text, self.errors, self.tombstone, self.known)
 
 
 # What crosses back from a worker: a valid resource as a plain tuple (resource type, then RawRow's fields in order:
