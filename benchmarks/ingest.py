@@ -1,31 +1,34 @@
-"""Ingestion speed and memory: the Bulk NDJSON path and the REST path, each beside its ceiling.
+"""Ingestion speed and memory: the ``fhir_ingest`` step as operators run it, beside two ceilings from the same run.
 
-Prints its figures; run with `.venv/bin/python -m benchmarks.ingest` (about 1M resources,
-several minutes) or `--resources 200000` for a quicker look.
+Run with `.venv/bin/python -m benchmarks.ingest` (250,000 generated resources; `--million` adds 1,000,000,
+which takes about ten minutes more on two cores; `--no-rest` skips the REST and Bulk rows).
 
-* NDJSON path: end-to-end resources/s (read, validate, plausibility, load
-  into SQLite) beside the ceiling, bare ``fhir.resources.R4B`` validation of the same lines on
-  every core. Peak RSS at N/4 and N shows whether memory stays flat.
-* fhiry (a popular NDJSON-to-pandas library) on a sample of the same files, when its own venv
-  exists (`make bench-venv`; it needs pandas 3, which lifelines does not support).
-* With ``--postgres-url``: the larger NDJSON set again, into a fresh database on that server.
-* REST path against the sandbox server: end-to-end resources/s beside a bare client that only
-  pages through the same searches, then an unchanged re-run's requests and writes, then a Bulk
-  $export of the same server.
+* The headline: ``dagster asset materialize -w workspace.yaml --select <the raw assets>`` with
+  FHIR_SYNC_MODE=ndjson, FHIR_NDJSON_DIR, WAREHOUSE_URL and a fresh DAGSTER_HOME, timed as Dagster reports
+  the step (its blocking checks included, and split into load and checks from the log). Peak memory (PSS) of
+  the whole command's process tree, validation workers included, while it loads and while it checks.
+* Ceilings, measured in the same run on the same files: the parse floor (``orjson.loads`` of every line)
+  and a bare loader (parse + the same current and history raw-row writes into the same kind of fresh
+  database, no validation, no bookkeeping; ``executemany`` in WAL mode on SQLite, COPY on PostgreSQL).
+* fhiry (a popular NDJSON-to-pandas library) on a sample of the same files, when its own venv exists
+  (`make bench-venv`; it needs pandas 3, which lifelines does not support).
+* With ``--postgres-url``: the same step and bare loader into fresh databases on that server.
+* REST against the sandbox server: end-to-end resources/s beside a bare client that only pages through the
+  same searches, then an unchanged re-run's requests and writes, then a Bulk $export of the same server.
 """
 from __future__ import annotations
 
 import argparse
-import json
 import math
 import os
-import resource
+import re
 import shutil
 import subprocess
 import sys
 import tempfile
 import time
-from concurrent.futures import ProcessPoolExecutor
+from contextlib import nullcontext
+from datetime import datetime, timezone
 from itertools import islice
 from pathlib import Path
 from typing import Any, Iterator
@@ -36,6 +39,7 @@ ROOT = Path(__file__).resolve().parent.parent
 FHIRY_PYTHON = ROOT / "benchmarks" / ".fhiry-venv" / "bin" / "python"
 TYPES = ["Patient", "Condition", "MedicationStatement", "Procedure", "Observation", "AdverseEvent",
          "ResearchStudy", "ResearchSubject"]
+BARE_BATCH = 2000  # rows per transaction, as the step's loader writes them
 
 
 # ---------------------------------------------------------------- data
@@ -84,67 +88,139 @@ def write_files(n: int, directory: Path) -> int:
     return count
 
 
-# ---------------------------------------------------------------- ceiling
+# ---------------------------------------------------------------- ceilings
 
-def _validate_chunk(lines: list[bytes]) -> int:
-    from etl.fhir.validation import _model
+def ndjson_lines(directory: Path) -> Iterator[tuple[str, int, bytes]]:
+    """(file, line number, text) of every non-empty line, in the order the step reads the files."""
+    for path in sorted(directory.glob("*.ndjson")):
+        with path.open("rb") as f:
+            for number, line in enumerate(f, 1):
+                if line.strip():
+                    yield str(path), number, line.rstrip(b"\n")
 
-    for line in lines:
-        r = orjson.loads(line)
-        _model(r["resourceType"]).model_validate(r)
-    return len(lines)
 
-
-def validation_ceiling(directory: Path, workers: int) -> float:
-    def chunks() -> Iterator[list[bytes]]:
-        for path in sorted(directory.glob("*.ndjson")):
-            with path.open("rb") as f:
-                while chunk := list(islice(f, 500)):
-                    yield chunk
-
+def parse_floor(directory: Path) -> dict[str, float]:
+    """``orjson.loads`` of every line, one process: nothing that reads JSON can be faster."""
     started = time.perf_counter()
-    with ProcessPoolExecutor(max_workers=workers) as pool:
-        total = sum(pool.map(_validate_chunk, chunks(), chunksize=1))
-    return total / (time.perf_counter() - started)
+    n = sum(1 for _, _, text in ndjson_lines(directory) if orjson.loads(text) is not None)
+    return {"received": n, "seconds": time.perf_counter() - started}
 
 
-# ---------------------------------------------------------------- end to end (child process)
+def bare_loader(directory: Path, url: str, batch: int = BARE_BATCH) -> dict[str, float]:
+    """The yardstick the step is held to: parse every line, then write the same current and history raw rows
+    into the same kind of fresh database (the warehouse's own tables and connection settings: SQLite in WAL
+    mode, or COPY on PostgreSQL), ``batch`` rows per transaction with executemany. No validation, no
+    plausibility, no bookkeeping, no lookups of stored versions. The content hash column is filled with the
+    SHA-256 of the line as received (the step hashes the canonical JSON)."""
+    import hashlib
 
-def _peak_rss_mb() -> float:
-    """This process's own peak RSS (VmHWM). ``getrusage(RUSAGE_SELF).ru_maxrss`` is not: Linux carries
-    the high-water mark over an exec, so a child started by a big parent reported the parent's."""
-    for line in Path("/proc/self/status").read_text().splitlines():
-        if line.startswith("VmHWM:"):
-            return int(line.split()[1]) / 1024
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    from etl.warehouse import Warehouse
+    from etl.warehouse.schema import HISTORY, HISTORY_COLUMNS, RAW_COLUMNS
+    from etl.warehouse.writes import driver_time
+
+    wh = Warehouse(url)
+    wh.ensure_schema(TYPES)
+    stamp = driver_time(wh.engine, datetime.now(timezone.utc))
+    history = wh.table(HISTORY)
+    started = time.perf_counter()
+    n = 0
+    current: dict[str, list[tuple]] = {}
+    versions: list[tuple] = []
+
+    def write() -> None:
+        with wh.engine.begin() as conn:
+            for rtype, rows in current.items():
+                if rows:
+                    wh.insert_rows(conn, wh.tables.raw(rtype), RAW_COLUMNS, rows)
+            wh.insert_rows(conn, history, HISTORY_COLUMNS, versions, ignore_conflicts=True)
+        current.clear()
+        versions.clear()
+
+    for path, number, text in ndjson_lines(directory):
+        r = orjson.loads(text)
+        meta = r.get("meta") or {}
+        rtype, rid, vid, lu, source = r["resourceType"], r["id"], meta.get("versionId"), meta.get("lastUpdated"), f"{path}:{number}"
+        body = text.decode()
+        current.setdefault(rtype, []).append((rid, vid, lu, hashlib.sha256(text).hexdigest(), body, source, stamp))
+        versions.append((rtype, rid, vid or lu or "-", vid, lu, False, body, source, stamp))
+        n += 1
+        if len(versions) >= batch:
+            write()
+    write()
+    seconds = time.perf_counter() - started
+    wh.engine.dispose()
+    return {"received": n, "seconds": seconds}
 
 
-def _e2e_child(directory: str, url: str) -> None:
-    from etl.ingest.ndjson_dir import sync_ndjson_directory
+# ---------------------------------------------------------------- the step, as operators run it
+
+def _tree_memory_mb(root: int) -> float:
+    """Proportional set size (PSS) of ``root`` and all its descendants (the CLI, the step's process and its validation
+    workers). PSS, not RSS: forked workers share their parent's pages, and a sum of RSS counts those once per process."""
+    children: dict[int, list[int]] = {}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            children.setdefault(int(stat.read_text().rsplit(")", 1)[1].split()[1]), []).append(int(stat.parent.name))
+        except (OSError, ValueError, IndexError):
+            continue
+    total_kb, stack = 0, [root]
+    while stack:
+        pid = stack.pop()
+        try:
+            rollup = Path(f"/proc/{pid}/smaps_rollup").read_text()
+        except OSError:  # gone since the listing
+            rollup = ""
+        total_kb += next((int(line.split()[1]) for line in rollup.splitlines() if line.startswith("Pss:")), 0)
+        stack.extend(children.get(pid, []))
+    return total_kb / 1024
+
+
+def operator_step(directory: Path, url: str, workdir: Path, log: Path) -> dict[str, float]:
+    """``dagster asset materialize -w workspace.yaml --select <the raw assets>`` with FHIR_SYNC_MODE=ndjson and a
+    fresh DAGSTER_HOME, as an operator runs it. Times the ``fhir_ingest`` step as Dagster reports it (its
+    blocking checks included) and the whole command; samples the peak resident memory of the command's
+    process tree (the step's process plus its validation workers) every 0.2 s."""
+    from etl.warehouse import raw_table_name
+    from synthetic.demo import dagster_home
+
+    home = dagster_home(workdir / f"dagster-home-{time.monotonic_ns()}")
+    env = {**os.environ, "FHIR_SYNC_MODE": "ndjson", "FHIR_NDJSON_DIR": str(directory), "WAREHOUSE_URL": url,
+           "DAGSTER_HOME": str(home), "PSEUDONYM_KEY": os.environ.get("PSEUDONYM_KEY") or "0" * 64}
+    selection = ",".join(raw_table_name(t) for t in TYPES)
+    command = [str(Path(sys.executable).with_name("dagster")), "asset", "materialize", "-w", "workspace.yaml",
+               "--select", selection]
+    peak = {"load": 0.0, "checks": 0.0}
+    started = time.perf_counter()
+    with log.open("w") as out:
+        process = subprocess.Popen(command, cwd=ROOT, env=env, stdout=out, stderr=subprocess.STDOUT)
+        while process.poll() is None:
+            # Until every raw asset is materialized the step is loading; after that it runs its checks.
+            phase = "checks" if log.read_text().count("ASSET_MATERIALIZATION - ") >= len(TYPES) else "load"
+            peak[phase] = max(peak[phase], _tree_memory_mb(process.pid))
+            time.sleep(0.2)
+    wall = time.perf_counter() - started
+    text = log.read_text()
+    if process.returncode != 0:
+        raise RuntimeError(f"dagster asset materialize failed (exit {process.returncode}); log in {log}:\n{text[-3000:]}")
+    # Dagster writes durations as "850ms", "41.2s", "2m4s" or "1h2m3s".
+    step = re.search(r'Finished execution of step "fhir_ingest" in ((?:\d+h)?(?:\d+m)?(?:[\d.]+s)?(?:[\d.]+ms)?)\.', text)
+    seconds = sum(float(v) * {"h": 3600.0, "m": 60.0, "s": 1.0, "ms": 1e-3}[u]
+                  for v, u in re.findall(r"([\d.]+)(ms|h|m|s)", step.group(1))) if step else wall
+    # The step loads, then runs its blocking checks: the log's timestamps (whole seconds) split the two.
+    stamps = {event: [datetime.fromisoformat(m) for m in re.findall(rf"^(\S+ \S+) \+0000 - dagster - \w+ - .* - {event} - ",
+                                                                    text, flags=re.M)]
+              for event in ("STEP_START", "ASSET_MATERIALIZATION", "STEP_SUCCESS")}
+    checks = ((stamps["STEP_SUCCESS"][-1] - stamps["ASSET_MATERIALIZATION"][-1]).total_seconds()
+              if all(stamps.values()) else float("nan"))
+    load = ((stamps["ASSET_MATERIALIZATION"][-1] - stamps["STEP_START"][-1]).total_seconds()
+            if all(stamps.values()) else float("nan"))
     from etl.warehouse import Warehouse
 
-    started = time.perf_counter()
-    reports = sync_ndjson_directory(Warehouse(url), directory, TYPES)
-    seconds = time.perf_counter() - started
-    received = sum(r.load.received for r in reports.values())
-    print(json.dumps({"received": received, "seconds": seconds,
-                      "quarantined": sum(r.load.quarantined_seen for r in reports.values()),
-                      "rss_parent_mb": _peak_rss_mb(),
-                      "rss_workers_mb": resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024}))
-
-
-def end_to_end(directory: Path, url: str) -> dict[str, float]:
-    out = subprocess.run([sys.executable, "-m", "benchmarks.ingest", "--e2e-child", str(directory), url],
-                         cwd=ROOT, check=True, capture_output=True, text=True)
-    return json.loads(out.stdout.strip().splitlines()[-1])
-
-
-def postgres_end_to_end(directory: Path, server_url: str) -> dict[str, float]:
-    """The same load into a fresh database on the PostgreSQL server at ``server_url``, dropped afterwards."""
-    from synthetic.scratch_postgres import scratch_database
-
-    with scratch_database(server_url, "ingest_bench") as url:
-        return end_to_end(directory, url)
+    wh = Warehouse(url)
+    loaded = sum(wh.current_count(t) for t in TYPES)
+    wh.engine.dispose()
+    return {"seconds": seconds, "wall": wall, "checks": checks, "load": load, "loaded": loaded, "peak_rss_mb": peak["load"],
+            "peak_rss_checks_mb": peak["checks"]}
 
 
 def fhiry_rate(directory: Path, sample: int) -> float | None:
@@ -203,52 +279,80 @@ def rest_path(n: int, workdir: Path, page_size: int) -> dict[str, float]:
             "rerun_writes": sum(r.load.applied.writes for r in again.values())}
 
 
+def _rate(figures: dict[str, float], key: str = "received") -> float:
+    return figures[key] / figures["seconds"]
+
+
+def ndjson_rows(n: int, work: Path, postgres_url: str | None) -> list[tuple[str, int, dict, dict, dict]]:
+    """One generated hospital of about ``n`` resources: the parse floor, the bare loader and the operator's step,
+    in that order, each into a fresh database (SQLite, then PostgreSQL when asked)."""
+    files = work / f"ndjson-{n}"
+    t0 = time.perf_counter()
+    written = write_files(n, files)
+    size = sum(p.stat().st_size for p in files.glob("*.ndjson")) / 1e6
+    print(f"generated {written} resources in {time.perf_counter() - t0:.0f}s ({size:.0f} MB of NDJSON)", flush=True)
+    floor = parse_floor(files)
+    out = []
+    targets = [("SQLite", lambda name: nullcontext(f"sqlite:///{work / f'{name}-{n}.sqlite'}"))]
+    if postgres_url:
+        from synthetic.scratch_postgres import scratch_database
+
+        targets.append(("PostgreSQL", lambda name: scratch_database(postgres_url, f"ingest_{name}")))
+    for label, database in targets:
+        with database("bare") as url:
+            bare = bare_loader(files, url)
+        with database("step") as url:
+            step = operator_step(files, url, work, work / f"step-{label}-{n}.log")
+        if step["loaded"] != written:
+            raise RuntimeError(f"the step loaded {step['loaded']} of {written} resources (log in {work})")
+        print(f"  {label}: parse floor {_rate(floor):.0f} res/s, bare loader {_rate(bare):.0f} res/s, "
+              f"step {written / step['seconds']:.0f} res/s", flush=True)
+        out.append((label, written, floor, bare, step))
+    return out
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--resources", type=int, default=1_000_000)
+    parser.add_argument("--resources", type=int, default=250_000)
+    parser.add_argument("--million", action="store_true", help="also 1,000,000 resources (about 10 minutes more)")
     parser.add_argument("--rest-resources", type=int, default=100_000)
+    parser.add_argument("--no-rest", action="store_true", help="skip the REST and Bulk rows")
     parser.add_argument("--fhiry-sample", type=int, default=5_000)
-    parser.add_argument("--workers", type=int, default=os.cpu_count() or 1)
-    parser.add_argument("--keep", action="store_true", help="keep the generated files")
-    parser.add_argument("--postgres-url", help="also load the larger NDJSON set into a fresh database on this "
-                                               "PostgreSQL server (an SQLAlchemy URL, postgresql+psycopg://...)")
-    parser.add_argument("--e2e-child", nargs=2, help=argparse.SUPPRESS)
+    parser.add_argument("--keep", action="store_true", help="keep the generated files, databases and logs")
+    parser.add_argument("--postgres-url", help="also load into fresh databases on this PostgreSQL server "
+                                               "(an SQLAlchemy URL, postgresql+psycopg://...)")
     args = parser.parse_args()
-    if args.e2e_child:
-        _e2e_child(*args.e2e_child)
-        return
     work = Path(tempfile.mkdtemp(prefix="ingest-bench-"))
     try:
-        print(f"cores: {os.cpu_count()}, validation workers: {args.workers}")
+        print(f"cores: {os.cpu_count()}; work directory {work}")
         rows = []
-        for n in (args.resources // 4, args.resources):
-            files = work / f"ndjson-{n}"
-            t0 = time.perf_counter()
-            written = write_files(n, files)
-            print(f"generated {written} resources in {time.perf_counter() - t0:.0f}s "
-                  f"({sum(p.stat().st_size for p in files.glob('*.ndjson')) / 1e6:.0f} MB of NDJSON)")
-            e2e = end_to_end(files, f"sqlite:///{work / f'w-{n}.sqlite'}")
-            rows.append((written, e2e))
-        ceiling = validation_ceiling(files, args.workers)
+        for n in (args.resources, *([1_000_000] if args.million else [])):
+            rows.extend(ndjson_rows(n, work, args.postgres_url))
         print()
-        print("NDJSON path (read, validate, plausibility, load into SQLite)")
-        print(f"{'resources':>10} {'e2e res/s':>10} {'ceiling res/s':>14} {'ratio':>6} {'peak RSS parent MB':>19} "
-              f"{'peak RSS worker MB':>19}")
-        for written, e2e in rows:
-            rate = e2e["received"] / e2e["seconds"]
-            print(f"{written:>10} {rate:>10.0f} {ceiling:>14.0f} {rate / ceiling:>6.2f} {e2e['rss_parent_mb']:>19.0f} "
-                  f"{e2e['rss_workers_mb']:>19.0f}")
-        print(f"(ceiling: bare fhir.resources.R4B validation of the {rows[-1][0]} resources on {args.workers} cores)")
-        if args.postgres_url:
-            pg = postgres_end_to_end(files, args.postgres_url)
-            rate = pg["received"] / pg["seconds"]
-            print(f"PostgreSQL warehouse, same {rows[-1][0]} resources: {rate:.0f} res/s, ratio {rate / ceiling:.2f}, "
-                  f"peak RSS parent {pg['rss_parent_mb']:.0f} MB")
+        print("NDJSON hand-over: the fhir_ingest step (dagster asset materialize, FHIR_SYNC_MODE=ndjson) beside its ceilings")
+        print(f"{'database':<11} {'resources':>10} {'parse floor':>12} {'bare loader':>12} {'step res/s':>11} "
+              f"{'step/bare':>10} {'load/bare':>10} {'step s':>7} {'load s':>7} {'checks s':>9} {'command s':>10} "
+              f"{'PSS load MB':>12} {'PSS checks MB':>14}")
+        for label, written, floor, bare, step in rows:
+            rate = written / step["seconds"]
+            print(f"{label:<11} {written:>10} {_rate(floor):>12.0f} {_rate(bare):>12.0f} {rate:>11.0f} "
+                  f"{rate / _rate(bare):>10.2f} {bare['seconds'] / step['load']:>10.2f} {step['seconds']:>7.1f} "
+                  f"{step['load']:>7.0f} {step['checks']:>9.0f} {step['wall']:>10.1f} "
+                  f"{step['peak_rss_mb']:>12.0f} {step['peak_rss_checks_mb']:>14.0f}")
+        print("(parse floor: orjson.loads of every line, one process. bare loader: parse + the same current and history")
+        print(" raw rows into a fresh database of the same kind, no validation, one process. step: Dagster's own timing of")
+        print(" fhir_ingest, its blocking checks included; load and checks: its two parts, from the log's whole-second")
+        print(" timestamps (load: step start to the last raw asset materialized, so load/bare leaves the checks out);")
+        print(" command: the whole CLI. PSS: the peak proportional set size of the command's process tree (the CLI, the")
+        print(" step's process and its validation workers) while the step loads and while it checks, sampled every 0.2 s)")
+        files = work / f"ndjson-{args.resources}"
         rate = fhiry_rate(files, args.fhiry_sample)
         if rate is None:
             print("fhiry: not measured (run `make bench-venv` to create benchmarks/.fhiry-venv)")
         else:
             print(f"fhiry 5.2.2 on {args.fhiry_sample} of the same resources: {rate:.0f} resources/s")
+        if args.no_rest:
+            return
         print()
         rest = rest_path(args.rest_resources, work, page_size=1000)
         print(f"REST path, sandbox server, {rest['resources']:.0f} resources, pages of 1000")

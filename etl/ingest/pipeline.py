@@ -2,8 +2,8 @@
 
 The same pipeline serves every sync mode (REST pages, history tombstones, Bulk files, an NDJSON
 directory, cohort-first chunks), so the accounting is identical whichever way the data came in:
-lines go to validation workers (``etl.ingest.worker``: ~12k resources/s per core with
-fhir.resources), come back as rows ready to write, and are routed to one ``TypeLoader`` per type,
+lines go to validation workers (``etl.ingest.worker``), come back as rows ready to write (plain tuples:
+the loading process is the one that limits the step), and are routed to one ``TypeLoader`` per type,
 which writes every ``batch_size``. Memory stays flat: a bounded number of blocks is in flight.
 """
 from __future__ import annotations
@@ -20,7 +20,7 @@ import orjson
 from etl.fhir.ndjson import Block, Line
 from etl.warehouse import ApplyResult, QuarantineRow, RawRow, SeenIds, Tombstone, Warehouse
 
-from .worker import Checked, check_block, check_chunk, check_resource, quarantine_text
+from .worker import Result, check_block, check_chunk, check_resource, quarantine_text
 
 CHUNK_LINES = 500
 T = TypeVar("T")
@@ -109,8 +109,8 @@ def _chunks(lines: Iterable[Line], size: int) -> Iterator[list[Line]]:
         yield chunk
 
 
-def _ordered_map(pool: Executor | None, check: Callable[[T], list[Checked]], chunks: Iterable[T],
-                 window: int) -> Iterator[list[Checked]]:
+def _ordered_map(pool: Executor | None, check: Callable[[T], list[Result]], chunks: Iterable[T],
+                 window: int) -> Iterator[list[Result]]:
     """``pool.map`` with a bounded number of chunks in flight (``Executor.map`` submits everything at once)."""
     if pool is None:
         for chunk in chunks:
@@ -155,7 +155,10 @@ class ValidatingLoader:
             self.loaders[resource_type] = TypeLoader(self.warehouse, resource_type, self.batch_size)
         return self.loaders[resource_type]
 
-    def take(self, checked: Checked) -> None:
+    def take(self, checked: Result) -> None:
+        if type(checked) is tuple:  # a valid resource, as a worker sends it (worker.compact)
+            self._take_valid(checked[0], RawRow(checked[1], checked[2], checked[3], None, checked[4], checked[5], checked[6]))
+            return
         rtype = checked.resource_type or "Unknown"
         if checked.tombstone is not None:
             if self.allowed is None or rtype in self.allowed:
@@ -186,16 +189,21 @@ class ValidatingLoader:
                 self.without_id[rtype] = self.without_id.get(rtype, 0) + 1
             loader.add(resource, checked.source, list(checked.errors))
             return
-        row = checked.row
-        if row is None:  # a checked valid line always carries its row (check_line)
-            raise RuntimeError(f"a valid line without its row: {checked.source}")
+        raise RuntimeError(f"a line with neither a row nor a reason: {checked.source}")  # check_text gives one or the other
+
+    def _take_valid(self, rtype: str, row: RawRow) -> None:
+        if self.allowed is not None and rtype not in self.allowed:
+            # A resource of a type we did not ask for is still accounted for: quarantined, not dropped.
+            self.loader(rtype).add_unparseable(row.json_text(), f"resource type {rtype} was not requested", row.source)
+            return
+        self.lines_per_type[rtype] = self.lines_per_type.get(rtype, 0) + 1
         if self.keep is not None and not self.keep(rtype, orjson.loads(row.json_text())):
             self.filtered_out[rtype] = self.filtered_out.get(rtype, 0) + 1
             self.lines_per_type[rtype] -= 1
             return
         if self.track_ids:
             self.seen(rtype).add(row.id)
-        loader.add_row(row)
+        self.loader(rtype).add_row(row)
 
     def load(self, lines: Iterable[Line], pool: Executor | None = None, chunk_lines: int = CHUNK_LINES,
              window: int = 4) -> None:

@@ -145,8 +145,17 @@ class Warehouse(Bookkeeping, DerivedTables, ResourcesByPatient):
         out: dict[str, _Stored] = {}
         for i in range(0, len(ids), _IN_CHUNK):
             chunk = ids[i:i + _IN_CHUNK]
-            query = sa.select(raw.c.id, raw.c.version_id, raw.c.last_updated, raw.c.content_hash).where(self._among(raw.c.id, chunk))
-            for rid, vid, lu, digest in conn.execute(query):
+            if self.postgres:
+                query = sa.select(raw.c.id, raw.c.version_id, raw.c.last_updated, raw.c.content_hash).where(
+                    self._among(raw.c.id, chunk))
+                found = conn.execute(query)
+            else:
+                # The statement as text: compiling SQLAlchemy's IN list of 500 parameters for every chunk cost more
+                # than SQLite's lookups (a tenth of the loading process in the ingestion benchmark).
+                marks = ",".join("?" * len(chunk))
+                found = conn.exec_driver_sql(f"SELECT id, version_id, last_updated, content_hash FROM "  # noqa: S608 - the table name is the warehouse's own, quoted; the ids are parameters
+                                             f"{self.qualified(raw.name)} WHERE id IN ({marks})", tuple(chunk))
+            for rid, vid, lu, digest in found:
                 out[rid] = _Stored(vid, lu, digest)
         return out
 

@@ -23,6 +23,7 @@ def test_a_checked_block_names_file_and_line_of_each_bad_line(tmp_path):
     path = tmp_path / "Patient.ndjson"
     path.write_bytes(b'{"resourceType": "Patient", "id": "a"}\n\nnot json\n')
     [block] = list(file_blocks(path, "Patient"))
-    checked = check_block(block)
-    assert [c.source for c in checked] == [f"{path}:1", f"{path}:3"]
-    assert checked[0].row is not None and checked[1].errors[0].startswith("invalid JSON")
+    valid, bad = check_block(block)
+    # A valid line crosses back as a plain tuple (type, id, versionId, lastUpdated, source, text, digest)
+    assert isinstance(valid, tuple) and valid[:2] == ("Patient", "a") and valid[4] == f"{path}:1"
+    assert bad.source == f"{path}:3" and bad.errors[0].startswith("invalid JSON")
