@@ -46,6 +46,12 @@ from etl.warehouse import Warehouse
 
 CHUNK_PATIENTS = 1000
 POOL_FROM_CHUNKS = 4  # fewer chunks run in this process: a pool is not worth its start
+# Inside a Dagster step (the multiprocess executor starts steps with ``spawn``) a worker process starts with
+# ``spawn`` too and imports Dagster again to unpickle its job: 4-8 CPU s per worker on the reference machine,
+# while reading, flattening and deriving one candidate costs about 4 ms. Measured on the paper-size hospital
+# (324 candidates): 21 s for the step with two workers, 1.6 s inline. So the automatic choice pools only a
+# hospital with this many candidates (about 10,000 patients in the paper's mix).
+POOL_FROM_CANDIDATES = 4000
 # What data quality reads of a patient outside the candidates (analytics.cohort.facts: death without a date,
 # glucocorticoid doses, observation values and units).
 QUALITY_TYPES = ("Patient", "MedicationStatement", "Observation")
@@ -169,7 +175,8 @@ def derive_in_chunks(wh: Warehouse, concepts: ConceptMap, params: RuleParams, ba
     """Every cohort table, reading at most ``chunk_patients`` patients' resources at a time (per worker);
     and every Patient id (for ``patient_xref``), in the warehouse's order.
 
-    With ``POOL_FROM_CHUNKS`` chunks or more, chunks run in ``workers`` processes (default: up to 2 cores);
+    With ``POOL_FROM_CHUNKS`` chunks or more, chunks run in ``workers`` processes (default: up to 2 cores when
+    there are ``POOL_FROM_CANDIDATES`` candidates, else this process);
     outcomes are gathered in chunk order, so the tables do not depend on the number of workers."""
     timings = timings if timings is not None else {}
     started = time.perf_counter()
@@ -185,7 +192,8 @@ def derive_in_chunks(wh: Warehouse, concepts: ConceptMap, params: RuleParams, ba
         ids = {t: list(patients) if t == "Patient" else index.ids(t, patients) for t in types}
         return _Job(wh.url, ids, is_candidate, studies if is_candidate else [], base, concepts, params)
 
-    workers = workers if workers is not None else min(2, os.cpu_count() or 1)
+    if workers is None:
+        workers = min(2, os.cpu_count() or 1) if len(candidates) >= POOL_FROM_CANDIDATES else 1
 
     def size(patients: Sequence[str]) -> int:  # at most chunk_patients, and small enough to give every worker a chunk
         return max(1, min(chunk_patients, -(-len(patients) // workers)))
@@ -198,8 +206,8 @@ def derive_in_chunks(wh: Warehouse, concepts: ConceptMap, params: RuleParams, ba
               and not multiprocessing.current_process().daemon)
     pool = None
     if pooled:
-        # Forked as the validation pool is (etl.ingest.pipeline): a spawned worker re-imported Dagster, seconds
-        # per worker. The parent's pooled connections are closed first, so no child inherits a live one.
+        # The start method is the process's default (see POOL_FROM_CANDIDATES). The parent's pooled connections
+        # are closed first, so a forked child inherits no live one.
         wh.engine.dispose()
         pool = ProcessPoolExecutor(max_workers=workers)
     builder = CohortBuilder(params)
