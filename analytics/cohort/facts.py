@@ -143,7 +143,8 @@ def build_facts(flat: dict[str, pd.DataFrame], concepts: ConceptMap) -> StudyFac
     dosing = meds[["dose_value", "dose_unit", "frequency", "period", "period_unit"]]
     meds["daily_dose_mg"] = [daily_dose_mg(*r) for r in dosing.itertuples(index=False)]
     no_dose = meds["daily_dose_mg"].isna() & (meds["concept"] == "glucocorticoid")
-    quality += [{"patient_id": p, "issue": "glucocorticoid_dose_not_computable"} for p in meds.loc[no_dose, "patient_id"]]
+    # A resource without a patient is already counted as resource_without_patient_subject: no NaN "patient" here.
+    quality += [{"patient_id": p, "issue": "glucocorticoid_dose_not_computable"} for p in meds.loc[no_dose, "patient_id"].dropna()]
     meds["pred_factor"] = meds["factor"].where(meds["concept"] == "glucocorticoid")
     meds["stopped_for_adverse_event"] = ["adverse-event" in reasons for reasons in
                                          concepts_per_row(concepts, "medication_status_reasons", meds["status_reason_codings"])]
@@ -168,9 +169,9 @@ def build_facts(flat: dict[str, pd.DataFrame], concepts: ConceptMap) -> StudyFac
     value_concepts = concepts_per_row(concepts, "observation_values", obs["value_codings"])
     obs = obs.assign(value=values, value_code=[single_value(v) for v in value_concepts])
     conflicting = [len(v) > 1 for v in value_concepts]
-    quality += [{"patient_id": p, "issue": "observation_value_codings_disagree"} for p in obs.loc[conflicting, "patient_id"]]
+    quality += [{"patient_id": p, "issue": "observation_value_codings_disagree"} for p in obs.loc[conflicting, "patient_id"].dropna()]
     bad_unit = obs["value_quantity"].notna() & obs["value"].isna()
-    quality += [{"patient_id": p, "issue": "observation_unit_not_convertible"} for p in obs.loc[bad_unit, "patient_id"]]
+    quality += [{"patient_id": p, "issue": "observation_unit_not_convertible"} for p in obs.loc[bad_unit, "patient_id"].dropna()]
     obs_columns = ["observation_id", "patient_id", "concept", "date", "value", "value_code", "value_boolean"]
     comps = concepts.annotate("observations", flat[OBSERVATION_COMPONENTS])
     comps = comps.merge(obs[["observation_id", "patient_id", "date"]].drop_duplicates("observation_id"), on="observation_id")

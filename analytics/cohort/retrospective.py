@@ -131,9 +131,10 @@ def retrospective_part(facts: StudyFacts, params: RuleParams, grouped: dict[str,
 
 
 def without_iim_or_ild_codes(facts: StudyFacts) -> RetrospectivePart:
-    """Patients known (from the warehouse's codes, ``etl.warehouse.scope``) to have no Condition coded IIM or
-    ILD under any status: each fails the first rule, ``no_iim_condition``, whatever else their record holds,
-    so no rule is run. ``facts`` need only hold what data quality reads (patients, medications, observations)."""
+    """Patients known (from their Conditions' codings, ``scope.carries_iim``) to have no Condition coded IIM
+    under any status: each fails the first rule, ``no_iim_condition``, whatever else their record holds, so no
+    rule is run. (The selection is IIM only: an ILD code alone does not make a candidate; the name is kept for
+    its callers.) ``facts`` need only hold what data quality reads (patients, medications, observations)."""
     part = RetrospectivePart(n_patients=len(facts.patients),
                              exclusions=[{"patient_id": pid, "reason": "no_iim_condition"} for pid in facts.patients["patient_id"]])
     add_fact_quality(part.quality, facts)

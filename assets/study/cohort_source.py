@@ -186,7 +186,10 @@ def derive_in_chunks(wh: Warehouse, concepts: ConceptMap, params: RuleParams, ba
     patient_types = [t for t in TYPES if TYPES[t].patient_data]
     known = set(index.patients)
     candidates = [p for p in index.patients if p in index.candidates] + sorted(index.candidates - known)
-    others = [p for p in index.patients if p not in index.candidates]
+    # Everyone else, and the patients that resources name but the Patient table lacks: data quality still reads
+    # their statements and observations (the whole-hospital path does).
+    absent = sorted({pid for t in QUALITY_TYPES for pid in index.resources.get(t, {})} - known - index.candidates)
+    others = [p for p in index.patients if p not in index.candidates] + absent
 
     def job(patients: Sequence[str], types: Sequence[str], is_candidate: bool) -> _Job:
         ids = {t: list(patients) if t == "Patient" else index.ids(t, patients) for t in types}

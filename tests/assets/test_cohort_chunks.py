@@ -94,3 +94,47 @@ def test_patients_outside_the_candidates_still_count_in_attrition_and_data_quali
     assert quality == {("retrospective", "death_date_unknown"): 1, ("retrospective", "glucocorticoid_dose_not_computable"): 1,
                        ("retrospective", "reference_to_absent_patient"): 1,
                        ("retrospective", "resource_without_patient_subject"): 1}
+
+
+def quality_of(tables: dict[str, pd.DataFrame]) -> dict[tuple[str, str], int]:
+    return tables["cohort_data_quality"].set_index(["cohort", "issue"])["n_patients"].to_dict()
+
+
+def test_a_patient_absent_from_the_patient_table_and_not_a_candidate_still_counts_in_data_quality(tmp_path):
+    """Resources about a patient the Patient table lacks, without an IIM Condition: their glucocorticoid without
+    a dose and their observation in an unconvertible unit are reported, by both paths alike."""
+    wh = Warehouse(f"sqlite:///{tmp_path / 'w.sqlite'}")
+    when = date(2016, 3, 1)
+    load(wh, [fb.patient("iim", "female", "1960-01-01"), fb.condition("c1", "iim", ICD10, "M33.10", when),
+              fb.medication_statement("ms-ghost", "ghost", RXNORM, "8640", when, None, dose=None),
+              fb.observation("obs-ghost", "ghost", LOINC, "2276-4", when, valueQuantity=fb.quantity(5, "furlong"))])
+    assert quality_of(assert_same_tables(wh, None)) == {
+        ("retrospective", "glucocorticoid_dose_not_computable"): 1, ("retrospective", "observation_unit_not_convertible"): 1,
+        ("retrospective", "reference_to_absent_patient"): 1}
+
+
+def test_a_non_candidate_observation_in_an_unconvertible_unit_is_reported(tmp_path):
+    """Observations are read for everyone, not only candidates (``QUALITY_TYPES``)."""
+    wh = Warehouse(f"sqlite:///{tmp_path / 'w.sqlite'}")
+    when = date(2016, 3, 1)
+    load(wh, [fb.patient("iim", "female", "1960-01-01"), fb.condition("c1", "iim", ICD10, "M33.10", when),
+              fb.patient("other", "male", "1950-01-01"),
+              fb.observation("obs-other", "other", LOINC, "2276-4", when, valueQuantity=fb.quantity(5, "furlong"))])
+    assert quality_of(assert_same_tables(wh, None)) == {("retrospective", "observation_unit_not_convertible"): 1}
+
+
+def test_a_resource_without_a_subject_is_counted_once_not_also_as_a_nameless_patient(tmp_path):
+    """A dose-less glucocorticoid, an observation in an unconvertible unit and one whose value codings disagree,
+    all about nobody: each is a resource_without_patient_subject, and no other issue counts a missing patient."""
+    wh = Warehouse(f"sqlite:///{tmp_path / 'w.sqlite'}")
+    when = date(2016, 3, 1)
+    no_dose = fb.medication_statement("ms-nobody", "x", RXNORM, "8640", when, None, dose=None)
+    bad_unit = fb.observation("obs-unit", "x", LOINC, "2276-4", when, valueQuantity=fb.quantity(5, "furlong"))
+    disagree = fb.observation("obs-codes", "x", fb.LOCAL, "symptom-exacerbation", when,
+                              valueCodeableConcept=fb.concept(fb.LOCAL, "skin"))
+    disagree["valueCodeableConcept"]["coding"].append({"system": fb.LOCAL, "code": "muscular"})
+    for r in (no_dose, bad_unit, disagree):
+        r.pop("subject")
+    load(wh, [fb.patient("iim", "female", "1960-01-01"), fb.condition("c1", "iim", ICD10, "M33.10", when),
+              no_dose, bad_unit, disagree])
+    assert quality_of(assert_same_tables(wh, None)) == {("retrospective", "resource_without_patient_subject"): 3}
