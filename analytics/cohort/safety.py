@@ -24,11 +24,14 @@ def safety_events(facts: StudyFacts, cohort: pd.DataFrame, cohort_name: str) -> 
     ``suspected_drug`` names the concept of each suspected MedicationStatement (';'-joined);
     a suspect given as a Medication, or a statement outside the concept map, is not named.
     """
-    drug_of = facts.exposures.drop_duplicates("statement_id").set_index("statement_id")["concept"]
+    # Looked up by (patient, statement): a suspect naming another patient's statement is not named (the contract's
+    # suspect is the patient's own drug), and the table cannot depend on which patients share a chunk.
+    first = facts.exposures.drop_duplicates(["patient_id", "statement_id"])  # one concept per statement, as before
+    drug_of = dict(zip(zip(first["patient_id"], first["statement_id"], strict=True), first["concept"], strict=True))
     ae = facts.adverse_events.merge(_follow_up(cohort), on="patient_id")
     ae = ae[(ae["date"] >= ae["index_date"]) & (ae["date"] <= ae["end"])]
-    suspects = [";".join(sorted({drug_of[sid] for sid in ids or () if sid in drug_of.index})) or None
-                for ids in ae["suspect_statement_ids"]]
+    suspects = [";".join(sorted({drug_of[(pid, sid)] for sid in ids or () if (pid, sid) in drug_of})) or None
+                for pid, ids in zip(ae["patient_id"], ae["suspect_statement_ids"], strict=True)]
     out = ae.assign(cohort=cohort_name, day=[(d - i).days for d, i in zip(ae["date"], ae["index_date"], strict=True)],
                     suspected_drug=suspects, serious=ae["serious"].astype(int))
     return sort_events(out[EVENT_COLUMNS])

@@ -5,6 +5,7 @@ from __future__ import annotations
 import random
 from datetime import date
 
+import orjson
 import pandas as pd
 import pytest
 
@@ -19,6 +20,7 @@ from synthetic import fhir_builders as fb
 from synthetic.fhir_builders import ICD10, LOINC, RXNORM
 from synthetic.hospital import HospitalParams, generate_hospital
 from synthetic.variants import SERVER_BASE, VARIANTS
+from tests.fhir_fixtures import CTX, PID, day, reference_patient
 
 SMALL = HospitalParams(n_retrospective=70, n_prospective_enrolled=12, n_noise=30, attrition_per_reason=1)
 PARAMS = RuleParams(data_cutoff=date(2026, 1, 1))
@@ -34,10 +36,10 @@ def load(wh: Warehouse, resources: list[dict]) -> None:
         wh.apply(rtype, [RawRow.of(r, "test") for r in rows])
 
 
-def assert_same_tables(wh: Warehouse, base: str | None = SERVER_BASE, workers: int = 1) -> dict[str, pd.DataFrame]:
+def assert_same_tables(wh: Warehouse, base: str | None = SERVER_BASE, workers: int = 1, chunk: int = CHUNK) -> dict[str, pd.DataFrame]:
     concepts = load_concept_map()
     whole, whole_ids = derive_whole_hospital(wh, concepts, PARAMS, base)
-    chunked, chunked_ids = derive_in_chunks(wh, concepts, PARAMS, base, chunk_patients=CHUNK, workers=workers)
+    chunked, chunked_ids = derive_in_chunks(wh, concepts, PARAMS, base, chunk_patients=chunk, workers=workers)
     assert chunked_ids == whole_ids
     assert set(chunked.tables) == set(COHORT_TABLES)
     for name in COHORT_TABLES:
@@ -138,3 +140,22 @@ def test_a_resource_without_a_subject_is_counted_once_not_also_as_a_nameless_pat
     load(wh, [fb.patient("iim", "female", "1960-01-01"), fb.condition("c1", "iim", ICD10, "M33.10", when),
               no_dose, bad_unit, disagree])
     assert quality_of(assert_same_tables(wh, None)) == {("retrospective", "resource_without_patient_subject"): 3}
+
+
+def as_patient(resources: list[dict], pid: str) -> list[dict]:
+    """The rule tests' reference patient (``tests.fhir_fixtures.PID``), renamed: its id and its resources' ids."""
+    return orjson.loads(orjson.dumps(resources).replace(f'"{PID}'.encode(), f'"{pid}'.encode())
+                        .replace(f'Patient/{PID}"'.encode(), f'Patient/{pid}"'.encode()))
+
+
+def test_a_suspect_naming_another_patients_statement_is_not_named_whatever_the_chunks(tmp_path):
+    """Two cohort patients in different chunks; a's adverse event names b's MedicationStatement as its suspect:
+    no drug of a's is suspected, in one pass as in chunks of one patient."""
+    wh = Warehouse(f"sqlite:///{tmp_path / 'w.sqlite'}")
+    a, b = as_patient(reference_patient(), "a"), as_patient(reference_patient(agent=CTX), "b")
+    b_statement = next(r["id"] for r in b if r["resourceType"] == "MedicationStatement")
+    load(wh, a + b + [fb.adverse_event("ae-a", "a", "infection", day(30), serious=False, suspect=b_statement)])
+    tables = assert_same_tables(wh, None, chunk=1)
+    assert set(tables["cohort"]["patient_id"]) == {"a", "b"}
+    events = tables["safety_events"]
+    assert events[["patient_id", "category", "day", "suspected_drug"]].values.tolist() == [["a", "infection", 30, None]]

@@ -256,3 +256,22 @@ def test_serious_events_are_counted_as_events_and_patients_once():
     table = safety_summary("retrospective", cohort, events, ("tacrolimus", "conventional"), ["infection"])
     row = table[(table["group"] == "tacrolimus") & (table["category"] == "infection")].iloc[0]
     assert (row["n_patients_with_event"], row["n_patients"], row["serious_events"]) == (1, 2, 2)
+
+
+def test_a_suspect_naming_another_patients_statement_is_not_named():
+    """suspectEntity.instance names the patient's own suspected MedicationStatement (contract); a reference to
+    another patient's statement names no drug of this patient, while the patient's own suspect still counts."""
+    res = reference_patient()
+    tac_id = res[3]["id"]
+    other = fb.medication_statement("other-ms", "other", RXNORM, "3002", day(0), None, dose=50, frequency=1)
+    res += [fb.patient("other", "male", "1960-01-01"), other,
+            fb.adverse_event(new_id("ae"), PID, "infection", day(30), serious=False, suspect="other-ms"),
+            fb.adverse_event(new_id("ae"), PID, "hepatic", day(40), serious=False, suspect="other-ms")]
+    res[-1]["suspectEntity"].append({"instance": {"reference": f"MedicationStatement/{tac_id}"}})
+    facts = facts_of(res)
+    from analytics.cohort.retrospective import derive_retrospective
+
+    cohort = derive_retrospective(facts, RuleParams(data_cutoff=date(2025, 1, 1))).cohort
+    events = safety_events(facts, cohort, "retrospective")
+    assert events[["category", "day", "suspected_drug"]].values.tolist() == [["hepatic", 40, "tacrolimus"],
+                                                                            ["infection", 30, None]]
