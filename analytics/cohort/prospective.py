@@ -153,7 +153,10 @@ def prospective_part(facts: StudyFacts, params: ProspectiveParams, grouped: dict
     # A boolean mask built as such: .apply over no enrolments gives an object Series, which would select columns.
     in_study = enrolments[pd.Series([params.study_identifier in str(ids).split(";") for ids in enrolments["study_identifiers"].fillna("")],
                                     index=enrolments.index, dtype=bool)]
-    part = ProspectivePart(enrolled=set(in_study["patient_id"].dropna()))
+    # Enrolled = in the study and in the Patient table. A subject whose patient the server lacks has no record the
+    # rules could read, so it could never be excluded and the attrition would not add up to the cohort; it is
+    # reported as reference_to_absent_patient in data quality instead (facts.build_facts).
+    part = ProspectivePart(enrolled=set(in_study["patient_id"].dropna()) & set(facts.patients["patient_id"]))
     grouped = grouped if grouped is not None else group_facts(facts)
     enrolment_of: dict[str, list[Row]] = {}
     for e in rows_of(in_study):

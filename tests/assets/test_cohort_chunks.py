@@ -159,3 +159,23 @@ def test_a_suspect_naming_another_patients_statement_is_not_named_whatever_the_c
     assert set(tables["cohort"]["patient_id"]) == {"a", "b"}
     events = tables["safety_events"]
     assert events[["patient_id", "category", "day", "suspected_drug"]].values.tolist() == [["a", "infection", 30, None]]
+
+
+def test_an_enrolled_patient_without_iim_reaches_the_prospective_rules_and_an_absent_one_is_not_enrolled(tmp_path):
+    """A ResearchSubject makes a candidate even with no IIM Condition (index_hospital): the patient reaches the
+    prospective attrition in chunks exactly as in one pass. A subject whose patient the Patient table lacks is
+    reported (reference_to_absent_patient), not enrolled: the attrition ends at the prospective cohort's size."""
+    wh = Warehouse(f"sqlite:///{tmp_path / 'w.sqlite'}")
+    load(wh, [fb.patient("iim", "female", "1960-01-01"), fb.condition("c1", "iim", ICD10, "M33.10", date(2016, 3, 1)),
+              fb.patient("enrolled", "male", "1970-01-01"), fb.research_study("study"),
+              fb.research_subject("rs1", "enrolled", "study", date(2019, 1, 1)),
+              fb.research_subject("rs2", "ghost", "study", date(2019, 1, 1))])
+    assert index_hospital(wh, load_concept_map(), None).candidates == {"iim", "enrolled", "ghost"}
+    tables = assert_same_tables(wh, None, chunk=1)
+    attrition = tables["cohort_attrition"]
+    prospective = attrition[attrition["cohort"] == "prospective"].set_index("reason")
+    assert prospective["n_excluded"].to_dict() == {"all_patients": 0, "enrolment_outside_window": 0, "no_tacrolimus": 1,
+                                                   "pirfenidone_other_dose": 0, "withdrawn_before_12m": 0,
+                                                   "lost_to_follow_up_before_12m": 0, "death_date_unknown": 0}
+    assert prospective["n_remaining"].tolist() == [1, 1, 0, 0, 0, 0, 0] and tables["prospective_cohort"].empty
+    assert quality_of(tables) == {("retrospective", "reference_to_absent_patient"): 1}

@@ -275,3 +275,14 @@ def test_a_suspect_naming_another_patients_statement_is_not_named():
     events = safety_events(facts, cohort, "retrospective")
     assert events[["category", "day", "suspected_drug"]].values.tolist() == [["hepatic", 40, "tacrolimus"],
                                                                             ["infection", 30, None]]
+
+
+def test_a_subject_whose_patient_is_absent_is_reported_not_enrolled_so_attrition_adds_up():
+    """A ResearchSubject of a patient missing from the Patient table: nothing of that patient can be read, so it is
+    not counted as enrolled (step 0), only as a reference_to_absent_patient; the attrition ends at the cohort's size."""
+    ghost = fb.research_subject(new_id("rs"), "ghost", "study", day(-3), status="off-study", end=day(365))
+    result = derive16(reference_patient() + [enrol(), ghost])
+    assert outcome(result) == "tacrolimus"
+    assert result.attrition["n_remaining"].tolist() == [1] * 7
+    facts = facts_of([STUDY, *reference_patient(), ghost])
+    assert facts.quality.values.tolist() == [["ghost", "reference_to_absent_patient"]]
