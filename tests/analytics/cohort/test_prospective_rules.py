@@ -286,3 +286,23 @@ def test_a_subject_whose_patient_is_absent_is_reported_not_enrolled_so_attrition
     assert result.attrition["n_remaining"].tolist() == [1] * 7
     facts = facts_of([STUDY, *reference_patient(), ghost])
     assert facts.quality.values.tolist() == [["ghost", "reference_to_absent_patient"]]
+
+
+def test_pirfenidone_without_a_computable_dose_is_excluded_and_reported():
+    """A pirfenidone statement whose dose cannot be read (no dose) cannot be shown to be low-dose: excluded as
+    pirfenidone_other_dose, and counted as pirfenidone_dose_not_computable."""
+    pirf = fb.medication_statement(new_id("ms"), PID, RXNORM, PIRFENIDONE, day(10), day(365), dose=None)
+    result = derive16(reference_patient() + [enrol(), pirf])
+    assert outcome(result) == "pirfenidone_other_dose"
+    assert result.data_quality.values.tolist() == [["prospective", "pirfenidone_dose_not_computable", 1]]
+
+
+def test_prospective_participants_stay_in_the_retrospective_cohort():
+    """Contract §2: prospective participants are not excluded from the retrospective cohort."""
+    from analytics.cohort.retrospective import derive_retrospective
+
+    facts = facts_of([STUDY, *reference_patient(), enrol()])
+    retrospective = derive_retrospective(facts, RuleParams(data_cutoff=date(2025, 1, 1)))
+    prospective = derive_prospective(facts, params_2016())
+    assert retrospective.cohort[["patient_id", "group"]].values.tolist() == [[PID, "tacrolimus"]]
+    assert prospective.cohort[["patient_id", "group"]].values.tolist() == [[PID, "tacrolimus"]]

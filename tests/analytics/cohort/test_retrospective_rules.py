@@ -423,3 +423,26 @@ def test_the_index_is_the_first_immunosuppressant_that_has_a_glucocorticoid_with
     res = reference_patient(gc=(20, 400)) + [drug(CTX, -20, -15)]
     row = only_row(derive(res))
     assert (row["index_date"], row["group"]) == (day(0), "tacrolimus")
+
+
+def test_an_entered_in_error_condition_is_ignored():
+    """Contract §1: verificationStatus entered-in-error is ignored like refuted (its own rule, its own test)."""
+    res = reference_patient(ild=False) + [fb.condition(new_id("cond"), PID, ICD10, "J84.10", day(-30), verification="entered-in-error")]
+    assert reason(derive(res)) == "no_ild_condition"
+
+
+def test_an_observation_in_a_unit_that_cannot_be_converted_has_no_value_and_is_reported():
+    """A ferritin in furlongs is not read as a value (no relapse by ferritin from it) and counted in data quality."""
+    result = derive(reference_patient() + [exacerbation(50), obs_quantity("2276-4", 52, 5000, "furlong")])
+    row = only_row(result)
+    assert row["relapse_event"] == 0
+    assert result.data_quality.set_index("issue")["n_patients"].to_dict() == {"observation_unit_not_convertible": 1}
+
+
+def test_a_missing_birth_date_excludes_at_the_age_step_and_is_reported():
+    """No birthDate: age at index cannot be shown to be 18 or more; excluded as age_under_18 and reported."""
+    res = reference_patient()
+    del res[0]["birthDate"]
+    result = derive(res)
+    assert reason(result) == "age_under_18"
+    assert result.data_quality.set_index("issue")["n_patients"].to_dict() == {"birth_date_missing": 1}
