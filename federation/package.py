@@ -7,7 +7,22 @@ Built from the tables the pipeline already writes (``cohort``, ``cohort_attritio
 ``effect_estimates`` (log HR and robust SE, which the table shows only as HR and CI). Every count that could
 identify a patient goes through small-cell suppression (federation/suppression.py), including cells a
 published sum would give back; estimates and balance of a comparison with an arm under the threshold are
-withheld.
+withheld. Balance and estimates are counts in disguise, so they follow the counts (issue 18, review D1):
+
+- The unweighted SMD of an indicator covariate is a function of its four cells (with / without it, in each
+  arm) and the published arm sizes: solved for them it gives them back exactly. It is published only when
+  every cell reaches the threshold, zero included: a 0 beside a published arm size says that no one (or
+  everyone) in the arm had the characteristic, an attribute disclosure about each of them (the "group
+  disclosure" of statistical disclosure control, which is why SDC guides treat zeros and full cells like
+  small ones for characteristics, unlike event counts where "nobody died" is the outcome being reported).
+  The cells are suppressed like the other counts, with the sums across comparisons (the conventional arm is
+  CTX + MTX + AZA + other agents), so differencing comparisons does not give one back either. The weighted
+  SMD of such a covariate goes with it (its denominator is the same function of the cells).
+- A continuous covariate's SMD (difference of means over the pooled SD) is one number from at least
+  ``threshold`` patients per arm: no cell exists to recover and no single value is determined by it (any
+  arm with fewer patients has all its balance withheld already).
+- A site's estimate (log HR, robust SE) of an outcome is withheld when either arm's event count is withheld:
+  with few events the estimate and its SE pin the count down closely, which would undo the suppression.
 """
 from __future__ import annotations
 
@@ -24,9 +39,10 @@ from analytics.balance import kish_ess
 from analytics.cohort.concepts import ConceptMap
 from analytics.comparisons import OUTCOMES, RETROSPECTIVE_COMPARISONS
 from analytics.cox import CoxConvergenceError, fit_cox
+from analytics.propensity import design_matrix
 
 from .contract import concept_map_report, contract_digest
-from .schema import SCHEMA_VERSION
+from .schema import NOTES, SCHEMA_VERSION, SMD_BOUND
 from .signing import Signer
 from .site import TREATED_GROUP, comparison_rows, outcome_rows
 from .suppression import DEFAULT_THRESHOLD, suppress
@@ -95,43 +111,81 @@ def _counts(tables: SiteTables) -> tuple[dict[str, int], list[tuple[str, list[st
     return counts, relations
 
 
+def _indicator_cells(tables: SiteTables) -> tuple[dict[str, int], list[tuple[str, list[str]]], set[str]]:
+    """The (with, without) cells of each indicator covariate in each arm of each comparison, under the names
+    ``{comparison}.{treated|control}.{covariate}.{with|without}``, the sums among them, and the indicators."""
+    cohort = tables.cohort
+    design = design_matrix(cohort).drop(columns="const")
+    indicators = [c for c in design.columns if set(np.unique(design[c].to_numpy(dtype=float))) <= {0.0, 1.0}]
+    treated = cohort["group"].eq(TREATED_GROUP).to_numpy()
+    agents = [a for a in RETROSPECTIVE_COMPARISONS.values() if a is not None]
+    other = (cohort["group"].eq("conventional") & ~cohort["conventional_agent"].isin(agents)).to_numpy()
+    cells: dict[str, int] = {}
+    relations: list[tuple[str, list[str]]] = []
+    main = "tacrolimus_vs_conventional"
+    for cov in indicators:
+        x = design[cov].to_numpy(dtype=float).astype(bool)
+        for level, has in (("with", x), ("without", ~x)):
+            cells[f"virtual.other.{cov}.{level}"] = int((has & other).sum())
+            for name, agent in RETROSPECTIVE_COMPARISONS.items():
+                members = treated | cohort["conventional_agent"].eq(agent).to_numpy() if agent is not None else np.ones(len(x), bool)
+                cells[f"{name}.treated.{cov}.{level}"] = int((has & members & treated).sum())
+                cells[f"{name}.control.{cov}.{level}"] = int((has & members & ~treated).sum())
+            by_agent = [n for n, a in RETROSPECTIVE_COMPARISONS.items() if a is not None]
+            relations.append((f"{main}.control.{cov}.{level}", [f"{n}.control.{cov}.{level}" for n in by_agent]
+                              + [f"virtual.other.{cov}.{level}"]))
+            relations += [(f"{main}.treated.{cov}.{level}", [f"{n}.treated.{cov}.{level}"]) for n in by_agent]
+    return cells, relations, set(indicators)
+
+
+def _balance(tables: SiteTables, name: str, withheld_cells: Mapping[str, str], indicators: set[str]) -> list[dict[str, Any]]:
+    rows = []
+    for r in tables.covariate_balance[tables.covariate_balance["analysis"] == name].itertuples(index=False):
+        cov = str(r.covariate)
+        hidden = (cov in indicators and any(f"{name}.{arm}.{cov}.{level}" in withheld_cells
+                                            for arm in ("treated", "control") for level in ("with", "without")))
+        smd = (float(r.smd_unweighted), float(r.smd_weighted))
+        if hidden or not all(math.isfinite(v) and abs(v) <= SMD_BOUND for v in smd):
+            smd = (None, None)  # a cell under the threshold (or beyond any balance worth reporting): withheld
+        rows.append({"covariate": cov, "smd_unweighted": smd[0], "smd_weighted": smd[1]})
+    return rows
+
+
 def _finite(x: float) -> float | None:
     return float(x) if x is not None and math.isfinite(x) else None
 
 
 def _comparison(tables: SiteTables, name: str, published: Mapping[str, int | None], raw: Mapping[str, int],
-                threshold: int) -> dict[str, Any]:
+                threshold: int, withheld_cells: Mapping[str, str], indicators: set[str]) -> dict[str, Any]:
     base = f"comparisons.{name}"
     small = min(raw[f"{base}.n_treated"], raw[f"{base}.n_control"]) < threshold
     rows = comparison_rows(tables.cohort, tables.iptw_weights, name)
     note = None
     if small:
-        note = f"an arm has fewer than {threshold} patients: estimates and balance withheld"
+        note = NOTES["small_arm"]
     elif rows.empty:
-        note = "no weights: the site's propensity model could not be fitted for this comparison"
+        note = NOTES["no_weights"]
     elif len(rows) != len(_members(tables.cohort, RETROSPECTIVE_COMPARISONS[name])):
-        note = "weights do not cover the comparison's patients: estimates withheld"
+        note = NOTES["weights_incomplete"]
     usable = note is None
     arm = rows["treated"].to_numpy(dtype=bool) if usable else np.zeros(0, dtype=bool)
     w = rows["weight"] if usable else pd.Series(dtype=float)
-    balance = None
-    if usable:
-        b = tables.covariate_balance[tables.covariate_balance["analysis"] == name]
-        balance = [{"covariate": str(r.covariate), "smd_unweighted": float(r.smd_unweighted), "smd_weighted": float(r.smd_weighted)}
-                   for r in b.itertuples(index=False)]
+    balance = _balance(tables, name, withheld_cells, indicators) if usable else None
     outcomes = {}
     for outcome in OUTCOMES:
         key = f"{base}.outcomes.{outcome}"
         estimate, why = None, note
         if usable:
             if min(raw[f"{key}.events_treated"], raw[f"{key}.events_control"]) == 0:
-                why = "no events in an arm: the hazard ratio is not estimable"
+                why = NOTES["no_events"]
+            elif published[f"{key}.events_treated"] is None or published[f"{key}.events_control"] is None:
+                why = NOTES["events_withheld"]
             else:
                 try:
                     fit = fit_cox(*outcome_rows(rows, outcome).arrays())
                     estimate = {"log_hr": float(fit.coef[0]), "robust_se": float(fit.robust_se[0])}
-                except (CoxConvergenceError, np.linalg.LinAlgError) as exc:
-                    why = f"the site's Cox model did not converge ({type(exc).__name__})"
+                except (CoxConvergenceError, np.linalg.LinAlgError):
+                    why = NOTES["cox_failed"]
         outcomes[outcome] = {"events_treated": published[f"{key}.events_treated"],
                              "events_control": published[f"{key}.events_control"], "estimate": estimate, "note": why}
     return {"n_treated": published[f"{base}.n_treated"], "n_control": published[f"{base}.n_control"],
@@ -154,6 +208,8 @@ def build_site_package(site_id: str, tables: SiteTables, *, terms: dict[str, Any
     """The package payload (unsigned): aggregates only, small cells withheld."""
     raw, relations = _counts(tables)
     published, withheld = suppress(raw, relations, threshold)
+    cells, cell_relations, indicators = _indicator_cells(tables)
+    withheld_cells = suppress(cells, cell_relations, threshold, zero_is_small=True)[1]
     attrition: dict[str, Any] = {}
     for name in dict.fromkeys(tables.cohort_attrition["cohort"]):
         base = f"attrition.{name}"
@@ -170,7 +226,8 @@ def build_site_package(site_id: str, tables: SiteTables, *, terms: dict[str, Any
         "cohort": {"n": published["cohort.n"], "groups": {"tacrolimus": published["cohort.groups.tacrolimus"],
                                                           "conventional": published["cohort.groups.conventional"]}},
         "attrition": attrition,
-        "comparisons": {name: _comparison(tables, name, published, raw, threshold) for name in RETROSPECTIVE_COMPARISONS},
+        "comparisons": {name: _comparison(tables, name, published, raw, threshold, withheld_cells, indicators)
+                        for name in RETROSPECTIVE_COMPARISONS},
     }
 
 

@@ -11,6 +11,16 @@ SHA256 = {"type": "string", "pattern": "^[0-9a-f]{64}$"}
 COUNT = {"type": ["integer", "null"], "minimum": 0}            # null: withheld by small-cell suppression
 NUMBER = {"type": ["number", "null"]}
 NAME = {"type": "string", "pattern": "^[A-Za-z0-9_.-]{1,80}$"}
+SMD_BOUND = 10.0   # |SMD| beyond this is no balance worth reporting (no overlap); the site withholds it
+# Why an estimate or a comparison is withheld: a closed list, so no free text (a date, an id) can ride along.
+NOTES = {
+    "small_arm": "an arm has fewer patients than the suppression threshold: estimates and balance withheld",
+    "no_weights": "no weights: the site's propensity model could not be fitted for this comparison",
+    "weights_incomplete": "weights do not cover the comparison's patients: estimates withheld",
+    "no_events": "no events in an arm: the hazard ratio is not estimable",
+    "events_withheld": "an event count is withheld by small-cell suppression: the estimate is withheld with it",
+    "cox_failed": "the site's Cox model did not converge",
+}
 
 
 def _obj(properties: dict[str, Any], required: list[str] | None = None) -> dict[str, Any]:
@@ -21,8 +31,9 @@ def _obj(properties: dict[str, Any], required: list[str] | None = None) -> dict[
 _ESTIMATE = _obj({"log_hr": {"type": "number"}, "robust_se": {"type": "number", "exclusiveMinimum": 0}})
 _OUTCOME = _obj({"events_treated": COUNT, "events_control": COUNT, "estimate": {"oneOf": [_ESTIMATE, {"type": "null"}]},
                  "note": {"type": ["string", "null"], "maxLength": 200}})
+SMD = {"type": ["number", "null"], "minimum": -SMD_BOUND, "maximum": SMD_BOUND}  # null: rests on a small cell
 _BALANCE = _obj({"covariate": {"type": "string", "pattern": "^[A-Za-z0-9_.\\[\\]-]{1,80}$"},
-                 "smd_unweighted": {"type": "number"}, "smd_weighted": {"type": "number"}})
+                 "smd_unweighted": SMD, "smd_weighted": SMD})
 _COMPARISON = _obj({
     "n_treated": COUNT, "n_control": COUNT, "ess_treated": NUMBER, "ess_control": NUMBER,
     "balance": {"oneOf": [{"type": "array", "items": _BALANCE, "maxItems": 50}, {"type": "null"}]},

@@ -17,12 +17,14 @@ from analytics.cohort.facts import build_facts
 from analytics.cohort.params import RuleParams
 from analytics.cohort.tables import derive_cohort_tables
 from analytics.comparisons import study_results
+from analytics.propensity import design_matrix
 from analytics.pseudonym import pseudonymise
 from etl.fhir.types import flatten_all
 from federation.canonical import canonical_bytes
 from federation.contract import contract_digest, contract_terms
 from federation.package import SiteTables, build_site_package, sign_package
 from federation.signing import Signer
+from federation.site import comparison_rows
 from federation.suppression import suppress
 from federation.verify import PackageRejected, verify_document
 from synthetic.hospital import HospitalParams, generate_hospital
@@ -140,6 +142,82 @@ def test_every_small_count_in_the_package_is_withheld(hospital_site):
     withheld = payload["suppression"]["withheld"]
     assert "small" in withheld.values() and "complementary" in withheld.values()  # this hospital has small cells
     assert all(k not in found for k in withheld)
+
+
+def _binary_cells(tables: SiteTables, comparison: str) -> dict[str, tuple[int, int, int, int]]:
+    """(with, without) in the treated arm and (with, without) in the control arm, for each indicator covariate."""
+    rows = comparison_rows(tables.cohort, tables.iptw_weights, comparison)
+    design = design_matrix(rows).drop(columns="const")
+    arm = rows["treated"].to_numpy(dtype=bool)
+    cells = {}
+    for col in design.columns:
+        x = design[col].to_numpy(dtype=float)
+        if set(np.unique(x)) <= {0.0, 1.0}:
+            a, b = int(x[arm].sum()), int(x[~arm].sum())
+            cells[col] = (a, int(arm.sum()) - a, b, int((~arm).sum()) - b)
+    return cells
+
+
+def _packages():
+    return [(s, site_tables(s), package_of(s, site_tables(s))) for s in ("north", "central", "south")]
+
+
+def test_no_balance_row_rests_on_a_small_cell(hospital_site):
+    """An SMD of an indicator is a function of its four cells and the published arm sizes: it is published only
+    when every cell, zero included (a 0 next to an arm size says "no one" / "everyone"), reaches the threshold."""
+    _, _, _, tables, payload = hospital_site
+    checked = withheld = 0
+    for site, t, p in [("hospital", tables, payload), *_packages()]:
+        for name, c in p["comparisons"].items():
+            if c["balance"] is None:
+                continue
+            cells = _binary_cells(t, name)
+            for b in c["balance"]:
+                if b["covariate"] in cells:
+                    small = min(cells[b["covariate"]]) < p["suppression"]["threshold"]
+                    if small:  # (a cell of another comparison's sum can withhold a large one too)
+                        assert b["smd_unweighted"] is None and b["smd_weighted"] is None, (site, name, b, cells[b["covariate"]])
+                    withheld += b["smd_unweighted"] is None
+                    checked += b["smd_unweighted"] is not None
+                else:  # a continuous covariate: one number from many patients per arm
+                    assert b["smd_unweighted"] is not None and b["smd_weighted"] is not None
+    assert checked and withheld
+
+
+def _smd(a: int, nt: int, b: int, nc: int) -> float:
+    p1, p0 = a / nt, b / nc
+    sd = math.sqrt((p1 * (1 - p1) + p0 * (1 - p0)) / 2)
+    return (p1 - p0) / sd if sd > 0 else 0.0
+
+
+def test_no_published_smd_gives_back_a_small_cell():
+    """The reviewer's attack (issue 18): solve the published SMD for the cells with the published arm sizes. No
+    published SMD of the fixture sites has a unique solution with a cell under the threshold."""
+    tried = 0
+    for _, _, p in _packages():
+        k = p["suppression"]["threshold"]
+        for c in p["comparisons"].values():
+            nt, nc = c["n_treated"], c["n_control"]
+            for b in c["balance"] or []:
+                if b["smd_unweighted"] is None or nt is None or nc is None:
+                    continue
+                sols = [(a, x) for a in range(nt + 1) for x in range(nc + 1) if abs(_smd(a, nt, x, nc) - b["smd_unweighted"]) < 1e-9]
+                tried += 1
+                assert not (len(sols) == 1 and min(sols[0][0], nt - sols[0][0], sols[0][1], nc - sols[0][1]) < k), (b, sols)
+    assert tried > 10
+
+
+def test_an_estimate_is_withheld_with_its_arms_event_count(hospital_site):
+    """A site's log HR and robust SE are functions of the event counts among other things; when a count is
+    withheld (small, or to protect a small one) the estimate of that outcome is withheld too."""
+    seen = 0
+    for p in [hospital_site[4], *(p for _, _, p in _packages())]:
+        for c in p["comparisons"].values():
+            for o in c["outcomes"].values():
+                if o["events_treated"] is None or o["events_control"] is None:
+                    seen += 1
+                    assert o["estimate"] is None and o["note"] is not None
+    assert seen
 
 
 def _dates_in(resources) -> set[str]:
