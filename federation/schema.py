@@ -1,16 +1,41 @@
 """JSON Schemas of what travels between sites and the coordinator (draft 2020-12, checked with
 ``jsonschema``). Closed objects (no additional properties): a package can carry only the fields named here,
-which is half of the proof that it holds aggregates only (the leak test is the other half)."""
+which is half of the proof that it holds aggregates only (the leak test is the other half). No free text
+either: names are drawn from the contract's enumerations (comparisons, outcomes, covariates, attrition
+reasons, the cells suppression may withhold), notes from a closed list, versions and times from patterns, so
+no field can carry a date or an id. What a schema cannot say (a count under the threshold, an ESS above its
+arm's size, the consortium's data cut-off) federation/verify.py checks after it.
+
+Versioning: a reader accepts only its own SCHEMA_VERSION. The major number changes whenever a document valid
+under one version can be invalid under the other (a field closed, removed or made stricter), the minor number
+for additions every reader of the same major accepts. 2.0 (issue 18): closed text fields, nullable SMDs.
+"""
 from __future__ import annotations
 
 from typing import Any
 
-SCHEMA_VERSION = "1.0"
+from analytics.cohort.prospective import ATTRITION_REASONS as PROSPECTIVE_REASONS
+from analytics.cohort.retrospective import ATTRITION_REASONS as RETROSPECTIVE_REASONS
+from analytics.comparisons import OUTCOMES, RETROSPECTIVE_COMPARISONS
+from analytics.propensity import PS_COVARIATES, REFERENCE_LEVELS
+
+SCHEMA_VERSION = "2.0"
 SITE_ID = {"type": "string", "pattern": "^[a-z0-9][a-z0-9_-]{0,62}$"}
 SHA256 = {"type": "string", "pattern": "^[0-9a-f]{64}$"}
 COUNT = {"type": ["integer", "null"], "minimum": 0}            # null: withheld by small-cell suppression
 NUMBER = {"type": ["number", "null"]}
 NAME = {"type": "string", "pattern": "^[A-Za-z0-9_.-]{1,80}$"}
+ATTRITION_REASONS = {"retrospective": RETROSPECTIVE_REASONS, "prospective": PROSPECTIVE_REASONS}
+_CELLS = ["cohort.n", "cohort.groups.tacrolimus", "cohort.groups.conventional",
+          *(f"attrition.{c}.{k}" for c, reasons in ATTRITION_REASONS.items()
+            for k in ("screened", "included", *(f"excluded.{r}" for r in reasons))),
+          *(f"comparisons.{n}.{k}" for n in RETROSPECTIVE_COMPARISONS for k in ("n_treated", "n_control")),
+          *(f"comparisons.{n}.outcomes.{o}.events_{arm}" for n in RETROSPECTIVE_COMPARISONS for o in OUTCOMES
+            for arm in ("treated", "control"))]
+WITHHOLDABLE = tuple(_CELLS)   # every count a package may publish, by its name in suppression.withheld
+_LEVEL = "[A-Za-z]{1,20}"      # a category level (sex, diagnosis subset): letters only, short
+COVARIATE = {"type": "string", "pattern": "^(" + "|".join(
+    f"{c}\\[{_LEVEL}\\]" if c in REFERENCE_LEVELS else c for c in PS_COVARIATES) + ")$"}
 SMD_BOUND = 10.0   # |SMD| beyond this is no balance worth reporting (no overlap); the site withholds it
 # Why an estimate or a comparison is withheld: a closed list, so no free text (a date, an id) can ride along.
 NOTES = {
@@ -29,18 +54,23 @@ def _obj(properties: dict[str, Any], required: list[str] | None = None) -> dict[
 
 
 _ESTIMATE = _obj({"log_hr": {"type": "number"}, "robust_se": {"type": "number", "exclusiveMinimum": 0}})
+NOTE = {"enum": [*NOTES.values(), None]}
 _OUTCOME = _obj({"events_treated": COUNT, "events_control": COUNT, "estimate": {"oneOf": [_ESTIMATE, {"type": "null"}]},
-                 "note": {"type": ["string", "null"], "maxLength": 200}})
+                 "note": NOTE})
 SMD = {"type": ["number", "null"], "minimum": -SMD_BOUND, "maximum": SMD_BOUND}  # null: rests on a small cell
-_BALANCE = _obj({"covariate": {"type": "string", "pattern": "^[A-Za-z0-9_.\\[\\]-]{1,80}$"},
+ESS = {"type": ["number", "null"], "exclusiveMinimum": 0}   # and at most the arm's size (verify.py)
+_BALANCE = _obj({"covariate": COVARIATE,
                  "smd_unweighted": SMD, "smd_weighted": SMD})
 _COMPARISON = _obj({
-    "n_treated": COUNT, "n_control": COUNT, "ess_treated": NUMBER, "ess_control": NUMBER,
+    "n_treated": COUNT, "n_control": COUNT, "ess_treated": ESS, "ess_control": ESS,
     "balance": {"oneOf": [{"type": "array", "items": _BALANCE, "maxItems": 50}, {"type": "null"}]},
-    "outcomes": {"type": "object", "propertyNames": NAME, "additionalProperties": _OUTCOME},
-    "note": {"type": ["string", "null"], "maxLength": 200}})
-_ATTRITION = _obj({"screened": COUNT, "excluded": {"type": "object", "propertyNames": NAME, "additionalProperties": COUNT},
-                   "included": COUNT})
+    "outcomes": {"type": "object", "propertyNames": {"enum": list(OUTCOMES)}, "additionalProperties": _OUTCOME},
+    "note": NOTE})
+
+
+def _attrition(reasons: tuple[str, ...]) -> dict[str, Any]:
+    return _obj({"screened": COUNT, "included": COUNT,
+                 "excluded": {"type": "object", "propertyNames": {"enum": list(reasons)}, "additionalProperties": COUNT}})
 
 SITE_PACKAGE = {
     "$schema": "https://json-schema.org/draft/2020-12/schema",
@@ -49,17 +79,20 @@ SITE_PACKAGE = {
         "schema_version": {"const": SCHEMA_VERSION},
         "kind": {"const": "site_aggregates"},
         "site_id": SITE_ID,
-        "created_at": {"type": "string", "format": "date-time", "maxLength": 40},
+        "created_at": {"type": "string", "pattern": "^\\d{4}-\\d{2}-\\d{2}T\\d{2}:\\d{2}:\\d{2}(Z|[+-]\\d{2}:\\d{2})$"},
         "contract": _obj({"digest": SHA256, "terms": {"type": "object"},
                           "concept_map": _obj({"effective_sha256": SHA256, "extends_default": {"type": "boolean"}}),
                           "data_cutoff": {"type": "string", "pattern": "^\\d{4}-\\d{2}-\\d{2}$"}}),
-        "software": _obj({"package_version": {"type": "string", "maxLength": 40},
-                          "git_commit": {"type": "string", "maxLength": 64}}),
+        "software": _obj({"package_version": {"type": "string", "pattern": "^(unknown|\\d{1,4}(\\.\\d{1,6}){0,3}"
+                                                                         "((a|b|rc|\\.post|\\.dev)\\d{1,6})*(\\+[0-9a-f.]{1,40})?)$"},
+                          "git_commit": {"type": "string", "pattern": "^(unknown|[0-9a-f]{7,40})$"}}),
         "suppression": _obj({"threshold": {"type": "integer", "minimum": 1},
-                             "withheld": {"type": "object", "additionalProperties": {"enum": ["small", "complementary"]}}}),
+                             "withheld": {"type": "object", "propertyNames": {"enum": list(WITHHOLDABLE)},
+                                          "additionalProperties": {"enum": ["small", "complementary"]}}}),
         "cohort": _obj({"n": COUNT, "groups": _obj({"tacrolimus": COUNT, "conventional": COUNT})}),
-        "attrition": {"type": "object", "propertyNames": NAME, "additionalProperties": _ATTRITION},
-        "comparisons": {"type": "object", "propertyNames": NAME, "additionalProperties": _COMPARISON},
+        "attrition": _obj({c: _attrition(r) for c, r in ATTRITION_REASONS.items()}, required=[]),
+        "comparisons": {"type": "object", "propertyNames": {"enum": list(RETROSPECTIVE_COMPARISONS)},
+                        "additionalProperties": _COMPARISON},
     }),
 }
 

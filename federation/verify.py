@@ -1,9 +1,12 @@
 """Every document from another party is checked here before use: strict JSON, signature by the party it
 claims to come from (with the key the consortium lists for it), schema version, JSON schema, and the
-contract digest. A rejection says which check failed and why, in words a data engineer can act on."""
+contract digest; then, for a site package, what its signature cannot vouch for: that its site's software
+withheld every small count, that its figures fit together, that it was cut off when the consortium agreed.
+A rejection says which check failed and why, in words a data engineer can act on."""
 from __future__ import annotations
 
-from typing import Any, Mapping
+from datetime import date
+from typing import Any, Iterator, Mapping
 
 import jsonschema
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
@@ -12,9 +15,10 @@ from .canonical import parse
 from .contract import contract_digest
 from .schema import SCHEMA_VERSION, SCHEMAS
 from .signing import SignatureError, verify
+from .suppression import DEFAULT_THRESHOLD
 
 REJECTION_CODES = ("malformed", "unsigned", "unknown_signer", "bad_signature", "wrong_kind", "schema_version", "schema",
-                   "contract_digest")
+                   "contract_digest", "small_cell", "inconsistent", "data_cutoff")
 
 
 class PackageRejected(ValueError):
@@ -26,12 +30,49 @@ class PackageRejected(ValueError):
         self.reason = message
 
 
+def _counts(payload: Mapping[str, Any]) -> Iterator[tuple[str, int]]:
+    """Every published count of a site package, by its dotted name (as in suppression.withheld)."""
+    yield "cohort.n", payload["cohort"]["n"]
+    yield from ((f"cohort.groups.{g}", n) for g, n in payload["cohort"]["groups"].items())
+    for cohort, a in payload["attrition"].items():
+        yield from ((f"attrition.{cohort}.{k}", a[k]) for k in ("screened", "included"))
+        yield from ((f"attrition.{cohort}.excluded.{r}", n) for r, n in a["excluded"].items())
+    for name, c in payload["comparisons"].items():
+        yield from ((f"comparisons.{name}.{k}", c[k]) for k in ("n_treated", "n_control"))
+        for outcome, o in c["outcomes"].items():
+            yield from ((f"comparisons.{name}.outcomes.{outcome}.{k}", o[k]) for k in ("events_treated", "events_control"))
+
+
+def check_site_package(payload: Mapping[str, Any], *, min_threshold: int = DEFAULT_THRESHOLD,
+                       expected_data_cutoff: date | None = None) -> None:
+    """What a schema-valid site package says, re-checked: no count of 1 … threshold-1 (under the package's own
+    threshold, which may not be below the consortium's ``min_threshold``), an ESS no larger than its arm, and the
+    consortium's data cut-off. Raises PackageRejected."""
+    threshold = payload["suppression"]["threshold"]
+    if threshold < min_threshold:
+        raise PackageRejected("small_cell", f"suppression threshold {threshold} is below the consortium's {min_threshold}")
+    small = [name for name, n in _counts(payload) if n is not None and 0 < n < threshold]
+    if small:
+        raise PackageRejected("small_cell", f"{len(small)} published count(s) under the suppression threshold {threshold}: "
+                                            f"{', '.join(small[:5])}")
+    for name, c in payload["comparisons"].items():
+        for arm in ("treated", "control"):
+            ess, n = c[f"ess_{arm}"], c[f"n_{arm}"]
+            if ess is not None and (n is None or ess > n * (1 + 1e-9)):
+                raise PackageRejected("inconsistent", f"comparisons.{name}.ess_{arm} = {ess:.6g} exceeds the arm's size ({n})")
+    cutoff = payload["contract"]["data_cutoff"]
+    if expected_data_cutoff is not None and cutoff != expected_data_cutoff.isoformat():
+        raise PackageRejected("data_cutoff", f"data cut-off {cutoff}; the consortium's is {expected_data_cutoff.isoformat()}")
+
+
 def verify_document(data: bytes | str, kind: str, trusted: Mapping[str, Ed25519PublicKey], *,
-                    expected_digest: str | None = None, expected_signer: str | None = None) -> dict[str, Any]:
+                    expected_digest: str | None = None, expected_signer: str | None = None,
+                    min_threshold: int = DEFAULT_THRESHOLD, expected_data_cutoff: date | None = None) -> dict[str, Any]:
     """The verified payload of a ``kind`` document (site_aggregates, round_request, round_reply), else PackageRejected.
 
     Site documents must be signed by the site they name (``site_id``); ``expected_digest`` is the contract
-    digest the reader works under (None: only check that the terms hash to the digest they claim)."""
+    digest the reader works under (None: only check that the terms hash to the digest they claim). A site
+    package is then re-checked by check_site_package (``min_threshold``, ``expected_data_cutoff``: None, any)."""
     try:
         envelope = parse(data)
     except (ValueError, UnicodeDecodeError) as exc:
@@ -58,4 +99,6 @@ def verify_document(data: bytes | str, kind: str, trusted: Mapping[str, Ed25519P
     if expected_digest is not None and digest != expected_digest:
         raise PackageRejected("contract_digest", f"works under contract {digest[:12]}…, expected {expected_digest[:12]}…: "
                                                  "different rule parameters, concept map defaults or analysis")
+    if kind == "site_aggregates":
+        check_site_package(payload, min_threshold=min_threshold, expected_data_cutoff=expected_data_cutoff)
     return payload

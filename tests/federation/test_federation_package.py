@@ -329,6 +329,57 @@ def test_a_row_level_field_is_rejected_by_the_schema_even_when_signed(payload):
     assert err.code == "schema" and "weights" in err.reason
 
 
+def _set(path: str, value):
+    """An edit of the payload at a dotted path (the last part may be a new key)."""
+    def edit(p: dict) -> None:
+        *parents, last = path.split("/")
+        node = p
+        for k in parents:
+            node = node[int(k)] if isinstance(node, list) else node[k]
+        node[int(last) if isinstance(node, list) else last] = value
+    return edit
+
+
+CTX = "comparisons/tacrolimus_vs_CTX"
+SIGNED_EDITS = {  # what a site's signed package must not say, the rejection code and a word of its reason
+    "a count under the threshold": (_set("cohort/groups/tacrolimus", 3), "small_cell", "cohort.groups.tacrolimus"),
+    "an attrition count under the threshold": (_set("attrition/retrospective/excluded/age_under_18", 1), "small_cell", "age_under_18"),
+    "an event count under the threshold": (_set(f"{CTX}/outcomes/death/events_control", 4), "small_cell", "events_control"),
+    "a threshold under the consortium's": (_set("suppression/threshold", 2), "small_cell", "threshold"),
+    "an id in created_at": (_set("created_at", "pt-000123 2016-03-04"), "schema", "created_at"),
+    "an id and a date in git_commit": (_set("software/git_commit", "pt-000123 born 1961-02-03"), "schema", "git_commit"),
+    "an id in package_version": (_set("software/package_version", "pt-000123"), "schema", "package_version"),
+    "a pseudonym as a withheld key": (_set("suppression/withheld/3f9a1c0e7b2d pt-000123", "small"), "schema", "withheld"),
+    "free text in a note": (_set(f"{CTX}/outcomes/death/note", "died 2016-03-04 (pt-000123)"), "schema", "note"),
+    "free text in a comparison note": (_set(f"{CTX}/note", "pt-000123"), "schema", "note"),
+    "an id as an attrition reason": (_set("attrition/retrospective/excluded/pt-000123", 0), "schema", "pt-000123"),
+    "an unknown attrition cohort": (_set("attrition/pt-000123", {"screened": 9, "included": 9, "excluded": {}}), "schema", "pt-000123"),
+    "an unknown comparison": (_set("comparisons/pt-000123", None), "schema", "pt-000123"),
+    "an id as a covariate": (_set(f"{CTX}/balance/0/covariate", "pt000123"), "schema", "covariate"),
+    "a row value as an SMD": (_set(f"{CTX}/balance/0/smd_weighted", 61.0), "schema", "smd_weighted"),
+    "an ESS above the arm size": (_set(f"{CTX}/ess_treated", 1e9), "inconsistent", "ess_treated"),
+    "a negative ESS": (_set(f"{CTX}/ess_control", -1.0), "schema", "ess_control"),
+}
+
+
+@pytest.mark.parametrize("edit", SIGNED_EDITS)
+def test_a_signed_package_that_says_too_much_is_rejected_with_its_reason(payload, edit):
+    """The coordinator re-checks what a package says (issue 18, D2): a site's signature vouches for who sent it,
+    not that its software withheld what it should."""
+    change, code, word = SIGNED_EDITS[edit]
+    forged = copy.deepcopy(payload)
+    change(forged)
+    err = rejected(signed_bytes(forged))
+    assert err.code == code and word in err.reason, (edit, err)
+
+
+def test_data_cutoff_must_be_the_consortiums(payload):
+    assert verify_document(signed_bytes(payload), "site_aggregates", TRUSTED, expected_digest=DIGEST, expected_data_cutoff=CUTOFF)
+    moved = {**payload, "contract": {**payload["contract"], "data_cutoff": "2016-03-04"}}  # a patient's death date, say
+    err = rejected(signed_bytes(moved), expected_data_cutoff=CUTOFF)
+    assert err.code == "data_cutoff" and "2016-03-04" in err.reason and "2026-01-01" in err.reason
+
+
 def test_malformed_json_is_rejected(payload):
     assert rejected(b"{not json").code == "malformed"
     text = signed_bytes(payload).decode()

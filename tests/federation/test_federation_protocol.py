@@ -19,6 +19,7 @@ from federation.contract import contract_digest, contract_terms
 from federation.exchange import ExchangeError, FsspecExchange, LocalDirectoryExchange, exchange_from_url
 from federation.package import build_site_package
 from federation.protocol import COORDINATOR, Coordinator, SiteNode, SitePolicy, reply_name, request_name, result_name
+from federation.schema import SCHEMA_VERSION
 from federation.signing import Signer
 from federation.verify import verify_document
 from tests.paths import FIXTURES
@@ -115,7 +116,7 @@ def test_a_fit_with_a_small_arm_at_a_site_is_refused_and_not_pooled(tmp_path):
 
 def test_a_site_refuses_a_beta_where_its_likelihood_overflows(tmp_path):
     exchange, _, sites = network(tmp_path)
-    payload = {"schema_version": "1.0", "kind": "round_request", "session_id": "far", "round": 1, "contract_digest": DIGEST,
+    payload = {"schema_version": SCHEMA_VERSION, "kind": "round_request", "session_id": "far", "round": 1, "contract_digest": DIGEST,
                "sites": list(SITES), "reveals": "terms", "items": [{"fit_id": "c.death", "comparison": "tacrolimus_vs_conventional",
                                                                    "outcome": "death", "ask": "terms", "beta": [1e6]}]}
     exchange.put(request_name("far", 1), canonical_bytes(SIGNERS[COORDINATOR].sign(payload)))
@@ -135,7 +136,7 @@ def test_a_site_under_another_contract_refuses_with_the_reason(tmp_path):
 def test_a_request_not_signed_by_the_coordinator_is_not_answered(tmp_path):
     exchange, _, sites = network(tmp_path)
     impostor = Signer(COORDINATOR, Ed25519PrivateKey.generate())
-    payload = {"schema_version": "1.0", "kind": "round_request", "session_id": "probe", "round": 1, "contract_digest": DIGEST,
+    payload = {"schema_version": SCHEMA_VERSION, "kind": "round_request", "session_id": "probe", "round": 1, "contract_digest": DIGEST,
                "sites": list(SITES), "reveals": "nothing", "items": [{"fit_id": "x.death", "comparison": "tacrolimus_vs_conventional",
                                                                      "outcome": "death", "ask": "terms", "beta": [0.3]}]}
     exchange.put(request_name("probe", 1), canonical_bytes(impostor.sign(payload)))
