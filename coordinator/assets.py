@@ -41,7 +41,9 @@ def _image(png: bytes, alt: str) -> str:
 @dg.multi_asset(specs=[dg.AssetSpec(name, description=desc, group_name=GROUP, kinds={"sql", "python"})
                        for name, desc in _META_TABLES.items()])
 def consortium_meta(context: dg.AssetExecutionContext, coordinator: CoordinatorResource, warehouse: WarehouseResource):
-    collected = collect_packages(coordinator.open_exchange(), coordinator.key_list().site_keys, coordinator.digest())
+    consortium = coordinator.key_list()
+    collected = collect_packages(coordinator.open_exchange(), consortium.site_keys, coordinator.digest(),
+                                 data_cutoff=consortium.data_cutoff)
     rows = [{"document": f"aggregates/{site}.json", "site_id": site, "status": "accepted", "code": None, "reason": None,
              "contract_digest": p["contract"]["digest"], "data_cutoff": p["contract"]["data_cutoff"],
              "extends_default_concept_map": int(p["contract"]["concept_map"]["extends_default"]),

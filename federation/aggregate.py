@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
+from datetime import date
 from typing import Any, Mapping, Sequence
 
 import numpy as np
@@ -35,14 +36,16 @@ class Collected:
     rejected: dict[str, tuple[str, str]] = field(default_factory=dict)         # document -> (code, reason)
 
 
-def collect_packages(exchange: Exchange, site_keys: Mapping[str, Ed25519PublicKey], contract_digest: str) -> Collected:
-    """Every ``aggregates/<site>.json``, verified (signed by that site, schema, contract digest)."""
+def collect_packages(exchange: Exchange, site_keys: Mapping[str, Ed25519PublicKey], contract_digest: str, *,
+                     data_cutoff: date | None = None) -> Collected:
+    """Every ``aggregates/<site>.json``, verified (signed by that site, schema, contract digest, small cells,
+    and the consortium's data cut-off when it names one)."""
     out = Collected()
     for name in exchange.list(AGGREGATES):
         site = name.removeprefix(f"{AGGREGATES}/").removesuffix(".json")
         try:
             out.accepted[site] = verify_document(exchange.get(name), "site_aggregates", site_keys, expected_signer=site,
-                                                 expected_digest=contract_digest)
+                                                 expected_digest=contract_digest, expected_data_cutoff=data_cutoff)
         except PackageRejected as exc:
             out.rejected[name] = (exc.code, exc.reason)
     return out

@@ -9,6 +9,7 @@ coordinator (it holds public keys only, so it can be shared openly):
         -----BEGIN PUBLIC KEY-----
         ...
     contract_digest: 3f2a…   # optional: pin the contract every party must work under
+    data_cutoff: 2026-01-01  # optional: the agreed data cut-off; a package cut off at another date is rejected
 
 A key may also be given as the path of a PEM file.
 """
@@ -16,6 +17,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
+from datetime import date
 from pathlib import Path
 
 import yaml
@@ -35,6 +37,7 @@ class Consortium:
     coordinator_key: Ed25519PublicKey
     site_keys: dict[str, Ed25519PublicKey]
     contract_digest: str | None = None
+    data_cutoff: date | None = None
 
     @property
     def sites(self) -> list[str]:
@@ -63,4 +66,7 @@ def load_consortium(path: str | Path) -> Consortium:
     digest = data.get("contract_digest")
     if digest is not None and not re.fullmatch(r"[0-9a-f]{64}", str(digest)):
         raise ConsortiumError(f"{file}: contract_digest must be a SHA-256 hex digest")
-    return Consortium(coordinator, sites, digest)
+    cutoff = data.get("data_cutoff")
+    if cutoff is not None and (not isinstance(cutoff, date) or hasattr(cutoff, "hour")):
+        raise ConsortiumError(f"{file}: data_cutoff must be a date (YYYY-MM-DD), not {cutoff!r}")
+    return Consortium(coordinator, sites, digest, cutoff)

@@ -15,12 +15,13 @@ from analytics.cohort.concepts import load_concept_map
 from analytics.cohort.params import RuleParams
 from federation.aggregate import aggregates_name, collect_packages, heterogeneity_table, meta_table, site_estimates
 from federation.canonical import canonical_bytes, parse
+from federation.consortium import ConsortiumError, load_consortium
 from federation.contract import contract_digest, contract_terms
 from federation.exchange import ExchangeError, FsspecExchange, LocalDirectoryExchange, exchange_from_url
 from federation.package import build_site_package
 from federation.protocol import COORDINATOR, Coordinator, SiteNode, SitePolicy, reply_name, request_name, result_name
 from federation.schema import SCHEMA_VERSION
-from federation.signing import Signer
+from federation.signing import Signer, public_pem
 from federation.verify import verify_document
 from tests.paths import FIXTURES
 from tests.pooling_sites import SITES, site_tables
@@ -231,6 +232,23 @@ def test_a_site_with_another_contract_is_reported_not_pooled(tmp_path):
     assert table["k"].max() == 2 and all(set(s.split(",")) <= {"central", "north"} for s in table["sites"] if s)
     main = table[table["comparison"] == "tacrolimus_vs_conventional"]
     assert (main["k"] == 2).all() and main["note"].isna().all()
+
+
+def test_a_site_cut_off_at_another_date_is_reported_when_the_consortium_names_one(tmp_path):
+    exchange, _, _ = network(tmp_path)
+    for s in SITES:
+        publish(exchange, s)  # cut off at 2026-01-01
+    assert not collect_packages(exchange, SITE_KEYS, DIGEST).rejected  # the consortium names no cut-off
+    collected = collect_packages(exchange, SITE_KEYS, DIGEST, data_cutoff=date(2025, 7, 1))
+    assert not collected.accepted and {code for code, _ in collected.rejected.values()} == {"data_cutoff"}
+    assert "2025-07-01" in collected.rejected["aggregates/north.json"][1]
+    keys = tmp_path / "consortium.yaml"
+    pem = "coordinator: |\n  " + public_pem(SIGNERS[COORDINATOR].key).replace("\n", "\n  ") + "\nsites: {}\n"
+    keys.write_text(pem + "data_cutoff: 2025-07-01\n")
+    assert load_consortium(keys).data_cutoff == date(2025, 7, 1)
+    keys.write_text(pem + "data_cutoff: pt-000123\n")
+    with pytest.raises(ConsortiumError, match="data_cutoff must be a date"):
+        load_consortium(keys)
 
 
 # ---- the exchange ---------------------------------------------------------------------------------------------
