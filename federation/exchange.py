@@ -98,6 +98,8 @@ class FsspecExchange:
         path = self._path(name)
         if not overwrite and self.fs.exists(path):
             raise ExchangeError(f"{name} exists and is write-once")
+        # A file system (file://, sftp://) needs the parent folders; on an object store this is a no-op.
+        self.fs.makedirs(path.rsplit("/", 1)[0], exist_ok=True)
         self.fs.pipe_file(path, data)
 
     def get(self, name: str) -> bytes:

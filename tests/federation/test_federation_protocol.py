@@ -267,6 +267,16 @@ def test_local_exchange_is_write_once_and_keeps_names_inside_its_root(tmp_path):
     assert isinstance(exchange_from_url(f"file://{tmp_path / 'y'}"), LocalDirectoryExchange)
 
 
+def test_fsspec_exchange_creates_the_folders_a_file_system_needs(tmp_path):
+    """Unlike an object store, a file system (file://, sftp://) needs a name's parent folders before a write."""
+    ex = FsspecExchange(f"file://{tmp_path / 'exchange'}")
+    ex.put("sessions/s/round-001/request.json", b"r")
+    ex.put("aggregates/north.json", b"n")
+    assert (tmp_path / "exchange" / "sessions" / "s" / "round-001" / "request.json").read_bytes() == b"r"
+    assert ex.list() == ["aggregates/north.json", "sessions/s/round-001/request.json"]
+    assert ex.get("aggregates/north.json") == b"n"
+
+
 def test_fsspec_exchange_has_the_same_behaviour(tmp_path):
     ex = exchange_from_url("memory://federation-test")
     assert isinstance(ex, FsspecExchange)
