@@ -32,6 +32,7 @@ from datetime import date, datetime, timezone
 from importlib.metadata import PackageNotFoundError, version
 from typing import Any, Mapping
 
+import jsonschema
 import numpy as np
 import pandas as pd
 
@@ -42,7 +43,7 @@ from analytics.cox import CoxConvergenceError, fit_cox
 from analytics.propensity import design_matrix
 
 from .contract import concept_map_report, contract_digest
-from .schema import NOTES, SCHEMA_VERSION, SMD_BOUND
+from .schema import NOTES, SCHEMA_VERSION, SITE_PACKAGE, SMD_BOUND
 from .signing import Signer
 from .site import TREATED_GROUP, comparison_rows, outcome_rows
 from .suppression import DEFAULT_THRESHOLD, suppress
@@ -205,7 +206,8 @@ def _software() -> dict[str, str]:
 def build_site_package(site_id: str, tables: SiteTables, *, terms: dict[str, Any], concepts: ConceptMap, data_cutoff: date,
                        threshold: int = DEFAULT_THRESHOLD, software: dict[str, str] | None = None,
                        created_at: datetime | None = None) -> dict[str, Any]:
-    """The package payload (unsigned): aggregates only, small cells withheld."""
+    """The package payload (unsigned): aggregates only, small cells withheld. Checked against the package schema
+    here, so a site learns why (e.g. a GIT_COMMIT that is not a commit hash) before the coordinator rejects it."""
     raw, relations = _counts(tables)
     published, withheld = suppress(raw, relations, threshold)
     cells, cell_relations, indicators = _indicator_cells(tables)
@@ -216,12 +218,12 @@ def build_site_package(site_id: str, tables: SiteTables, *, terms: dict[str, Any
         attrition[name] = {"screened": published[f"{base}.screened"], "included": published[f"{base}.included"],
                            "excluded": {k.removeprefix(f"{base}.excluded."): v for k, v in published.items()
                                         if k.startswith(f"{base}.excluded.")}}
-    return {
+    payload = {
         "schema_version": SCHEMA_VERSION, "kind": "site_aggregates", "site_id": site_id,
         "created_at": (created_at or datetime.now(timezone.utc)).isoformat(timespec="seconds"),
         "contract": {"digest": contract_digest(terms), "terms": terms, "concept_map": concept_map_report(concepts),
                      "data_cutoff": data_cutoff.isoformat()},
-        "software": software or _software(),
+        "software": {k: v.lower() if k == "git_commit" else v for k, v in (software or _software()).items()},
         "suppression": {"threshold": threshold, "withheld": {k: v for k, v in sorted(withheld.items()) if not k.startswith("virtual.")}},
         "cohort": {"n": published["cohort.n"], "groups": {"tacrolimus": published["cohort.groups.tacrolimus"],
                                                           "conventional": published["cohort.groups.conventional"]}},
@@ -229,6 +231,11 @@ def build_site_package(site_id: str, tables: SiteTables, *, terms: dict[str, Any
         "comparisons": {name: _comparison(tables, name, published, raw, threshold, withheld_cells, indicators)
                         for name in RETROSPECTIVE_COMPARISONS},
     }
+    error = jsonschema.exceptions.best_match(jsonschema.Draft202012Validator(SITE_PACKAGE).iter_errors(payload))
+    if error is not None:
+        where = "/".join(str(p) for p in error.absolute_path) or "(top level)"
+        raise ValueError(f"the site package would be rejected by the consortium's schema: {where}: {error.message[:300]}")
+    return payload
 
 
 def sign_package(payload: dict[str, Any], signer: Signer) -> dict[str, Any]:

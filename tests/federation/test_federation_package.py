@@ -373,6 +373,14 @@ def test_a_signed_package_that_says_too_much_is_rejected_with_its_reason(payload
     assert err.code == code and word in err.reason, (edit, err)
 
 
+def test_a_site_learns_before_publishing_that_its_package_would_be_rejected():
+    tables = site_tables("central")
+    upper = package_of("central", tables, software={"package_version": "0.1.0", "git_commit": "ABCDEF1234567"})
+    assert upper["software"]["git_commit"] == "abcdef1234567"
+    with pytest.raises(ValueError, match="would be rejected.*git_commit"):
+        package_of("central", tables, software={"package_version": "0.1.0", "git_commit": "v1.2-dirty"})
+
+
 def test_data_cutoff_must_be_the_consortiums(payload):
     assert verify_document(signed_bytes(payload), "site_aggregates", TRUSTED, expected_digest=DIGEST, expected_data_cutoff=CUTOFF)
     moved = {**payload, "contract": {**payload["contract"], "data_cutoff": "2016-03-04"}}  # a patient's death date, say
