@@ -26,14 +26,6 @@ from pathlib import Path
 RUNS = ("whole", "chunked")
 
 
-def _peak_rss_mb() -> float:
-    """This process's own peak RSS (VmHWM; ru_maxrss would carry a big parent's over the exec)."""
-    for line in Path("/proc/self/status").read_text().splitlines():
-        if line.startswith("VmHWM:"):
-            return int(line.split()[1]) / 1024
-    return float("nan")
-
-
 def _child(run: str, url: str) -> None:
     from datetime import date
 
@@ -64,7 +56,7 @@ def _child(run: str, url: str) -> None:
         # Candidates' chunks (read, flatten, facts, rules) run in the workers: their wall time bounds the rules'.
         timings.update(rule_patients=timings["candidates"], rules_wall_s=timings["candidates_s"])
     timings.update(wall_s=time.perf_counter() - started, cohort=len(tables.tables["cohort"]), patients=len(patients),
-                   peak_rss_mb=max(_peak_rss_mb(), timings.get("worker_peak_rss_mb", 0.0)))
+                   peak_rss_mb=max(cohort_source.peak_rss_mb(), timings.get("worker_peak_rss_mb", 0.0)))
     print(json.dumps(timings))
 
 

@@ -82,8 +82,8 @@ class CohortBuilder:
     """Gathers the cohort tables chunk by chunk of patients, holding only each chunk's outcomes.
 
     Chunks are added in hospital order (the Patient table's order); a patient's facts must all be in
-    one chunk. ``add_non_candidates`` takes patients known to have no IIM-coded Condition, whose facts need
-    only carry what data quality reads. Absent patients (referenced but not in the Patient table) and
+    one chunk; an outcome of ``non_candidate_outcome`` stands for patients known to have no IIM-coded Condition,
+    whose facts need only carry what data quality reads. Absent patients (referenced but not in the Patient table) and
     resources without a patient are the caller's to report in ``build(more_quality)``."""
 
     params: RuleParams
@@ -91,9 +91,6 @@ class CohortBuilder:
 
     def add(self, facts: StudyFacts) -> None:
         self.outcomes.append(chunk_outcome(facts, self.params))
-
-    def add_non_candidates(self, facts: StudyFacts) -> None:
-        self.outcomes.append(non_candidate_outcome(facts))
 
     def build(self, more_quality: dict[str, set[str]] | None = None) -> CohortTables:
         result = assemble_retrospective([o.retrospective for o in self.outcomes], more_quality)

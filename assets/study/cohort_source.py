@@ -40,7 +40,7 @@ from analytics.cohort.tables import (
     derive_cohort_tables,
     non_candidate_outcome,
 )
-from etl.fhir.references import parse_reference
+from etl.fhir.references import reference_id
 from etl.fhir.types import SUBJECT_FIELD, TYPES, flatten_all
 from etl.warehouse import Warehouse
 
@@ -72,9 +72,8 @@ class HospitalIndex:
 
 
 def _patient(reference: Any, base: str | None) -> str | None:
-    """The patient a reference names, read exactly as the flatteners read it (``reference_id``)."""
-    parsed = parse_reference(reference if isinstance(reference, str) else None, base)
-    return parsed[1] if parsed and parsed[0] == "Patient" else None
+    """The patient a reference (the text the database read) names, exactly as the flatteners read it."""
+    return reference_id({"reference": reference}, "Patient", base)
 
 
 def _codings(text: Any) -> tuple[tuple[Any, Any], ...]:

@@ -94,7 +94,7 @@ def check_line(line: Line) -> list[Result]:
 
 
 def check_chunk(lines: list[Line]) -> list[Result]:
-    return [c for line in lines for c in check_text(line.source, line.text, line.type_hint, line.known)]
+    return [c for line in lines for c in check_line(line)]
 
 
 def check_block(block: Block) -> list[Result]:
