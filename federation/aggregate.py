@@ -51,6 +51,19 @@ def collect_packages(exchange: Exchange, site_keys: Mapping[str, Ed25519PublicKe
     return out
 
 
+def unpooled_sites(collected: Collected, sites: Sequence[str]) -> dict[str, str]:
+    """The sites a session must not ask, with the reason: no accepted package (another contract, a package that
+    failed verification, or none). A session pools only sites whose package says they work under its contract."""
+    out = {}
+    for site in sites:
+        if site in collected.accepted:
+            continue
+        rejected = collected.rejected.get(aggregates_name(site))
+        out[site] = (f"package rejected ({rejected[0]}): {rejected[1]}" if rejected
+                     else f"no package in the exchange ({aggregates_name(site)})")
+    return out
+
+
 def site_estimates(packages: Mapping[str, Mapping[str, Any]]) -> pd.DataFrame:
     rows = []
     for site, p in sorted(packages.items()):

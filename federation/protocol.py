@@ -12,6 +12,13 @@ The coordinator adds the replies up, takes coxfit6's next step (analytics/poolin
 writes the next request, until every fit has its estimate and robust variance; then it writes the signed
 result. A site may refuse a round or a fit, with a reason: the fit then stops, reported, and is not pooled.
 
+Who is pooled. A session pools at least MIN_SITES sites. Sites without an accepted package (another contract,
+a rejected or missing package) are left out when the session starts, named with the reason; a site that
+replies under another contract is left out then, and the fits still running restart from beta = 0 without
+it, so each pooled estimate is the model on exactly the rows of the sites it names. A site that does not
+reply within the round deadline ends the fits still waiting, not pooled, naming it: dropping it mid-Newton
+would pool a model whose early steps used its stratum.
+
 Documents, in the exchange (federation/exchange.py):
     sessions/<session>/round-<NNN>/request.json        signed by the coordinator
     sessions/<session>/round-<NNN>/reply-<site>.json   signed by the site
@@ -26,6 +33,7 @@ import hashlib
 import json
 import re
 from dataclasses import dataclass, field
+from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any, Callable, Mapping, Sequence
 
@@ -63,6 +71,8 @@ REVEALS = {
             "beta (1 number with one coefficient), for the pooled robust variance.",
 }
 DEFAULT_FITS = tuple((c, o) for c in RETROSPECTIVE_COMPARISONS for o in OUTCOMES)
+MIN_SITES = 2                      # one site's stratum alone is that site's own estimate, not a pooled one
+DEFAULT_ROUND_DEADLINE_HOURS = 72.0
 _REQUEST = re.compile(r"^sessions/([A-Za-z0-9_.-]+)/round-(\d{3})/request\.json$")
 
 
@@ -89,17 +99,31 @@ def _sha256(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
 
 
+def utc_now() -> datetime:
+    return datetime.now(timezone.utc)
+
+
+def _left_out_text(left_out: Mapping[str, str]) -> str:
+    return "; ".join(f"{site}: {reason}" for site, reason in sorted(left_out.items()))
+
+
 # ---- coordinator ---------------------------------------------------------------------------------------------
 
 class Coordinator:
     """Runs sessions: writes requests, verifies replies, keeps each fit's Newton state in ``state_dir``."""
 
     def __init__(self, exchange: Exchange, signer: Signer, site_keys: Mapping[str, Ed25519PublicKey], contract_digest: str,
-                 state_dir: str | Path, *, max_iter: int = MAX_ITER):
+                 state_dir: str | Path, *, max_iter: int = MAX_ITER,
+                 round_deadline_hours: float = DEFAULT_ROUND_DEADLINE_HOURS, clock: Callable[[], datetime] = utc_now):
+        """``round_deadline_hours``: how long a round waits for every site (a session may set its own);
+        ``clock``: the time now, timezone-aware (injectable so the deadline can be tested)."""
         if signer.party != COORDINATOR:
             raise ValueError(f"the coordinator signs as {COORDINATOR!r}, not {signer.party!r}")
+        if not round_deadline_hours > 0:
+            raise ValueError(f"the round deadline must be positive, not {round_deadline_hours!r} hours")
         self.exchange, self.signer, self.site_keys = exchange, signer, dict(site_keys)
         self.digest, self.max_iter = contract_digest, max_iter
+        self.round_deadline_hours, self.clock = float(round_deadline_hours), clock
         self.state_dir = Path(state_dir)
         self.state_dir.mkdir(parents=True, exist_ok=True)
 
@@ -120,19 +144,38 @@ class Coordinator:
         tmp.write_text(json.dumps(state, indent=1))
         tmp.replace(path)
 
-    def start(self, session: str, sites: Sequence[str], fits: Sequence[tuple[str, str]] = DEFAULT_FITS) -> dict[str, Any]:
-        """Open a session over ``sites`` and write its first request (every fit's terms at beta = 0)."""
+    def start(self, session: str, sites: Sequence[str], fits: Sequence[tuple[str, str]] = DEFAULT_FITS, *,
+              left_out: Mapping[str, str] | None = None, round_deadline_hours: float | None = None) -> dict[str, Any]:
+        """Open a session over ``sites`` and write its first request (every fit's terms at beta = 0).
+
+        ``left_out``: sites named in ``sites`` that are not asked, with the reason (no accepted package: see
+        aggregate.unpooled_sites); they are reported in the state and the result. With fewer than MIN_SITES
+        left, the session ends at once, every fit not pooled, and no request is written."""
         if self._state_path(session).exists():
             raise ValueError(f"session {session!r} exists")
         unknown = [s for s in sites if s not in self.site_keys]
         if unknown or not sites:
             raise ValueError(f"no public key for sites {unknown}" if unknown else "a session needs at least one site")
-        state = {"session_id": session, "sites": list(sites), "round": 1, "status": "running", "reason": None,
+        deadline = self.round_deadline_hours if round_deadline_hours is None else float(round_deadline_hours)
+        if not deadline > 0:
+            raise ValueError(f"the round deadline must be positive, not {round_deadline_hours!r} hours")
+        left = {s: r for s, r in (left_out or {}).items() if s in sites}
+        state = {"session_id": session, "sites": [s for s in sites if s not in left], "left_out": left, "round": 1,
+                 "status": "running", "reason": None, "round_deadline_hours": deadline, "round_started_at": None,
                  "fits": {f"{c}.{o}": {"comparison": c, "outcome": o, "phase": "terms", "newton": newton_start(1).to_dict(),
-                                       "result": None, "reason": None} for c, o in fits}}
+                                       "result": None, "reason": None, "sites": None} for c, o in fits}}
+        if len(state["sites"]) < MIN_SITES:
+            state["round"] = 0   # no request was written
+            return self._fail(state, self._too_few(state))
         self._write_request(state)
         self._save(state)
         return state
+
+    @staticmethod
+    def _too_few(state: Mapping[str, Any]) -> str:
+        remaining = ", ".join(state["sites"]) or "none"
+        return (f"fewer than {MIN_SITES} sites to pool (remaining: {remaining}; left out: "
+                f"{_left_out_text(state['left_out'])})")
 
     def _items(self, state: dict[str, Any]) -> list[dict[str, Any]]:
         items = []
@@ -150,6 +193,7 @@ class Coordinator:
                    "round": state["round"], "contract_digest": self.digest, "sites": state["sites"],
                    "reveals": reveals(items), "items": items}
         self.exchange.put(request_name(state["session_id"], state["round"]), canonical_bytes(self.signer.sign(payload)))
+        state["round_started_at"] = self.clock().isoformat()
 
     def _fail(self, state: dict[str, Any], reason: str) -> dict[str, Any]:
         state["status"], state["reason"] = "failed", reason
@@ -163,9 +207,11 @@ class Coordinator:
     def _write_result(self, state: dict[str, Any]) -> None:
         """The signed outcome of every fit (pooled, or not and why), for pooled_effects and for the sites."""
         result = {"schema_version": SCHEMA_VERSION, "kind": "pooled_result", "session_id": state["session_id"],
-                  "contract_digest": self.digest, "sites": state["sites"], "rounds": state["round"],
+                  "contract_digest": self.digest, "sites": state["sites"], "left_out": state.get("left_out", {}),
+                  "rounds": state["round"],
                   "fits": {k: {"comparison": f["comparison"], "outcome": f["outcome"], "result": f["result"],
-                               "reason": f["reason"]} for k, f in state["fits"].items()}}
+                               "reason": f["reason"], "sites": f.get("sites") or state["sites"]}
+                           for k, f in state["fits"].items()}}
         self.exchange.put(result_name(state["session_id"]), canonical_bytes(self.signer.sign(result)))
 
     def waiting_for(self, session: str) -> list[str]:
@@ -174,35 +220,78 @@ class Coordinator:
             return []
         return [s for s in state["sites"] if not self.exchange.exists(reply_name(session, state["round"], s))]
 
+    def deadline(self, session: str) -> datetime | None:
+        """When the current round stops waiting (None: the session is not running)."""
+        state = self.state(session)
+        if state["status"] != "running":
+            return None
+        hours = state.get("round_deadline_hours", self.round_deadline_hours)
+        return datetime.fromisoformat(state["round_started_at"]) + timedelta(hours=hours)
+
+    def overdue(self, session: str) -> list[str]:
+        """The sites that have not replied to the current round by its deadline (empty: none, or not yet due)."""
+        due = self.deadline(session)
+        return self.waiting_for(session) if due is not None and self.clock() >= due else []
+
     def poll(self, session: str) -> dict[str, Any]:
         """If every site has replied to the current round: verify the replies, advance each fit, and write the
-        next request (or the result). Returns the session state."""
+        next request (or the result). Past the round's deadline, end the session with the sites that did not
+        reply named. Returns the session state."""
         state = self.state(session)
-        if state["status"] != "running" or self.waiting_for(session):
+        if state["status"] != "running":
+            return state
+        waiting = self.waiting_for(session)
+        if waiting:
+            if self.overdue(session):
+                hours = state.get("round_deadline_hours", self.round_deadline_hours)
+                return self._fail(state, f"no reply to round {state['round']} within {hours:g} h from "
+                                         f"{', '.join(waiting)}: not pooled")
             return state
         round_ = state["round"]
         request_sha = _sha256(self.exchange.get(request_name(session, round_)))
         answers: dict[str, dict[str, dict[str, Any]]] = {}
+        other_contract: dict[str, str] = {}
         for site in state["sites"]:
             try:
                 reply = verify_document(self.exchange.get(reply_name(session, round_, site)), "round_reply", self.site_keys,
                                         expected_signer=site, expected_digest=self.digest)
             except PackageRejected as exc:
+                if exc.code == "contract_digest":
+                    other_contract[site] = f"replied to round {round_} under another contract ({exc.reason})"
+                    continue
                 return self._fail(state, f"the reply of {site} to round {round_} was rejected: {exc}")
             if (reply["session_id"], reply["round"], reply["request_sha256"]) != (session, round_, request_sha):
                 return self._fail(state, f"the reply of {site} answers another request (session, round or request digest)")
             if reply["refused"]:
                 return self._fail(state, f"{site} refused round {round_}: {reply['refused']}")
             answers[site] = {a["fit_id"]: a for a in reply["answers"]}
+        if other_contract:
+            return self._leave_out(state, other_contract)
         for item in self._items(state):
             self._advance(state["fits"][item["fit_id"]], item, answers)
+        self._next(state)
+        return state
+
+    def _next(self, state: dict[str, Any]) -> None:
         if any(f["phase"] in ("terms", "meat") for f in state["fits"].values()):
-            state["round"] = round_ + 1
+            state["round"] += 1
             self._write_request(state)
         else:
             state["status"] = "done"
             self._write_result(state)
         self._save(state)
+
+    def _leave_out(self, state: dict[str, Any], sites: Mapping[str, str]) -> dict[str, Any]:
+        """Leave out sites that work under another contract, and restart every running fit from beta = 0 without
+        them: a Newton path begun on their strata is not the path of the model without them."""
+        state["left_out"] = {**state["left_out"], **sites}
+        state["sites"] = [s for s in state["sites"] if s not in sites]
+        if len(state["sites"]) < MIN_SITES:
+            return self._fail(state, self._too_few(state))
+        for f in state["fits"].values():
+            if f["phase"] in ("terms", "meat"):
+                f["phase"], f["newton"] = "terms", newton_start(1).to_dict()
+        self._next(state)
         return state
 
     def _advance(self, fit: dict[str, Any], item: Mapping[str, Any], answers: Mapping[str, Mapping[str, Any]]) -> None:
@@ -228,7 +317,7 @@ class Coordinator:
                 cox = pooled_fit(newton, [np.asarray(a["meat"], dtype=float) for a in got.values()])
                 fit["result"] = {**cox.summary()[0], "se": float(np.sqrt(cox.naive_var[0, 0])), "loglik": cox.loglik,
                                  "iterations": cox.iterations, "n_sites": len(got)}
-                fit["phase"] = "done"
+                fit["phase"], fit["sites"] = "done", sorted(got)
         except (CoxConvergenceError, ValueError, np.linalg.LinAlgError) as exc:
             fit["phase"], fit["reason"] = "failed", f"{type(exc).__name__}: {exc}"
 
@@ -238,11 +327,19 @@ class Coordinator:
 @dataclass(frozen=True)
 class SitePolicy:
     """What a site agrees to answer. ``approve`` is the data engineer's gate: given the verified request, a
-    reason to refuse it, or None to answer."""
+    reason to refuse it, or None to answer.
+
+    The caps bound what a coordinator can learn by asking: rounds per session (one fit's Newton path),
+    evaluations per session (fits × rounds: one request can carry many fits), and sessions per rolling window
+    (a coordinator could otherwise open sessions without end). All are counted from the site's own ledger,
+    which lives outside the exchange."""
 
     max_rounds: int = MAX_ITER + 5        # per session: coxph needs at most 21 likelihood rounds and 1 variance round
     min_arm: int = 5                      # refuse a fit whose smaller arm has fewer patients (the suppression threshold)
     approve: Callable[[Mapping[str, Any]], str | None] | None = None
+    max_evaluations: int = 300            # fits × rounds per session: 12 fits (every comparison × outcome) × 25 rounds
+    max_sessions: int = 5                 # sessions answered per window
+    session_window_days: float = 30.0
 
 
 @dataclass
@@ -261,6 +358,23 @@ def read_ledger(ledger_dir: Path, session: str) -> dict[str, Any]:
     return json.loads(path.read_text()) if path.exists() else {"session_id": session, "rounds": {}}
 
 
+def _answered(ledger: Mapping[str, Any]) -> list[dict[str, Any]]:
+    return [r for r in ledger["rounds"].values() if r.get("outcome") == "answered"]
+
+
+def sessions_answered_since(ledger_dir: Path, since: datetime, *, besides: str) -> list[str]:
+    """The sessions (other than ``besides``) this site first answered at or after ``since``. A round recorded
+    without a time (an older ledger) counts as recent: a cap errs towards refusing."""
+    out = []
+    for path in sorted(Path(ledger_dir).glob("*.json")):
+        if path.stem == besides:
+            continue
+        times = [r.get("at") for r in _answered(json.loads(path.read_text()))]
+        if times and (None in times or min(datetime.fromisoformat(t) for t in times) >= since):
+            out.append(path.stem)
+    return out
+
+
 def pending_requests(exchange: Exchange, ledger_dir: str | Path) -> list[str]:
     """Requests in the exchange a site (with this ledger) has not handled yet, oldest first."""
     out = []
@@ -276,13 +390,14 @@ class SiteNode:
 
     def __init__(self, site_id: str, exchange: Exchange, signer: Signer, coordinator_key: Ed25519PublicKey,
                  contract_digest: str, tables: SiteTables | Callable[[], SiteTables], ledger_dir: str | Path,
-                 policy: SitePolicy = SitePolicy()):
-        """``tables`` may be a function that reads them: only a request that is answered needs them."""
+                 policy: SitePolicy = SitePolicy(), clock: Callable[[], datetime] = utc_now):
+        """``tables`` may be a function that reads them: only a request that is answered needs them. ``clock``:
+        the time now, timezone-aware (the session cap's window; injectable for tests)."""
         if signer.party != site_id:
             raise ValueError(f"the key of {signer.party!r} cannot answer for {site_id!r}")
         self.site_id, self.exchange, self.signer = site_id, exchange, signer
         self.trusted = {COORDINATOR: coordinator_key}
-        self.digest, self.policy = contract_digest, policy
+        self.digest, self.policy, self.clock = contract_digest, policy, clock
         self._tables = tables
         self.ledger_dir = Path(ledger_dir)
         self.ledger_dir.mkdir(parents=True, exist_ok=True)
@@ -294,7 +409,7 @@ class SiteNode:
 
     def _record(self, session: str, round_: int, entry: dict[str, Any]) -> None:
         ledger = self.ledger(session)
-        ledger["rounds"][str(round_)] = entry
+        ledger["rounds"][str(round_)] = {**entry, "at": self.clock().isoformat()}
         (self.ledger_dir / f"{session}.json").write_text(json.dumps(ledger, indent=1))
 
     def pending(self) -> list[str]:
@@ -331,7 +446,8 @@ class SiteNode:
         try:
             self.exchange.put(reply_name(session, round_, self.site_id), canonical_bytes(self.signer.sign(reply)))
         except ExchangeError:  # a reply is already there (this site's ledger was lost): it counts as answered
-            self._record(session, round_, {"outcome": "answered", "reason": "reply found in the exchange"})
+            self._record(session, round_, {"outcome": "answered", "reason": "reply found in the exchange",
+                                           "asks": [{k: i[k] for k in ("fit_id", "ask", "beta")} for i in request["items"]]})
             return Handled(name, "already_answered", "a reply to this request is already in the exchange")
         outcome = "refused" if refusal else "answered"
         self._record(session, round_, {"outcome": outcome, "reason": refusal, "request_sha256": _sha256(data),
@@ -342,9 +458,19 @@ class SiteNode:
         if request["contract_digest"] != self.digest:
             return (f"this site works under contract {self.digest[:12]}…, the request under "
                     f"{request['contract_digest'][:12]}…")
-        answered = sum(1 for r in self.ledger(request["session_id"])["rounds"].values() if r.get("outcome") == "answered")
-        if answered >= self.policy.max_rounds:
+        answered = _answered(self.ledger(request["session_id"]))
+        if len(answered) >= self.policy.max_rounds:
             return f"round cap reached: this site answers at most {self.policy.max_rounds} rounds per session"
+        evaluations = sum(len(r.get("asks", ())) for r in answered) + len(request["items"])
+        if evaluations > self.policy.max_evaluations:
+            return (f"evaluation cap reached: this request would make {evaluations} fit evaluations in this session; "
+                    f"this site answers at most {self.policy.max_evaluations} per session")
+        if not answered:
+            window = timedelta(days=self.policy.session_window_days)
+            recent = sessions_answered_since(self.ledger_dir, self.clock() - window, besides=request["session_id"])
+            if len(recent) >= self.policy.max_sessions:
+                return (f"session cap reached: this site answers at most {self.policy.max_sessions} sessions per "
+                        f"{self.policy.session_window_days:g} days ({len(recent)} answered in that window)")
         if self.policy.approve is not None:
             return self.policy.approve(request)
         return None

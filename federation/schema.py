@@ -8,7 +8,8 @@ arm's size, the consortium's data cut-off) federation/verify.py checks after it.
 
 Versioning: a reader accepts only its own SCHEMA_VERSION. The major number changes whenever a document valid
 under one version can be invalid under the other (a field closed, removed or made stricter), the minor number
-for additions every reader of the same major accepts. 2.0 (issue 18): closed text fields, nullable SMDs.
+for additions every reader of the same major accepts. 2.0 (issue 18): closed text fields, nullable SMDs. 2.1: a
+pooled result names the sites left out (and why) and the sites each fit pooled.
 """
 from __future__ import annotations
 
@@ -19,7 +20,7 @@ from analytics.cohort.retrospective import ATTRITION_REASONS as RETROSPECTIVE_RE
 from analytics.comparisons import OUTCOMES, RETROSPECTIVE_COMPARISONS
 from analytics.propensity import PS_COVARIATES, REFERENCE_LEVELS
 
-SCHEMA_VERSION = "2.0"
+SCHEMA_VERSION = "2.1"
 SITE_ID = {"type": "string", "pattern": "^[a-z0-9][a-z0-9_-]{0,62}$"}
 SHA256 = {"type": "string", "pattern": "^[0-9a-f]{64}$"}
 COUNT = {"type": ["integer", "null"], "minimum": 0}            # null: withheld by small-cell suppression
@@ -143,11 +144,12 @@ POOLED_RESULT = {
         "kind": {"const": "pooled_result"},
         "session_id": NAME,
         "contract_digest": SHA256,
-        "sites": {"type": "array", "items": SITE_ID, "minItems": 1},
-        "rounds": {"type": "integer", "minimum": 1},
+        "sites": {"type": "array", "items": SITE_ID},                  # the sites asked to the end (may be none)
+        "left_out": {"type": "object", "propertyNames": SITE_ID, "additionalProperties": {"type": "string", "maxLength": 1000}},
+        "rounds": {"type": "integer", "minimum": 0},                    # 0: too few sites, no request was written
         "fits": {"type": "object", "propertyNames": NAME, "additionalProperties": _obj({
             "comparison": NAME, "outcome": NAME, "result": {"oneOf": [_POOLED, {"type": "null"}]},
-            "reason": {"type": ["string", "null"]}})},
+            "reason": {"type": ["string", "null"]}, "sites": {"type": "array", "items": SITE_ID}})},
     }),
 }
 SCHEMAS = {"site_aggregates": SITE_PACKAGE, "round_request": ROUND_REQUEST, "round_reply": ROUND_REPLY,

@@ -5,7 +5,7 @@ authentic, and the coordinator reports what it cannot pool."""
 from __future__ import annotations
 
 import json
-from datetime import date
+from datetime import date, datetime, timedelta, timezone
 from pathlib import Path
 
 import pytest
@@ -13,7 +13,8 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from analytics.cohort.concepts import load_concept_map
 from analytics.cohort.params import RuleParams
-from federation.aggregate import aggregates_name, collect_packages, heterogeneity_table, meta_table, site_estimates
+from federation.aggregate import (aggregates_name, collect_packages, heterogeneity_table, meta_table, site_estimates,
+                                  unpooled_sites)
 from federation.canonical import canonical_bytes, parse
 from federation.consortium import ConsortiumError, load_consortium
 from federation.contract import contract_digest, contract_terms
@@ -127,11 +128,157 @@ def test_a_site_refuses_a_beta_where_its_likelihood_overflows(tmp_path):
     assert reply["answers"][0]["refused"].startswith("the likelihood is not finite")
 
 
-def test_a_site_under_another_contract_refuses_with_the_reason(tmp_path):
+def assert_equals_r_on(result_fits: dict, pair: str) -> None:
+    """Every fit pooled over exactly the sites of ``pair``, equal to R's coxph(... strata(site)) on their rows."""
+    for comparison, outcome in FITS:
+        fit = result_fits[f"{comparison}.{outcome}"]
+        ref = REF["comparisons"][comparison]["outcomes"][outcome]["pooled_of_pairs"][pair]
+        assert fit["sites"] == pair.split(",") and fit["result"]["n_sites"] == 2, (comparison, outcome)
+        for key in ("coef", "robust_se", "se", "hazard_ratio", "ci_lower", "ci_upper", "p_value", "loglik"):
+            assert fit["result"][key] == pytest.approx(ref[key], abs=TOL, rel=TOL), (comparison, outcome, key)
+        assert fit["result"]["iterations"] == ref["iterations"]
+
+
+def test_a_site_replying_under_another_contract_is_left_out_and_the_others_pooled_from_the_start(tmp_path):
     other = contract_digest(contract_terms(RuleParams(followup_days=730)))
-    _, coordinator, sites = network(tmp_path, digests={"central": other})
-    state = run(coordinator, sites, "contracts", fits=FITS[:1])
-    assert state["status"] == "failed" and "central" in state["reason"] and "contract_digest" in state["reason"]
+    exchange, coordinator, sites = network(tmp_path, digests={"central": other})
+    state = run(coordinator, sites, "contracts")
+    assert state["status"] == "done" and state["sites"] == ["north", "south"]
+    assert list(state["left_out"]) == ["central"]
+    assert "replied to round 1 under another contract" in state["left_out"]["central"]
+    result = verify_document(exchange.get(result_name("contracts")), "pooled_result",
+                             {COORDINATOR: SIGNERS[COORDINATOR].key.public_key()}, expected_digest=DIGEST)
+    assert result["left_out"] == state["left_out"] and result["sites"] == ["north", "south"]
+    assert_equals_r_on(result["fits"], "north,south")
+    # Round 1 was spent finding out; round 2 restarted every fit at beta = 0 without central.
+    round2 = parse(exchange.get(request_name("contracts", 2)))["payload"]
+    assert round2["sites"] == ["north", "south"] and {i["beta"][0] for i in round2["items"]} == {0.0}
+    slowest = max(REF["comparisons"][c]["outcomes"][o]["pooled_of_pairs"]["north,south"]["iterations"] for c, o in FITS)
+    assert result["rounds"] == 1 + slowest + 2
+    assert {r["outcome"] for r in sites["central"].ledger("contracts")["rounds"].values()} == {"refused", "not_for_us"}
+
+
+def test_sites_without_an_accepted_package_are_left_out_when_the_session_starts(tmp_path):
+    exchange, coordinator, sites = network(tmp_path)
+    publish(exchange, "north")
+    publish(exchange, "central")
+    publish(exchange, "south", terms=contract_terms(RuleParams(followup_days=730)))
+    left_out = unpooled_sites(collect_packages(exchange, SITE_KEYS, DIGEST), list(SITES))
+    assert list(left_out) == ["south"] and left_out["south"].startswith("package rejected (contract_digest)")
+    coordinator.start("screened", list(SITES), FITS, left_out=left_out)
+    assert parse(exchange.get(request_name("screened", 1)))["payload"]["sites"] == ["north", "central"]
+    for _ in range(30):
+        for site in sites.values():
+            site.handle_pending()
+        state = coordinator.poll("screened")
+        if state["status"] != "running":
+            break
+    assert state["status"] == "done" and state["left_out"] == left_out
+    assert not exchange.exists(reply_name("screened", 1, "south"))   # never asked
+    result = parse(exchange.get(result_name("screened")))["payload"]
+    assert result["left_out"] == left_out
+    assert_equals_r_on(result["fits"], "central,north")
+
+
+def test_with_fewer_than_two_sites_left_no_fit_is_pooled(tmp_path):
+    exchange, coordinator, _ = network(tmp_path)
+    publish(exchange, "north")
+    publish(exchange, "south", terms=contract_terms(RuleParams(followup_days=730)))
+    left_out = unpooled_sites(collect_packages(exchange, SITE_KEYS, DIGEST), list(SITES))
+    assert left_out["central"] == "no package in the exchange (aggregates/central.json)"
+    state = coordinator.start("alone", list(SITES), FITS[:2], left_out=left_out)
+    assert state["status"] == "failed" and state["sites"] == ["north"]
+    assert state["reason"].startswith("fewer than 2 sites to pool (remaining: north; left out: central: no package")
+    assert "south: package rejected (contract_digest)" in state["reason"]
+    assert not exchange.exists(request_name("alone", 1))
+    result = verify_document(exchange.get(result_name("alone")), "pooled_result",
+                             {COORDINATOR: SIGNERS[COORDINATOR].key.public_key()})
+    assert result["rounds"] == 0 and all(f["result"] is None and f["reason"] == state["reason"] for f in result["fits"].values())
+    # The same when a second site turns out to work under another contract mid-session.
+    other = contract_digest(contract_terms(RuleParams(followup_days=730)))
+    _, coordinator, sites = network(tmp_path / "two", digests={"central": other})
+    state = run(coordinator, {s: sites[s] for s in ("north", "central")}, "pair", fits=FITS[:1])
+    assert state["status"] == "failed" and state["sites"] == ["north"] and "central: replied to round 1" in state["reason"]
+
+
+class Clock:
+    def __init__(self, now: datetime):
+        self.now = now
+
+    def __call__(self) -> datetime:
+        return self.now
+
+
+T0 = datetime(2026, 3, 1, 9, 0, tzinfo=timezone.utc)
+
+
+def test_a_round_waits_until_its_deadline_then_ends_the_waiting_fits_naming_the_silent_sites(tmp_path):
+    exchange, _, sites = network(tmp_path)
+    clock = Clock(T0)
+    coordinator = Coordinator(exchange, SIGNERS[COORDINATOR], SITE_KEYS, DIGEST, tmp_path / "coordinator", clock=clock)
+    assert coordinator.round_deadline_hours == 72
+    coordinator.start("slow", list(SITES), FITS[:2])
+    sites["north"].handle_pending()
+    clock.now = T0 + timedelta(hours=71, minutes=59)
+    assert coordinator.poll("slow")["status"] == "running" and coordinator.overdue("slow") == []
+    clock.now = T0 + timedelta(hours=72)
+    assert coordinator.overdue("slow") == ["central", "south"]
+    state = coordinator.poll("slow")
+    assert state["status"] == "failed"
+    assert state["reason"] == "no reply to round 1 within 72 h from central, south: not pooled"
+    result = parse(exchange.get(result_name("slow")))["payload"]
+    assert all(f["result"] is None and f["reason"] == state["reason"] for f in result["fits"].values())
+    # A late reply changes nothing: the session has ended.
+    sites["central"].handle_pending()
+    assert coordinator.poll("slow")["status"] == "failed"
+
+
+def test_the_deadline_counts_from_each_round_and_a_session_may_set_its_own(tmp_path):
+    exchange, _, sites = network(tmp_path)
+    clock = Clock(T0)
+    coordinator = Coordinator(exchange, SIGNERS[COORDINATOR], SITE_KEYS, DIGEST, tmp_path / "coordinator", clock=clock)
+    coordinator.start("brisk", list(SITES), FITS[:1], round_deadline_hours=2)
+    for site in sites.values():
+        site.handle_pending()
+    clock.now = T0 + timedelta(hours=1, minutes=30)
+    assert coordinator.poll("brisk")["round"] == 2          # round 2 asked at 10:30, due at 12:30
+    clock.now = T0 + timedelta(hours=3)
+    assert coordinator.overdue("brisk") == []
+    clock.now = T0 + timedelta(hours=3, minutes=30)
+    assert coordinator.poll("brisk")["reason"] == "no reply to round 2 within 2 h from north, central, south: not pooled"
+    with pytest.raises(ValueError, match="deadline must be positive"):
+        coordinator.start("never", list(SITES), FITS[:1], round_deadline_hours=0)
+
+
+def test_a_site_caps_the_evaluations_a_session_asks_of_it(tmp_path):
+    # 6 fits a round: round 1 makes 6 evaluations, round 2 would make 12.
+    _, coordinator, sites = network(tmp_path, policies={"south": SitePolicy(max_evaluations=10)})
+    state = run(coordinator, sites, "wide")
+    assert state["status"] == "failed" and "south refused round 2" in state["reason"]
+    assert "evaluation cap reached: this request would make 12 fit evaluations" in state["reason"]
+    assert "at most 10 per session" in state["reason"]
+
+
+def test_a_site_caps_the_sessions_it_answers_in_a_rolling_window_from_its_own_ledger(tmp_path):
+    exchange, coordinator, _ = network(tmp_path)
+    clock = Clock(T0)
+    policy = SitePolicy(max_sessions=1, session_window_days=30)
+
+    def south():  # a fresh node each time: the cap lives in the ledger folder, not in the object
+        return SiteNode("south", exchange, SIGNERS["south"], SIGNERS[COORDINATOR].key.public_key(), DIGEST,
+                        site_tables("south"), tmp_path / "site-south", policy, clock=clock)
+
+    coordinator.start("first", list(SITES), FITS[:1])
+    assert [h.outcome for h in south().handle_pending()] == ["answered"]
+    clock.now = T0 + timedelta(days=29)
+    coordinator.start("second", list(SITES), FITS[:1])
+    handled = south().handle_pending()
+    assert [h.outcome for h in handled] == ["refused"]
+    assert handled[0].reason == "session cap reached: this site answers at most 1 sessions per 30 days (1 answered in that window)"
+    assert parse(exchange.get(reply_name("second", 1, "south")))["payload"]["refused"] == handled[0].reason  # signed reply
+    clock.now = T0 + timedelta(days=30, hours=1)
+    coordinator.start("third", list(SITES), FITS[:1])
+    assert [h.outcome for h in south().handle_pending()] == ["answered"]
 
 
 def test_a_request_not_signed_by_the_coordinator_is_not_answered(tmp_path):
