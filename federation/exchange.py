@@ -83,7 +83,11 @@ class FsspecExchange:
     """Any fsspec filesystem by URL: S3-compatible stores (``s3://``, needs s3fs), SFTP (``sftp://``, needs
     paramiko), ``memory://`` for tests. Credentials come from the filesystem's own configuration (e.g. the
     AWS_* environment variables), never from the pipeline's settings. Write-once is checked before writing
-    (object stores have no atomic create-if-absent in fsspec's API): one writer per name by protocol design."""
+    (object stores have no atomic create-if-absent in fsspec's API): one writer per name by protocol design.
+
+    Every existence check and listing first drops the filesystem's listing cache: the other parties write to the
+    exchange, and s3fs would otherwise answer from a listing it cached earlier, never seeing a reply that arrived
+    since (a session that waits forever)."""
 
     def __init__(self, url: str, **storage_options: object):
         import fsspec  # only a deployment that uses a remote exchange needs it
@@ -96,6 +100,7 @@ class FsspecExchange:
 
     def put(self, name: str, data: bytes, *, overwrite: bool = False) -> None:
         path = self._path(name)
+        self.fs.invalidate_cache()
         if not overwrite and self.fs.exists(path):
             raise ExchangeError(f"{name} exists and is write-once")
         # A file system (file://, sftp://) needs the parent folders; on an object store this is a no-op.
@@ -106,10 +111,12 @@ class FsspecExchange:
         return self.fs.cat_file(self._path(name))
 
     def exists(self, name: str) -> bool:
+        self.fs.invalidate_cache()
         return bool(self.fs.exists(self._path(name)))
 
     def list(self, prefix: str = "") -> list[str]:
         base = f"{self.root}/{check_name(prefix.rstrip('/'))}" if prefix else self.root
+        self.fs.invalidate_cache()
         if not self.fs.exists(base):
             return []
         root = self.fs._strip_protocol(self.root).rstrip("/")
