@@ -38,6 +38,9 @@ class FederationResource(dg.ConfigurableResource):
     signing_key_env: str = "FEDERATION_SIGNING_KEY"  # the *name* of the variable holding the private key
     suppression_threshold: int = DEFAULT_THRESHOLD
     max_rounds: int = 25                            # per session
+    max_evaluations: int = SitePolicy.max_evaluations           # fits × rounds per session
+    max_sessions: int = SitePolicy.max_sessions                 # sessions answered per window (from the ledger)
+    session_window_days: float = SitePolicy.session_window_days
     min_arm: int = DEFAULT_THRESHOLD
     auto_answer: bool = False                       # False: each request waits for the data engineer
     state_dir: str = ""                             # the site's ledger of rounds answered; empty = <state dir>/federation
@@ -113,7 +116,9 @@ def answer_round(context: dg.OpExecutionContext, config: AnswerConfig, warehouse
         raise dg.Failure(f"decision must be 'answer' or 'refuse', not {config.decision!r}")
     consortium = federation.key_list()
     policy = SitePolicy(max_rounds=federation.max_rounds, min_arm=federation.min_arm,
-                        approve=None if config.decision == "answer" else (lambda _request: config.reason))
+                        approve=None if config.decision == "answer" else (lambda _request: config.reason),
+                        max_evaluations=federation.max_evaluations, max_sessions=federation.max_sessions,
+                        session_window_days=federation.session_window_days)
     node = SiteNode(federation.site_id, federation.open_exchange(), federation.signer(), consortium.coordinator_key,
                     _digest(study), lambda: _site_tables(warehouse), federation.ledger_dir(), policy)
     handled = node.handle(config.request)
@@ -151,6 +156,9 @@ def federation_resource_from_env() -> FederationResource:
         consortium=env("FEDERATION_CONSORTIUM", ""), signing_key_env=env("FEDERATION_SIGNING_KEY_ENV", "FEDERATION_SIGNING_KEY"),
         suppression_threshold=int(env("FEDERATION_SUPPRESSION_THRESHOLD", str(DEFAULT_THRESHOLD))),
         max_rounds=int(env("FEDERATION_MAX_ROUNDS", "25")), min_arm=int(env("FEDERATION_MIN_ARM", str(DEFAULT_THRESHOLD))),
+        max_evaluations=int(env("FEDERATION_MAX_EVALUATIONS", str(SitePolicy.max_evaluations))),
+        max_sessions=int(env("FEDERATION_MAX_SESSIONS", str(SitePolicy.max_sessions))),
+        session_window_days=float(env("FEDERATION_SESSION_WINDOW_DAYS", str(SitePolicy.session_window_days))),
         auto_answer=env("FEDERATION_AUTO_ANSWER", "false").lower() in ("1", "true", "yes"),
         state_dir=env("FEDERATION_STATE_DIR", ""))
 

@@ -3,13 +3,14 @@ site's in ``workspace.consortium.yaml``). Sessions are started from the launchpa
 the sites reply, and refresh the meta-analysis when a site publishes a new package."""
 
 import hashlib
+from typing import Optional
 
 import dagster as dg
 
-from federation.aggregate import AGGREGATES
+from federation.aggregate import AGGREGATES, collect_packages, unpooled_sites
 from federation.protocol import DEFAULT_FITS
 
-from .assets import consortium_meta, pooled_effects
+from .assets import consortium_meta, pooled_effects, pooled_report
 from .resources import CoordinatorResource, coordinator_resources_from_env
 
 
@@ -17,14 +18,25 @@ class StartConfig(dg.Config):
     session_id: str
     sites: list[str] = []           # empty: every site in the consortium's key list
     fits: list[str] = []            # "comparison.outcome"; empty: every comparison and outcome of the contract
+    round_deadline_hours: Optional[float] = None   # None: the coordinator's FEDERATION_ROUND_DEADLINE_HOURS
 
 
-@dg.op(description="Open a pooling session: write round 1's signed request (every fit's terms at beta = 0).")
+@dg.op(description="Open a pooling session over the sites whose package is accepted (the others are left out and "
+                   "named, with the reason): write round 1's signed request (every fit's terms at beta = 0).")
 def start_session(context: dg.OpExecutionContext, config: StartConfig, coordinator: CoordinatorResource) -> None:
     fits = [tuple(f.split(".", 1)) for f in config.fits] or list(DEFAULT_FITS)
-    sites = config.sites or coordinator.key_list().sites
-    state = coordinator.coordinator().start(config.session_id, sites, fits)
-    context.log.info(f"session {config.session_id}: round 1 requested from {', '.join(state['sites'])} for {len(fits)} fits")
+    consortium = coordinator.key_list()
+    sites = config.sites or consortium.sites
+    packages = collect_packages(coordinator.open_exchange(), consortium.site_keys, coordinator.digest(),
+                                data_cutoff=consortium.data_cutoff)
+    state = coordinator.coordinator().start(config.session_id, sites, fits, left_out=unpooled_sites(packages, sites),
+                                            round_deadline_hours=config.round_deadline_hours)
+    for site, reason in state["left_out"].items():
+        context.log.warning(f"session {config.session_id}: {site} left out: {reason}")
+    if state["status"] == "running":
+        context.log.info(f"session {config.session_id}: round 1 requested from {', '.join(state['sites'])} for {len(fits)} fits")
+    else:
+        context.log.warning(f"session {config.session_id}: {state['reason']}")
 
 
 class RoundConfig(dg.Config):
@@ -49,24 +61,25 @@ def advance_round_job():
     advance_round()
 
 
-pooled_effects_job = dg.define_asset_job("pooled_effects_job", selection=[pooled_effects])
+pooled_effects_job = dg.define_asset_job("pooled_effects_job", selection=[pooled_effects, pooled_report])
 consortium_meta_job = dg.define_asset_job("consortium_meta_job", selection=dg.AssetSelection.assets(consortium_meta))
 
 
 @dg.sensor(jobs=[advance_round_job, pooled_effects_job], minimum_interval_seconds=30,
-           description="When every site has replied to a session's current round, advance it; when a session ends, "
-                       "refresh pooled_effects.")
+           description="When every site has replied to a session's current round, or its deadline has passed, advance "
+                       "it; when a session ends, refresh pooled_effects and pooled_report.")
 def pooling_rounds(context: dg.SensorEvaluationContext, coordinator: CoordinatorResource):
     node = coordinator.coordinator()
     requests = []
     for session in node.sessions():
         state = node.state(session)
-        if state["status"] == "running" and not node.waiting_for(session):
-            requests.append(dg.RunRequest(run_key=f"{session}/round-{state['round']:03d}", job_name="advance_round_job",
+        if state["status"] == "running" and (not node.waiting_for(session) or node.overdue(session)):
+            late = "/deadline" if node.waiting_for(session) else ""
+            requests.append(dg.RunRequest(run_key=f"{session}/round-{state['round']:03d}{late}", job_name="advance_round_job",
                                           run_config={"ops": {"advance_round": {"config": {"session_id": session}}}}))
         elif state["status"] != "running":
             requests.append(dg.RunRequest(run_key=f"{session}/{state['status']}", job_name="pooled_effects_job"))
-    return requests or dg.SkipReason("no session has a complete round")
+    return requests or dg.SkipReason("no session has a complete or overdue round")
 
 
 @dg.sensor(job=consortium_meta_job, minimum_interval_seconds=60,
@@ -83,6 +96,6 @@ def site_packages_changed(context: dg.SensorEvaluationContext, coordinator: Coor
     return dg.RunRequest(run_key=cursor)
 
 
-defs = dg.Definitions(assets=[consortium_meta, pooled_effects], jobs=[start_pooling_session_job, advance_round_job,
+defs = dg.Definitions(assets=[consortium_meta, pooled_effects, pooled_report], jobs=[start_pooling_session_job, advance_round_job,
                                                                       pooled_effects_job, consortium_meta_job],
                       sensors=[pooling_rounds, site_packages_changed], resources=coordinator_resources_from_env())

@@ -121,6 +121,20 @@ SECTION_IDS = ("summary", "methods", "figure-s1", "table-1", "figure-1", "figure
                "figure-s3", "table-2", "figure-2", "figure-3", "figure-s4", "figure-4", "table-s1", "published")
 
 
+POOLED_TITLE = "IIM-ILD consortium report: the study's comparisons pooled across the hospitals"
+
+
+def render_pooled_page(tables: Mapping[str, pd.DataFrame], *, generated_at: datetime) -> str | None:
+    """The pooled section as a self-contained HTML document (the coordinator's ``pooled_report``), or None
+    without the coordinator's tables: the same section the study report includes, so one template says it."""
+    section = pooled_section(tables)
+    if section is None:
+        return None
+    return _ENV.get_template("pooled_page.html.j2").render(
+        title=POOLED_TITLE, pooled=section,
+        generated_at=cells.setting(generated_at.strftime("%Y-%m-%d %H:%M UTC"), "generated_at"))
+
+
 def render_pooled(tables: Mapping[str, pd.DataFrame]) -> str | None:
     """The pooled section alone (the coordinator's tables in, an HTML fragment out), or None without those tables:
     what the study report includes, for a coordinator's own page or a test."""

@@ -32,7 +32,7 @@ from analytics.comparisons import OUTCOMES
 from assets.definitions import all_assets
 from assets.federation import FederationResource, answer_round_job, round_requests, site_aggregates
 from assets.resources import FhirServerResource, StudyResource, WarehouseResource
-from coordinator.assets import consortium_meta, pooled_effects
+from coordinator.assets import REPORT_FILE, consortium_meta, pooled_effects, pooled_report
 from coordinator.definitions import advance_round_job, pooling_rounds, start_pooling_session_job
 from coordinator.resources import CoordinatorResource
 from etl.warehouse import Warehouse
@@ -193,7 +193,7 @@ class Consortium:
         with self.instance("coordinator") as instance:
             for request in requests:
                 if request.job_name == "pooled_effects_job":
-                    dg.materialize([pooled_effects], resources=resources, instance=instance)
+                    dg.materialize([pooled_effects, pooled_report], resources=resources, instance=instance)
                 else:
                     advance_round_job.execute_in_process(run_config=request.run_config, resources=resources, instance=instance)
         return any(r.job_name == "pooled_effects_job" for r in requests)
@@ -250,7 +250,10 @@ def pooled_summary(consortium: Consortium) -> str:
         lines.append(f"{r.comparison:<27} {r.outcome:<13} {r.hazard_ratio:.3f} ({r.ci_lower:.3f}-{r.ci_upper:.3f})"
                      f"{'':<2} {r.p_value:>7.4f}  {fe['hazard_ratio']:>6.3f} {reml['hazard_ratio']:.3f} "
                      f"({reml['hr_ci_lower']:.3f}-{reml['hr_ci_upper']:.3f})  {reml['i2']:>5.1f}")
+    left_out = pooled["left_out"].dropna().unique() if "left_out" in pooled else []
+    lines += [f"left out of the session: {text}" for text in left_out]
     lines.append(f"\n{int(pooled['rounds'].iloc[0])} rounds; every request and reply in {consortium.exchange}")
+    lines.append(f"the coordinator's report: {consortium.coordinator_resources()['coordinator'].reports() / REPORT_FILE}")
     return "\n".join(lines)
 
 

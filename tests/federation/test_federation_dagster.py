@@ -4,6 +4,7 @@ coordinator's code location pools them through a folder. The pooled tables equal
 from __future__ import annotations
 
 import json
+import time
 from pathlib import Path
 
 import dagster as dg
@@ -12,16 +13,19 @@ import pytest
 import yaml
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+from lxml import html as lxml_html
 
 from assets.federation import FederationResource, answer_round_job, federation_definitions, round_requests, site_aggregates
 from assets.resources import StudyResource, WarehouseResource
-from coordinator.assets import consortium_meta, pooled_effects
+from coordinator.assets import REPORT_FILE, consortium_meta, pooled_effects, pooled_report
 from coordinator.definitions import advance_round_job, pooling_rounds, site_packages_changed, start_pooling_session_job
 from coordinator.resources import CoordinatorResource
 from etl.warehouse import Warehouse
 from federation.signing import public_pem
+from report.pooled import POOLED_TABLES
 from tests.paths import FIXTURES, ROOT
 from tests.pooling_sites import SITES, site_tables
+from tests.report.test_study_report import check_number, locate
 
 REF = json.loads((FIXTURES / "pooling" / "reference.json").read_text())
 FITS = [f"{c}.{o}" for c in REF["comparisons"] for o in ("death", "relapse", "resp_relapse")]
@@ -62,8 +66,8 @@ def consortium(tmp_path, monkeypatch):
 
 def launch(request: dg.RunRequest, resources: dict) -> bool:
     """What the daemon would do with a sensor's run request, in process."""
-    if request.job_name == "pooled_effects_job":  # an asset job: materialize its asset
-        return dg.materialize([pooled_effects], resources=resources).success
+    if request.job_name == "pooled_effects_job":  # an asset job: materialize its assets
+        return dg.materialize([pooled_effects, pooled_report], resources=resources).success
     return advance_round_job.execute_in_process(run_config=request.run_config, resources=resources).success
 
 
@@ -120,6 +124,8 @@ def test_three_hospitals_pooled_by_their_dagster_sensors_and_jobs_equal_r(consor
 
 def test_without_auto_answer_the_sensor_waits_for_the_data_engineer_who_may_refuse(consortium):
     sites, coord = consortium
+    for resources in sites.values():  # a session asks only the sites whose package it accepts
+        assert dg.materialize([site_aggregates], resources=resources).success
     north = sites["north"]["federation"]
     manual = {**sites["north"], "federation": FederationResource(
         site_id="north", exchange=north.exchange, consortium=north.consortium, signing_key_env=north.signing_key_env,
@@ -131,6 +137,85 @@ def test_without_auto_answer_the_sensor_waits_for_the_data_engineer_who_may_refu
     result = answer_round_job.execute_in_process(resources=manual, run_config={"ops": {"answer_round": {"config": {
         "request": "sessions/s1/round-001/request.json", "decision": "refuse", "reason": "not before the ethics board meets"}}}})
     assert result.output_for_node("answer_round") == {"outcome": "refused", "reason": "not before the ethics board meets"}
+
+
+def drive(sites: dict, coord: dict, turns: int = 30) -> None:
+    """Tick both ends' sensors, launching what they request, until the coordinator refreshes pooled_effects."""
+    for _ in range(turns):
+        for resources in sites.values():
+            requests = round_requests(dg.build_sensor_context(resources={"federation": resources["federation"]}))
+            for request in [] if isinstance(requests, dg.SkipReason) else requests:
+                assert answer_round_job.execute_in_process(run_config=request.run_config, resources=resources).success
+        requests = pooling_rounds(dg.build_sensor_context(resources=coord))
+        for request in [] if isinstance(requests, dg.SkipReason) else requests:
+            assert launch(request, coord)
+        if not isinstance(requests, dg.SkipReason) and any(r.job_name == "pooled_effects_job" for r in requests):
+            return
+    raise AssertionError("the session did not end")
+
+
+def test_a_site_without_a_package_is_left_out_and_pooled_effects_and_the_report_say_so(consortium):
+    sites, coord = consortium
+    for s in ("north", "central"):
+        assert dg.materialize([site_aggregates], resources=sites[s]).success
+    assert dg.materialize([consortium_meta], resources=coord).success
+    assert start_pooling_session_job.execute_in_process(
+        run_config={"ops": {"start_session": {"config": {"session_id": "s2026", "fits": FITS[:2]}}}}, resources=coord).success
+    drive(sites, coord)
+    pooled = Warehouse(coord["warehouse"].url).read_table("pooled_effects").set_index(["comparison", "outcome"])
+    assert list(pooled.columns[-2:]) == ["reason", "left_out"]
+    assert set(pooled["status"]) == {"pooled"} and set(pooled["sites"]) == {"central,north"} and set(pooled["n_sites"]) == {2}
+    assert set(pooled["left_out"]) == {"south: no package in the exchange (aggregates/south.json)"}
+    for fit in FITS[:2]:
+        comparison, outcome = fit.split(".")
+        ref = REF["comparisons"][comparison]["outcomes"][outcome]["pooled_of_pairs"]["central,north"]
+        for key in ("hazard_ratio", "ci_lower", "ci_upper", "p_value", "coef", "robust_se"):
+            assert pooled.loc[(comparison, outcome)][key] == pytest.approx(ref[key], abs=TOL, rel=TOL), (fit, key)
+    # The coordinator's own report page: every number it prints is the coordinator table value it names.
+    page = Path(coord["coordinator"].reports()) / REPORT_FILE
+    doc = lxml_html.fromstring(page.read_text())
+    tables = {name: Warehouse(coord["warehouse"].url).read_table(name) for name in POOLED_TABLES}
+    numbers = doc.xpath("//*[@data-src][@data-kind='number' or @data-kind='p']")
+    assert len(numbers) > 20
+    for el in numbers:
+        check_number(el.text_content(), locate(tables, json.loads(el.get("data-src"))), el.get("data-src"))
+    ref = REF["comparisons"]["tacrolimus_vs_conventional"]["outcomes"]["death"]["pooled_of_pairs"]["central,north"]
+    hr = doc.xpath("//span[contains(@data-src, '\"pooled_effects\"') and contains(@data-src, '\"hazard_ratio\"')"
+                   " and contains(@data-src, '\"death\"')]")
+    assert [float(h.text) for h in hr] == [round(ref["hazard_ratio"], 2)]
+    assert doc.xpath("//title")[0].text.startswith("IIM-ILD consortium report")
+
+
+def test_a_round_past_its_deadline_ends_the_session_naming_the_silent_sites(consortium):
+    sites, coord = consortium
+    for resources in sites.values():
+        assert dg.materialize([site_aggregates], resources=resources).success
+    assert start_pooling_session_job.execute_in_process(resources=coord, run_config={"ops": {"start_session": {"config": {
+        "session_id": "brief", "fits": FITS[:1], "round_deadline_hours": 1e-6}}}}).success   # 3.6 ms
+    time.sleep(0.01)
+    requests = pooling_rounds(dg.build_sensor_context(resources=coord))
+    assert [r.run_key for r in requests] == ["brief/round-001/deadline"]
+    assert launch(requests[0], coord)
+    state = coord["coordinator"].coordinator().state("brief")
+    assert state["status"] == "failed" and state["reason"] == (
+        "no reply to round 1 within 1e-06 h from central, north, south: not pooled")
+    requests = pooling_rounds(dg.build_sensor_context(resources=coord))
+    assert [r.job_name for r in requests] == ["pooled_effects_job"] and launch(requests[0], coord)
+    pooled = Warehouse(coord["warehouse"].url).read_table("pooled_effects")
+    assert pooled[["status", "reason"]].values.tolist() == [["not pooled", state["reason"]]]
+
+
+def test_the_caps_and_the_deadline_are_read_from_the_environment(monkeypatch, tmp_path):
+    from assets.federation import federation_resource_from_env
+    from coordinator.resources import coordinator_resources_from_env
+
+    for name, value in {"FEDERATION_MAX_EVALUATIONS": "40", "FEDERATION_MAX_SESSIONS": "2", "FEDERATION_SESSION_WINDOW_DAYS": "7",
+                        "FEDERATION_ROUND_DEADLINE_HOURS": "12", "COORDINATOR_REPORTS_DIR": str(tmp_path / "r")}.items():
+        monkeypatch.setenv(name, value)
+    site = federation_resource_from_env()
+    assert (site.max_evaluations, site.max_sessions, site.session_window_days) == (40, 2, 7.0)
+    coordinator = coordinator_resources_from_env()["coordinator"]
+    assert coordinator.round_deadline_hours == 12.0 and coordinator.reports() == tmp_path / "r"
 
 
 def test_federation_is_absent_unless_configured(monkeypatch):
@@ -145,7 +230,7 @@ def test_coordinator_location_loads_with_its_assets_and_descriptions():
     from coordinator.definitions import defs
 
     specs = {s.key.to_user_string(): s for s in defs.resolve_all_asset_specs()}
-    assert set(specs) == {"site_packages", "meta_analysis", "site_heterogeneity", "pooled_effects"}
+    assert set(specs) == {"site_packages", "meta_analysis", "site_heterogeneity", "pooled_effects", "pooled_report"}
     assert all(s.description for s in specs.values())
     assert pd.Series([j.name for j in defs.jobs]).is_unique
 

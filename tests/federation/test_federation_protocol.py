@@ -13,8 +13,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from analytics.cohort.concepts import load_concept_map
 from analytics.cohort.params import RuleParams
-from federation.aggregate import (aggregates_name, collect_packages, heterogeneity_table, meta_table, site_estimates,
-                                  unpooled_sites)
+from federation.aggregate import aggregates_name, collect_packages, heterogeneity_table, meta_table, site_estimates, unpooled_sites
 from federation.canonical import canonical_bytes, parse
 from federation.consortium import ConsortiumError, load_consortium
 from federation.contract import contract_digest, contract_terms
