@@ -88,7 +88,16 @@ def pooled_section(tables: Mapping[str, pd.DataFrame]) -> dict[str, Any] | None:
         if figure is not None:
             figures.append(figure)
     session_cell = cells.text(session, cells.source("pooled_effects", "session_id", {}, agg="max")) if session else cells.MISSING
-    return {"table": Table(header, rows), "figures": figures, "session": session_cell}
+    return {"table": Table(header, rows), "figures": figures, "session": session_cell, "left_out": _left_out(pooled, session)}
+
+
+def _left_out(pooled: pd.DataFrame, session: str | None) -> Any:
+    """The sites the latest session left out, and why (one text per session, repeated on each of its rows)."""
+    if "left_out" not in pooled or pooled["left_out"].isna().all():
+        return None
+    r = pooled[pooled["left_out"].notna()].iloc[0]
+    key = {"session_id": session, "comparison": r["comparison"], "outcome": r["outcome"]}
+    return cells.text(r["left_out"], cells.source("pooled_effects", "left_out", key))
 
 
 def _forest(het: pd.DataFrame, pooled: pd.DataFrame, comparison: str, outcome: str, key: Mapping[str, Any]) -> Figure | None:

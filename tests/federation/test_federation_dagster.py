@@ -184,6 +184,8 @@ def test_a_site_without_a_package_is_left_out_and_pooled_effects_and_the_report_
                    " and contains(@data-src, '\"death\"')]")
     assert [float(h.text) for h in hr] == [round(ref["hazard_ratio"], 2)]
     assert doc.xpath("//title")[0].text.startswith("IIM-ILD consortium report")
+    left_out = doc.xpath("//p[contains(., 'left out of this session')]/span[@data-src]")
+    assert [e.text for e in left_out] == ["south: no package in the exchange (aggregates/south.json)"]
 
 
 def test_a_round_past_its_deadline_ends_the_session_naming_the_silent_sites(consortium):

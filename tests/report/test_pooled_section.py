@@ -38,7 +38,7 @@ def pooled_tables() -> dict[str, pd.DataFrame]:
                    "sites": "central,north,south", "rounds": 6, "reason": "north refused: an arm has fewer than 5 patients"})
     # An older session's rows are not the ones shown.
     pooled.append({**pooled[0], "session_id": "s2025", "hazard_ratio": 77.7})
-    return {"pooled_effects": pd.DataFrame(pooled)[POOLED_COLUMNS], "meta_analysis": meta_table(estimates),
+    return {"pooled_effects": pd.DataFrame(pooled, columns=POOLED_COLUMNS), "meta_analysis": meta_table(estimates),
             "site_heterogeneity": heterogeneity_table(estimates)}
 
 
