@@ -223,8 +223,8 @@ class Coordinator:
     def deadline(self, session: str) -> datetime | None:
         """When the current round stops waiting (None: the session is not running)."""
         state = self.state(session)
-        if state["status"] != "running":
-            return None
+        if state["status"] != "running" or not state.get("round_started_at"):  # see poll: a session begun before
+            return None                                                        # deadlines gets one at its next poll
         hours = state.get("round_deadline_hours", self.round_deadline_hours)
         return datetime.fromisoformat(state["round_started_at"]) + timedelta(hours=hours)
 
@@ -241,6 +241,11 @@ class Coordinator:
         if state["status"] != "running":
             return state
         waiting = self.waiting_for(session)
+        if waiting and not state.get("round_started_at"):
+            # A session begun before rounds had deadlines: its current round's deadline counts from now.
+            state["round_started_at"] = self.clock().isoformat()
+            self._save(state)
+            return state
         if waiting:
             if self.overdue(session):
                 hours = state.get("round_deadline_hours", self.round_deadline_hours)

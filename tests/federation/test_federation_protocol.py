@@ -249,6 +249,21 @@ def test_the_deadline_counts_from_each_round_and_a_session_may_set_its_own(tmp_p
         coordinator.start("never", list(SITES), FITS[:1], round_deadline_hours=0)
 
 
+def test_a_session_begun_before_rounds_had_deadlines_gets_one_from_its_next_poll(tmp_path):
+    exchange, _, _ = network(tmp_path)
+    clock = Clock(T0)
+    coordinator = Coordinator(exchange, SIGNERS[COORDINATOR], SITE_KEYS, DIGEST, tmp_path / "coordinator", clock=clock)
+    coordinator.start("older", list(SITES), FITS[:1])
+    path = tmp_path / "coordinator" / "older.json"
+    state = json.loads(path.read_text())
+    del state["round_started_at"], state["round_deadline_hours"]
+    path.write_text(json.dumps(state))
+    clock.now = T0 + timedelta(days=10)
+    assert coordinator.overdue("older") == [] and coordinator.poll("older")["status"] == "running"
+    clock.now = T0 + timedelta(days=13)
+    assert coordinator.poll("older")["reason"] == "no reply to round 1 within 72 h from north, central, south: not pooled"
+
+
 def test_a_site_caps_the_evaluations_a_session_asks_of_it(tmp_path):
     # 6 fits a round: round 1 makes 6 evaluations, round 2 would make 12.
     _, coordinator, sites = network(tmp_path, policies={"south": SitePolicy(max_evaluations=10)})
