@@ -92,13 +92,13 @@ def check_text(source: str, text: bytes, type_hint: str | None, known: tuple[str
              content_hash(resource))]
 
 
-def check_line(line: Line) -> list[Result]:
-    return check_text(line.source, line.text, line.type_hint, line.known)
+def check_line(line: Line, today: date | None = None) -> list[Result]:
+    return check_text(line.source, line.text, line.type_hint, line.known, today)
 
 
 def check_chunk(lines: list[Line]) -> list[Result]:
     today = date.today()
-    return [c for line in lines for c in check_text(line.source, line.text, line.type_hint, line.known, today)]
+    return [c for line in lines for c in check_line(line, today)]
 
 
 def check_block(block: Block) -> list[Result]:
