@@ -75,7 +75,8 @@ class TypeLoader:
         """A resource a worker already validated and serialised."""
         self.counts.received += 1
         self._rows.append(row)
-        self._maybe_flush()
+        if len(self._rows) + len(self._tombstones) + len(self._quarantine) >= self.batch_size:  # _maybe_flush, inline
+            self.flush()
 
     def add_unparseable(self, text: str, reason: str, source: str, *, resource_id: str | None = None,
                         version_id: str | None = None) -> None:
@@ -156,8 +157,18 @@ class ValidatingLoader:
         return self.loaders[resource_type]
 
     def take(self, checked: Result) -> None:
-        if type(checked) is tuple:  # a valid resource, as a worker sends it (worker.compact)
-            self._take_valid(checked[0], RawRow(checked[1], checked[2], checked[3], None, checked[4], checked[5], checked[6]))
+        if type(checked) is tuple:  # a valid resource, as a worker sends it (worker.ValidRow)
+            row = RawRow(checked[1], checked[2], checked[3], None, checked[4], checked[5], checked[6])
+            rtype = checked[0]
+            if self.keep is None and (self.allowed is None or rtype in self.allowed):
+                # the common case, without _take_valid's calls: this process is the one that limits the step
+                self.lines_per_type[rtype] = self.lines_per_type.get(rtype, 0) + 1
+                if self.track_ids:
+                    self.seen(rtype).add(row.id)
+                loader = self.loaders.get(rtype)
+                (loader if loader is not None else self.loader(rtype)).add_row(row)
+            else:
+                self._take_valid(rtype, row)
             return
         rtype = checked.resource_type or "Unknown"
         if checked.tombstone is not None:

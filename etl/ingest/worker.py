@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass
+from datetime import date
 from typing import Any
 
 import orjson
@@ -16,14 +17,14 @@ from etl.fhir.wire import oversize_error, wire_errors
 from etl.records import content_hash
 
 
-def check_resource(resource: Any, expected_type: str, text: bytes | None = None) -> list[str]:
+def check_resource(resource: Any, expected_type: str, text: bytes | None = None, today: date | None = None) -> list[str]:
     """Structural R4 errors first; plausibility only for a structurally valid resource. With ``text`` (the JSON
     the resource arrived as, from NDJSON, Bulk or a REST page) the text itself is checked too (``etl.wire``).
     Nothing a resource holds can make this raise: a nesting too deep for Python's stack is a quarantine reason."""
     try:
         errors = wire_errors(text, resource) if text is not None else []
         errors = errors or validation_errors(resource, expected_type, text)
-        return errors or plausibility_errors(resource)
+        return errors or plausibility_errors(resource, today, text)
     except RecursionError:
         return ["nested too deeply to validate (Python's recursion limit); FHIR resources are far shallower"]
 
@@ -62,8 +63,10 @@ ValidRow = tuple[str, str, "str | None", "str | None", str, str, str]
 Result = Checked | ValidRow
 
 
-def check_text(source: str, text: bytes, type_hint: str | None, known: tuple[str, str | None] | None = None) -> list[Result]:
-    """Parse and validate one NDJSON line (runs in a worker). A Bulk ``deleted`` Bundle yields tombstones."""
+def check_text(source: str, text: bytes, type_hint: str | None, known: tuple[str, str | None] | None = None,
+               today: date | None = None) -> list[Result]:
+    """Parse and validate one NDJSON line (runs in a worker). A Bulk ``deleted`` Bundle yields tombstones.
+    ``today`` (for the date rules) may be read once per block: ``date.today()`` cost 2 us a resource."""
     too_big = oversize_error(len(text))
     if too_big:  # not even parsed (an endless line arrives cut just over the limit)
         return [Checked(source, type_hint, text[:1000], (too_big,), known=known)]
@@ -81,7 +84,7 @@ def check_text(source: str, text: bytes, type_hint: str | None, known: tuple[str
                 out.append(Checked(source, parts[-2], b"", (), (parts[-1], None)))
         return out
     expected = type_hint or (actual if isinstance(actual, str) else None) or "Unknown"
-    errors = tuple(check_resource(resource, expected, text))
+    errors = tuple(check_resource(resource, expected, text, today))
     if errors:
         return [Checked(source, expected, text, errors)]
     meta = resource.get("meta") or {}
@@ -89,20 +92,21 @@ def check_text(source: str, text: bytes, type_hint: str | None, known: tuple[str
              content_hash(resource))]
 
 
-def check_line(line: Line) -> list[Result]:
-    return check_text(line.source, line.text, line.type_hint, line.known)
+def check_line(line: Line, today: date | None = None) -> list[Result]:
+    return check_text(line.source, line.text, line.type_hint, line.known, today)
 
 
 def check_chunk(lines: list[Line]) -> list[Result]:
-    return [c for line in lines for c in check_line(line)]
+    today = date.today()
+    return [c for line in lines for c in check_line(line, today)]
 
 
 def check_block(block: Block) -> list[Result]:
     """Every line of a block, without making a ``Line`` for each (``Block.lines`` does the same, one object a line)."""
     out: list[Result] = []
-    prefix, hint = f"{block.path}:", block.type_hint
+    prefix, hint, today = f"{block.path}:", block.type_hint, date.today()
     for offset, text in enumerate(block.data.split(b"\n"), block.first_line):
         text = text.strip()
         if text:
-            out.extend(check_text(prefix + str(offset), text, hint))
+            out.extend(check_text(prefix + str(offset), text, hint, None, today))
     return out

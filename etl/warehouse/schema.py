@@ -58,8 +58,8 @@ class Tables:
     def __getitem__(self, name: str) -> sa.Table:
         return self._tables[name]
 
-    def _define(self, name: str, *columns: Any) -> sa.Table:
-        self._tables[name] = sa.Table(name, self.metadata, *columns, schema=schema_of(name, self.postgres))
+    def _define(self, name: str, *columns: Any, **options: Any) -> sa.Table:
+        self._tables[name] = sa.Table(name, self.metadata, *columns, schema=schema_of(name, self.postgres), **options)
         return self._tables[name]
 
     def _define_shared(self) -> None:
@@ -92,8 +92,10 @@ class Tables:
                      sa.Column("status_url", sa.Text, primary_key=True), sa.Column("request", sa.Text, nullable=False),
                      sa.Column("state", sa.String(16), nullable=False), sa.Column("kicked_off_at", ts, nullable=False),
                      sa.Column("transaction_time", sa.String(40)), sa.Column("finished_at", ts))
+        # WITHOUT ROWID on SQLite: the key is the whole row, so a rowid table kept it twice (table and index);
+        # the spill of every id a full pass sees cost the loading process about 5 us per resource, 3 without.
         self._define(SEEN_IDS, sa.Column("resource_type", sa.String(64), primary_key=True),
-                     sa.Column("id", sa.String(64), primary_key=True))
+                     sa.Column("id", sa.String(64), primary_key=True), sqlite_with_rowid=False)
 
     def raw(self, resource_type: str) -> sa.Table:
         name = raw_table_name(resource_type)
