@@ -17,10 +17,12 @@ No Dagster here: the asset (``cohort.py``) calls ``derive_in_chunks``.
 """
 from __future__ import annotations
 
+import gc
 import multiprocessing
 import os
 import time
 from concurrent.futures import ProcessPoolExecutor
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterator, Sequence
@@ -83,7 +85,28 @@ def _codings(text: Any) -> tuple[tuple[Any, Any], ...]:
     return tuple((c.get("system"), c.get("code")) for c in orjson.loads(text) if isinstance(c, dict))
 
 
+@contextmanager
+def collector_paused() -> Iterator[None]:
+    """Python's cyclic garbage collector off while the index or a chunk is built. Both allocate hundreds of
+    thousands of objects, which triggers full collections, and each walks every live object: the whole
+    hospital's index in this process, Dagster's imports in a worker. On the 10,000-patient hospital that made
+    reading a chunk 2.4 times and its rules 1.5 times dearer. Objects are still freed by reference counting;
+    the few cycles a chunk leaves wait for the first collection after it (memory stays one chunk's)."""
+    enabled = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if enabled:
+            gc.enable()
+
+
 def index_hospital(wh: Warehouse, concepts: ConceptMap, base: str | None) -> HospitalIndex:
+    with collector_paused():
+        return _index_hospital(wh, concepts, base)
+
+
+def _index_hospital(wh: Warehouse, concepts: ConceptMap, base: str | None) -> HospitalIndex:
     index = HospitalIndex(patients=[rid for (rid,) in wh.json_index("Patient")])
     known = set(index.patients)
     every: dict[str, dict[str, list[str]]] = {}
@@ -152,7 +175,11 @@ def peak_rss_mb() -> float:
 
 def _run(job: _Job, wh: Warehouse | None = None) -> tuple[ChunkOutcome, float, float]:
     """Read, flatten and derive one chunk; the outcome, the CPU seconds spent in the rules and the process's peak RSS."""
-    wh = wh or _warehouse(job.url)
+    with collector_paused():
+        return _derive(job, wh or _warehouse(job.url))
+
+
+def _derive(job: _Job, wh: Warehouse) -> tuple[ChunkOutcome, float, float]:
     resources: dict[str, list[dict]] = {}
     for rtype, ids in job.ids.items():
         found = wh.raw_resources_by_id(rtype, ids)
