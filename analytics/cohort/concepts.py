@@ -9,7 +9,7 @@ ICD-10-CM codes are compared without their dot.
 from __future__ import annotations
 
 import hashlib
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from functools import lru_cache
 from pathlib import Path
 from typing import Any
@@ -64,10 +64,19 @@ class ConceptMap:
     domains: dict[str, dict[str, tuple[CodeRule, ...]]]
     units: dict[str, UnitRule]
     digest: str
+    # (domain, system, code) -> matches, filled as codings are met: the cohort step meets the same few hundred
+    # codings in every chunk of patients, and walking every rule for each was a tenth of building the facts.
+    _matches: dict[tuple[str, str | None, str | None], tuple[tuple[str, CodeRule], ...]] = field(
+        default_factory=dict, init=False, compare=False, repr=False)
 
-    def matching_rules(self, domain: str, system: str | None, code: str | None) -> list[tuple[str, CodeRule]]:
+    def matching_rules(self, domain: str, system: str | None, code: str | None) -> tuple[tuple[str, CodeRule], ...]:
         """(concept, rule) for every rule of ``domain`` that the coding matches: the one matching loop."""
-        return [(name, rule) for name, rules in self.domains[domain].items() for rule in rules if rule.matches(system, code)]
+        key = (domain, system, code)
+        found = self._matches.get(key)
+        if found is None:
+            found = self._matches[key] = tuple((name, rule) for name, rules in self.domains[domain].items()
+                                               for rule in rules if rule.matches(system, code))
+        return found
 
     def concepts(self, domain: str, system: str | None, code: str | None) -> list[tuple[str, float | None]]:
         return [(name, rule.factor) for name, rule in self.matching_rules(domain, system, code)]

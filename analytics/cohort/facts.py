@@ -91,12 +91,16 @@ def exposure_intervals(statements: pd.DataFrame) -> pd.DataFrame:
     df.loc[single_day, "end"] = df.loc[single_day, "start"]
     df["ongoing"] = ongoing
     df = df.sort_values(["patient_id", "ingredient", "start", "statement_id"])
-    next_start: list[date | None] = []
-    for _, grp in df.groupby(["patient_id", "ingredient"], sort=False, dropna=False):
-        starts = list(grp["start"])
-        for i, s in enumerate(starts):
-            later = next((t for t in starts[i + 1:] if t > s), None)
-            next_start.append(later)
+    # Rows of one (patient, ingredient) are adjacent after the sort, starts ascending: the next start is the
+    # first later one of the same run (a loop over lists: a pandas group per patient cost most of build_facts).
+    keys = [(pid if isinstance(pid, str) else None, ing) for pid, ing in zip(df["patient_id"].tolist(), df["ingredient"].tolist(), strict=True)]
+    starts = df["start"].tolist()
+    next_start: list[date | None] = [None] * len(starts)
+    run_end = len(starts)
+    for i in range(len(starts) - 1, -1, -1):
+        if i + 1 < len(starts) and keys[i + 1] != keys[i]:
+            run_end = i + 1
+        next_start[i] = next((t for t in starts[i + 1:run_end] if t > starts[i]), None)
     df["next_start"] = next_start
     df["end"] = [
         (ns - timedelta(days=1) if ns is not None else OPEN_END) if og else e

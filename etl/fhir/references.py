@@ -10,6 +10,7 @@ exactly ``Type/id`` after that (``Patient/../Patient/p1``, an id outside R4's
 from __future__ import annotations
 
 import re
+from functools import lru_cache
 from typing import Any
 
 ID = re.compile(r"[A-Za-z0-9\-.]{1,64}")
@@ -20,6 +21,12 @@ def parse_reference(reference: Any, base: str | None = None) -> tuple[str, str] 
     """(resource type, id) of a literal reference to a resource on the server at ``base``, else None."""
     if not isinstance(reference, str) or not reference:
         return None
+    return _parse_text(reference, base)
+
+
+@lru_cache(maxsize=1 << 16)
+def _parse_text(reference: str, base: str | None) -> tuple[str, str] | None:
+    """Cached: a patient's reference is read once per resource about them, dozens of times per patient."""
     if "://" in reference:
         prefix = (base or "").rstrip("/") + "/"
         if not base or not reference.startswith(prefix):

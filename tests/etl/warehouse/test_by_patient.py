@@ -1,0 +1,21 @@
+"""Reading raw resources by id (etl/warehouse/by_patient.py), as the cohort step's chunks do."""
+from __future__ import annotations
+
+from etl.fhir.types import RESOURCE_TYPES
+from etl.warehouse import RawRow
+
+
+def observation(i: int) -> dict:
+    return {"resourceType": "Observation", "id": f"obs-{i}", "status": "final", "subject": {"reference": f"Patient/p{i % 7}"},
+            "code": {"coding": [{"system": "http://loinc.org", "code": "2276-4"}]}, "valueQuantity": {"value": i, "unit": "ng/mL"}}
+
+
+def test_every_stored_id_asked_for_comes_back_parsed_and_an_absent_one_is_left_out(any_warehouse):
+    """More ids than one IN list held (500) or SQLite once allowed as parameters (999), in one call."""
+    any_warehouse.ensure_schema(RESOURCE_TYPES)
+    any_warehouse.apply("Observation", [RawRow.of(observation(i), "test") for i in range(1200)])
+    asked = [f"obs-{i}" for i in range(1199, -1, -2)] + ["obs-absent"]
+    found = any_warehouse.raw_resources_by_id("Observation", asked)
+    assert sorted(found) == sorted(asked[:-1])
+    assert found["obs-1199"] == observation(1199)
+    assert any_warehouse.raw_resources_by_id("Observation", []) == {}
