@@ -164,6 +164,12 @@ def _run(job: _Job, wh: Warehouse | None = None) -> tuple[ChunkOutcome, float, f
     return outcome, time.process_time() - started, peak_rss_mb()
 
 
+def worker_pool(workers: int) -> ProcessPoolExecutor:
+    """The chunks' workers, started the process's default way (see POOL_FROM_CANDIDATES). They import this
+    checkout's modules because the step's sys.path starts with it (assets/executor.py puts it there)."""
+    return ProcessPoolExecutor(max_workers=workers)
+
+
 def _in_memory(url: str) -> bool:
     return url.startswith("sqlite") and sa.engine.make_url(url).database in (None, "", ":memory:")
 
@@ -208,10 +214,9 @@ def derive_in_chunks(wh: Warehouse, concepts: ConceptMap, params: RuleParams, ba
               and not multiprocessing.current_process().daemon)
     pool = None
     if pooled:
-        # The start method is the process's default (see POOL_FROM_CANDIDATES). The parent's pooled connections
-        # are closed first, so a forked child inherits no live one.
+        # The parent's pooled connections are closed first, so a forked child inherits no live one.
         wh.engine.dispose()
-        pool = ProcessPoolExecutor(max_workers=workers)
+        pool = worker_pool(workers)
     builder = CohortBuilder(params)
     timings["rules_cpu_s"] = timings["worker_peak_rss_mb"] = 0.0
     try:
