@@ -35,21 +35,20 @@ def project_first_on_path(root: str = PROJECT_ROOT) -> None:
 PRELOAD_BESIDE_DEFINITIONS = ("great_expectations",)
 
 
-@dg.executor(name="multiprocess", config_schema=dg.multiprocess_executor.config_schema.as_field(),
+@dg.executor(name="multiprocess_forkserver", config_schema=dg.multiprocess_executor.config_schema.as_field(),
              requirements=dg.multiple_process_executor_requirements())
-def _project_multiprocess(init_context: dg.InitExecutorContext) -> dg.Executor:
+def forkserver_executor(init_context: dg.InitExecutorContext) -> dg.Executor:
+    """Dagster's multiprocess executor and its run config, with ``start_method`` ``forkserver`` unless the run
+    config names one (``execution: {config: {start_method: {spawn: {}}}}`` goes back to spawning every step).
+
+    The definitions' default executor: every job without an executor of its own (the asset jobs, ``study_job``,
+    the operators' ``asset materialize --select '*'``); the Celery job (assets/distributed.py) keeps its own."""
     project_first_on_path()
     config = dict(init_context.executor_config)
-    start = dict(config.get("start_method") or {})
+    start = dict(config.get("start_method") or {"forkserver": {}})
     module = getattr(init_context.job, "get_module", lambda: None)()  # a ReconstructableJob's module, if any
     if "forkserver" in start and module and "preload_modules" not in (start["forkserver"] or {}):
         # Dagster's default preload is the code location's module alone.
         start["forkserver"] = {"preload_modules": [module, *PRELOAD_BESIDE_DEFINITIONS]}
-        config["start_method"] = start
+    config["start_method"] = start
     return dg.multiprocess_executor.executor_creation_fn(init_context._replace(executor_config=config))
-
-
-# The definitions' default executor: every job without an executor of its own (the asset jobs, `study_job`, the
-# operators' `asset materialize --select '*'`); the Celery job (assets/distributed.py) keeps its own.
-forkserver_executor = _project_multiprocess.configured({"start_method": {"forkserver": {}}},
-                                                       name="multiprocess_forkserver")

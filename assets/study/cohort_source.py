@@ -46,11 +46,12 @@ from etl.warehouse import Warehouse
 
 CHUNK_PATIENTS = 1000
 POOL_FROM_CHUNKS = 4  # fewer chunks run in this process: a pool is not worth its start
-# Inside a Dagster step (the multiprocess executor starts steps with ``spawn``) a worker process starts with
-# ``spawn`` too and imports Dagster again to unpickle its job: 4-8 CPU s per worker on the reference machine,
-# while reading, flattening and deriving one candidate costs about 4 ms. Measured on the paper-size hospital
-# (324 candidates): 21 s for the step with two workers, 1.6 s inline. So the automatic choice pools only a
-# hospital with this many candidates (about 10,000 patients in the paper's mix).
+# Measured when the multiprocess executor spawned its steps: a worker process started with ``spawn`` too and
+# imported Dagster again to unpickle its job: 4-8 CPU s per worker on the reference machine, while reading,
+# flattening and deriving one candidate costs about 4 ms. On the paper-size hospital (324 candidates): 21 s for
+# the step with two workers, 1.6 s inline. So the automatic choice pools only a hospital with this many
+# candidates (about 10,000 patients in the paper's mix). Steps are now forked from a fork server
+# (assets/executor.py) and their workers from one the step starts; not measured again.
 POOL_FROM_CANDIDATES = 4000
 # What data quality reads of a patient outside the candidates (analytics.cohort.facts: death without a date,
 # glucocorticoid doses, observation values and units).

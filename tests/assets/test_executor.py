@@ -10,9 +10,10 @@ import sys
 from pathlib import Path
 
 import dagster as dg
+import pytest
 
 from assets.definitions import defs
-from assets.executor import project_first_on_path
+from assets.executor import forkserver_executor, project_first_on_path
 from tests.paths import ROOT
 
 PACKAGES = ("assets", "analytics", "etl", "expectations", "report", "federation", "deploy", "synthetic")
@@ -22,6 +23,45 @@ def test_jobs_without_an_executor_of_their_own_fork_steps_from_a_fork_server():
     job = defs.resolve_implicit_global_asset_job_def()  # what `asset materialize --select '*'` runs
     assert job.executor_def.name == "multiprocess_forkserver"
     assert defs.resolve_job_def("study_job").executor_def.name == "multiprocess_forkserver"
+
+
+@dg.op
+def _nothing() -> None:
+    pass
+
+
+@dg.job
+def _a_job() -> None:
+    _nothing()
+
+
+@pytest.fixture
+def path_restored(monkeypatch):
+    """The executor puts the checkout first on sys.path and PYTHONPATH; not for the rest of the session."""
+    monkeypatch.setattr(sys, "path", list(sys.path))
+    if "PYTHONPATH" in os.environ:
+        monkeypatch.setenv("PYTHONPATH", os.environ["PYTHONPATH"])
+    else:
+        monkeypatch.delenv("PYTHONPATH", raising=False)
+
+
+def _executor(config: dict):
+    with dg.DagsterInstance.ephemeral() as instance:
+        context = dg.InitExecutorContext(job=dg.reconstructable(_a_job), executor_def=forkserver_executor,
+                                         executor_config={"retries": {"enabled": {}}, **config}, instance=instance)
+        return forkserver_executor.executor_creation_fn(context)
+
+
+def test_steps_fork_from_a_server_that_preloaded_the_jobs_module_and_great_expectations(path_restored):
+    executor = _executor({})
+    assert executor._start_method == "forkserver"
+    assert executor._explicit_forkserver_preload == [__name__, "great_expectations"]  # the job's module
+
+
+def test_the_run_config_may_still_choose_spawn_or_its_own_preload(path_restored):
+    assert _executor({"start_method": {"spawn": {}}})._start_method == "spawn"
+    own = _executor({"start_method": {"forkserver": {"preload_modules": ["dagster"]}}})
+    assert (own._start_method, own._explicit_forkserver_preload) == ("forkserver", ["dagster"])
 
 
 def test_the_checkout_goes_first_on_sys_path_and_pythonpath_once(monkeypatch):
