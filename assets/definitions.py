@@ -10,6 +10,7 @@ import dagster as dg
 from analytics.cohort.concepts import load_concept_map
 
 from . import fhir, study
+from .executor import forkserver_executor
 from .federation import federation_definitions
 from .report import report_definitions
 from .resources import resources_from_env
@@ -30,7 +31,8 @@ def _tables() -> dg.Definitions:
 # The study report renders the tables (assets/report.py); the federation group (site_aggregates, round answers)
 # joins only at a site in a consortium (FEDERATION_EXCHANGE).
 defs = dg.Definitions.merge(_tables(), report_definitions(), federation_definitions(),
-                            dg.Definitions(jobs=[study_job], resources=resources_from_env()))
+                            dg.Definitions(jobs=[study_job], resources=resources_from_env(),
+                                           executor=forkserver_executor))
 # For tests and tools that materialize the tables outside the code location (dg.materialize): the FHIR and study
 # assets, without the report (which needs a browser) and the federation group.
 all_assets = list(_tables().assets or [])

@@ -48,11 +48,12 @@ from etl.warehouse import Warehouse
 
 CHUNK_PATIENTS = 1000
 POOL_FROM_CHUNKS = 4  # fewer chunks run in this process: a pool is not worth its start
-# Inside a Dagster step (the multiprocess executor starts steps with ``spawn``) a worker process starts with
-# ``spawn`` too and imports Dagster again to unpickle its job: 4-8 CPU s per worker on the reference machine,
-# while reading, flattening and deriving one candidate costs about 4 ms. Measured on the paper-size hospital
-# (324 candidates): 21 s for the step with two workers, 1.6 s inline. So the automatic choice pools only a
-# hospital with this many candidates (about 10,000 patients in the paper's mix).
+# Measured when the multiprocess executor spawned its steps: a worker process started with ``spawn`` too and
+# imported Dagster again to unpickle its job: 4-8 CPU s per worker on the reference machine, while reading,
+# flattening and deriving one candidate costs about 4 ms. On the paper-size hospital (324 candidates): 21 s for
+# the step with two workers, 1.6 s inline. So the automatic choice pools only a hospital with this many
+# candidates (about 10,000 patients in the paper's mix). Steps are now forked from a fork server
+# (assets/executor.py) and their workers from one the step starts; not measured again.
 POOL_FROM_CANDIDATES = 4000
 # What data quality reads of a patient outside the candidates (analytics.cohort.facts: death without a date,
 # glucocorticoid doses, observation values and units).
@@ -210,6 +211,12 @@ def _derive(job: _Job, wh: Warehouse) -> tuple[ChunkOutcome, float, float]:
     return outcome, time.process_time() - started, peak_rss_mb()
 
 
+def worker_pool(workers: int) -> ProcessPoolExecutor:
+    """The chunks' workers, started the process's default way (see POOL_FROM_CANDIDATES). They import this
+    checkout's modules because the step's sys.path starts with it (assets/executor.py puts it there)."""
+    return ProcessPoolExecutor(max_workers=workers)
+
+
 def _in_memory(url: str) -> bool:
     return url.startswith("sqlite") and sa.engine.make_url(url).database in (None, "", ":memory:")
 
@@ -254,10 +261,9 @@ def derive_in_chunks(wh: Warehouse, concepts: ConceptMap, params: RuleParams, ba
               and not multiprocessing.current_process().daemon)
     pool = None
     if pooled:
-        # The start method is the process's default (see POOL_FROM_CANDIDATES). The parent's pooled connections
-        # are closed first, so a forked child inherits no live one.
+        # The parent's pooled connections are closed first, so a forked child inherits no live one.
         wh.engine.dispose()
-        pool = ProcessPoolExecutor(max_workers=workers)
+        pool = worker_pool(workers)
     builder = CohortBuilder(params)
     timings["rules_cpu_s"] = timings["worker_peak_rss_mb"] = 0.0
     try:

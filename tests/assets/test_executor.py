@@ -1,0 +1,106 @@
+"""The service's executor forks steps from a fork server, and a step (and the pool a step starts) imports this
+checkout's modules even when the command's environment would find another copy of the project first."""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import dagster as dg
+import pytest
+
+from assets.definitions import defs
+from assets.executor import forkserver_executor, project_first_on_path
+from tests.paths import ROOT
+
+PACKAGES = ("assets", "analytics", "etl", "expectations", "report", "federation", "deploy", "synthetic")
+
+
+def test_jobs_without_an_executor_of_their_own_fork_steps_from_a_fork_server():
+    job = defs.resolve_implicit_global_asset_job_def()  # what `asset materialize --select '*'` runs
+    assert job.executor_def.name == "multiprocess_forkserver"
+    assert defs.resolve_job_def("study_job").executor_def.name == "multiprocess_forkserver"
+
+
+@dg.op
+def _nothing() -> None:
+    pass
+
+
+@dg.job
+def _a_job() -> None:
+    _nothing()
+
+
+@pytest.fixture
+def path_restored(monkeypatch):
+    """The executor puts the checkout first on sys.path and PYTHONPATH; not for the rest of the session."""
+    monkeypatch.setattr(sys, "path", list(sys.path))
+    if "PYTHONPATH" in os.environ:
+        monkeypatch.setenv("PYTHONPATH", os.environ["PYTHONPATH"])
+    else:
+        monkeypatch.delenv("PYTHONPATH", raising=False)
+
+
+def _executor(config: dict):
+    with dg.DagsterInstance.ephemeral() as instance:
+        context = dg.InitExecutorContext(job=dg.reconstructable(_a_job), executor_def=forkserver_executor,
+                                         executor_config={"retries": {"enabled": {}}, **config}, instance=instance)
+        return forkserver_executor.executor_creation_fn(context)
+
+
+def test_steps_fork_from_a_server_that_preloaded_the_jobs_module_and_great_expectations(path_restored):
+    executor = _executor({})
+    assert executor._start_method == "forkserver"
+    assert executor._explicit_forkserver_preload == [__name__, "great_expectations"]  # the job's module
+
+
+def test_the_run_config_may_still_choose_spawn_or_its_own_preload(path_restored):
+    assert _executor({"start_method": {"spawn": {}}})._start_method == "spawn"
+    own = _executor({"start_method": {"forkserver": {"preload_modules": ["dagster"]}}})
+    assert (own._start_method, own._explicit_forkserver_preload) == ("forkserver", ["dagster"])
+
+
+def test_the_checkout_goes_first_on_sys_path_and_pythonpath_once(monkeypatch):
+    monkeypatch.setattr(sys, "path", ["/venv/bin", "/checkout", "/site-packages"])
+    monkeypatch.setenv("PYTHONPATH", "/elsewhere:/checkout")
+    project_first_on_path("/checkout")
+    project_first_on_path("/checkout")
+    assert sys.path == ["/checkout", "/venv/bin", "/site-packages"]
+    assert os.environ["PYTHONPATH"] == os.pathsep.join(["/checkout", "/elsewhere"])
+
+
+def test_a_step_and_its_pool_workers_import_this_checkout_not_another_copy(tmp_path):
+    """Another copy of the project comes first on the command's path (as an editable install from another
+    checkout does); the step and a worker of the cohort step's pool still import the code location's modules."""
+    other = tmp_path / "other_copy"
+    for package in PACKAGES:
+        shutil.copytree(ROOT / package, other / package, ignore=shutil.ignore_patterns("__pycache__"))
+    shutil.copytree(ROOT / "tests" / "assets" / "probe", other / "tests" / "assets" / "probe",
+                    ignore=shutil.ignore_patterns("__pycache__"))
+    for init in ("tests/__init__.py", "tests/assets/__init__.py"):
+        (other / init).touch()
+    home = tmp_path / "dagster_home"
+    home.mkdir()
+    out = tmp_path / "probe.json"
+    env = {**os.environ, "PYTHONPATH": str(other), "DAGSTER_HOME": str(home), "PROBE_OUT": str(out)}
+    dagster = Path(sys.executable).with_name("dagster")
+    done = subprocess.run([str(dagster), "asset", "materialize", "-m", "tests.assets.probe.definitions", "-d", str(ROOT),
+                           "--select", "*"], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    seen = json.loads(out.read_text())
+    assert seen["worker"]["pid"] != seen["step"]["pid"]
+    for process in ("step", "worker"):
+        assert seen[process]["cohort_source"] == str(ROOT / "assets" / "study" / "cohort_source.py")
+        assert seen[process]["tables"] == str(ROOT / "analytics" / "cohort" / "tables.py")
+    # the step was started the executor's way (multiprocessing passes the start method on to the process)
+    assert seen["step"]["start_method"] == "forkserver"
+    instance = dg.DagsterInstance.from_config(str(home))
+    try:
+        run = instance.get_runs(limit=1)[0]
+        assert run.is_success
+    finally:
+        instance.dispose()
