@@ -181,7 +181,8 @@ class Coordinator:
         if not deadline > 0:
             raise ValueError(f"the round deadline must be positive, not {round_deadline_hours!r} hours")
         left = {s: r for s, r in (left_out or {}).items() if s in sites}
-        state = {"session_id": session, "sites": [s for s in sites if s not in left], "left_out": left, "round": 1,
+        state = {"session_id": session, "started_at": self.clock().isoformat(),
+                 "sites": [s for s in sites if s not in left], "left_out": left, "round": 1,
                  "status": "running", "reason": None, "round_deadline_hours": deadline, "round_started_at": None,
                  "fits": {f"{c}.{o}": {"comparison": c, "outcome": o, "phase": "terms", "newton": newton_start(1).to_dict(),
                                        "result": None, "reason": None, "sites": None, "left_out": {}} for c, o in fits}}

@@ -258,6 +258,32 @@ def test_leak_no_pseudonym_fhir_id_date_or_row_level_value_is_in_the_package(hos
     assert len(numbers) > 20
     same = np.isclose(numbers[:, None], row_values[None, :], rtol=1e-9, atol=0)
     assert not same.any(), numbers[same.any(axis=1)]
+    # Nor a patient's age, dose or day count: every integer is a count under its count's name, and no other number
+    # is one of those values.
+    cohort = tables.cohort
+    row_numbers = np.unique(np.concatenate([cohort[c].to_numpy(dtype=float) for c in cohort.columns
+                                            if c in ("age", "initial_pred_mg_day", "followup_days") or c.endswith("_days")]))
+    assert len(row_numbers) > 50
+
+    def numbers_in(node, path=""):
+        if isinstance(node, dict):
+            for k, v in node.items():
+                yield from numbers_in(v, f"{path}.{k}" if path else k)
+        elif isinstance(node, list):
+            for v in node:
+                yield from numbers_in(v, path)
+        elif isinstance(node, (int, float)) and not isinstance(node, bool):
+            yield path, node
+
+    counts = re.compile(r"(^cohort\.(n|groups\.\w+)|^attrition\.\w+\.(screened|included|excluded\.\w+)"
+                        r"|\.(n_treated|n_control|events_treated|events_control)|^suppression\.threshold)$")
+    found = list(numbers_in(rest))
+    assert found
+    for path, value in found:
+        if isinstance(value, int):
+            assert counts.search(path), path
+        else:
+            assert not np.isclose(value, row_numbers, rtol=1e-12, atol=0).any(), (path, value)
     # The package's shape does not grow with the patients: the same keys for a site of 120 and one of 320.
     small, large = (package_of(s, site_tables(s)) for s in ("north", "south"))
 
@@ -441,3 +467,52 @@ def test_all_but_a_few_with_the_event_is_a_small_cell_and_the_estimate_follows()
     assert withheld_estimates(changed)[("tacrolimus_vs_conventional", "death")] == "events_withheld"   # the site's rule
     assert ("tacrolimus_vs_conventional", "death") not in withheld_estimates(tables)                   # not before
     assert package_of("north", tables)["comparisons"]["tacrolimus_vs_conventional"]["outcomes"]["death"]["estimate"]
+
+
+def _with_cohort(site: str, edit) -> SiteTables:
+    tables = site_tables(site)
+    cohort = tables.cohort.copy()
+    edit(cohort)
+    return SiteTables(cohort, tables.cohort_attrition, tables.iptw_weights, tables.covariate_balance)
+
+
+def _smd_of(package: dict, comparison: str, covariate: str) -> float | None:
+    return next(b["smd_unweighted"] for b in package["comparisons"][comparison]["balance"] if b["covariate"] == covariate)
+
+
+def test_an_indicator_cell_of_zero_withholds_its_smd():
+    """No one in the tacrolimus arm had plasma exchange: with the arm's size that says it of every one of them."""
+    def edit(cohort):
+        cohort.loc[cohort["group"].eq("tacrolimus"), "plasma_exchange"] = 0
+    before, after = package_of("south", site_tables("south")), package_of("south", _with_cohort("south", edit))
+    assert _smd_of(before, "tacrolimus_vs_conventional", "plasma_exchange") is not None
+    for name in after["comparisons"]:   # the tacrolimus arm is the same in every comparison
+        assert _smd_of(after, name, "plasma_exchange") is None, name
+
+
+def test_an_indicator_cell_is_protected_across_comparisons():
+    """With IVIG among the conventional arm: CTX 10, MTX 3, AZA 6, MMF and CsA 12 (31 in all). MTX's 3 is small; the
+    conventional arm's 31 minus CTX, AZA and the others would give it back, so AZA's 6 (the smallest cell at least
+    the threshold) is withheld too: AZA's IVIG balance goes although its own cells are large."""
+    def edit(cohort):
+        cohort["ivig"] = 0
+        wanted = {"CTX": 10, "MTX": 3, "AZA": 6, "MMF": 12}
+        for agent, n in wanted.items():
+            cohort.loc[cohort.index[cohort["conventional_agent"].eq(agent)][:n], "ivig"] = 1
+        cohort.loc[cohort.index[cohort["group"].eq("tacrolimus")][:100], "ivig"] = 1
+    package = package_of("south", _with_cohort("south", edit))
+    assert {name: _smd_of(package, name, "ivig") is None for name in package["comparisons"]} == {
+        "tacrolimus_vs_conventional": False, "tacrolimus_vs_CTX": False, "tacrolimus_vs_MTX": True,
+        "tacrolimus_vs_AZA": True}
+
+
+def test_a_small_remainder_of_mmf_and_csa_withholds_a_published_arm():
+    """The conventional arm is CTX + MTX + AZA + the agents without a comparison (MMF, CsA): if those are 4
+    patients, the published arms would give them back, so the smallest arm at least the threshold (AZA, 8) goes."""
+    def edit(cohort):
+        cohort.loc[cohort["conventional_agent"].eq("MMF"), "conventional_agent"] = "CTX"   # central: CsA 4 remain
+    package = package_of("central", _with_cohort("central", edit))
+    arms = {name: c["n_control"] for name, c in package["comparisons"].items()}
+    assert arms == {"tacrolimus_vs_conventional": 70, "tacrolimus_vs_CTX": 36, "tacrolimus_vs_MTX": 22,
+                    "tacrolimus_vs_AZA": None}
+    assert "comparisons.tacrolimus_vs_AZA.n_control" in package["suppression"]["withheld"]

@@ -31,13 +31,13 @@ def pooled_tables() -> dict[str, pd.DataFrame]:
     packages = {s: build_site_package(s, site_tables(s), terms=contract_terms(), concepts=load_concept_map(None),
                                       data_cutoff=date(2026, 1, 1)) for s in SITES}
     estimates = site_estimates(packages)
-    pooled = [{"session_id": "s2026", "comparison": c, "outcome": o, "status": "pooled", **v["pooled"], "n_sites": 3,
+    pooled = [{"session_id": "s2026", "started_at": "2026-03-01T09:00:00+00:00", "comparison": c, "outcome": o, "status": "pooled", **v["pooled"], "n_sites": 3,
                "sites": "central,north,south", "rounds": 6, "reason": None}
               for c, comp in REF["comparisons"].items() for o, v in comp["outcomes"].items()]
-    pooled.append({"session_id": "s2026", "comparison": "tacrolimus_vs_MTX", "outcome": "death", "status": "not pooled",
+    pooled.append({"session_id": "s2026", "started_at": "2026-03-01T09:00:00+00:00", "comparison": "tacrolimus_vs_MTX", "outcome": "death", "status": "not pooled",
                    "sites": "central,north,south", "rounds": 6, "reason": "north refused: an arm has fewer than 5 patients"})
-    # An older session's rows are not the ones shown.
-    pooled.append({**pooled[0], "session_id": "s2025", "hazard_ratio": 77.7})
+    # An older session's rows are not the ones shown, even when its id sorts after the latest's.
+    pooled.append({**pooled[0], "session_id": "z-pilot", "started_at": "2025-11-30T23:00:00+00:00", "hazard_ratio": 77.7})
     return {"pooled_effects": pd.DataFrame(pooled, columns=POOLED_COLUMNS), "meta_analysis": meta_table(estimates),
             "site_heterogeneity": heterogeneity_table(estimates)}
 
