@@ -4,6 +4,7 @@ pooled over at least two sites. The tables are the coordinator's own, built from
 (tests/fixtures/pooling) by the functions coordinator/assets.py calls."""
 from __future__ import annotations
 
+import base64
 import json
 import re
 from datetime import date
@@ -82,10 +83,14 @@ def test_a_forest_plot_for_each_comparison_and_outcome_pooled_over_two_or_more_s
     expected = {f"pooled-forest-{c}-{o}".replace("_", "-").lower() for c, o in zip(het["comparison"], het["outcome"], strict=True)}
     figures = doc.xpath("//figure")
     assert {f.get("id") for f in figures} == expected and len(expected) >= 6
-    for f in figures:
+    for (c, o), h in het.groupby(["comparison", "outcome"], sort=False):
+        f = doc.xpath(f"//figure[@id='{f'pooled-forest-{c}-{o}'.replace('_', '-').lower()}']")[0]
         assert f.xpath("./img/@src")[0].startswith("data:image/svg+xml;base64,")
         sites = [s.text for s in f.xpath(".//span[contains(@data-src, '\"site_id\",')]")]
-        assert sites and set(sites) <= set(SITES)
+        assert sites == list(h["site_id"]), (c, o)   # one row per site with an estimate, in the table's order
+        svg = base64.b64decode(f.xpath("./img/@src")[0].split(",", 1)[1]).decode()
+        plotted = [t for t in re.findall(r"<text[^>]*>([^<]*)</text>", svg) if t in SITES]
+        assert sorted(plotted) == sorted(h["site_id"]), (c, o)   # the plot's site rows: each site once, no other
 
 
 def test_no_digit_is_printed_without_a_source(doc):
