@@ -27,7 +27,7 @@ GROUP = "consortium"
 PACKAGE_COLUMNS = ["document", "site_id", "status", "code", "reason", "contract_digest", "data_cutoff",
                    "extends_default_concept_map", "withheld_cells", "created_at"]
 POOLED_COLUMNS = ["session_id", "started_at", "comparison", "outcome", "status", "hazard_ratio", "ci_lower", "ci_upper", "p_value", "coef",
-                  "robust_se", "se", "iterations", "n_sites", "sites", "rounds", "reason", "left_out"]
+                  "robust_se", "se", "iterations", "n_sites", "warning", "sites", "rounds", "reason", "left_out"]
 REPORT_FILE = "pooled_report.html"
 
 _META_TABLES = {

@@ -57,6 +57,7 @@ from analytics.pooling.stratified_cox import (
     newton_start,
     newton_update,
     pooled_fit,
+    possibly_infinite,
     site_meat,
     site_terms,
 )
@@ -362,8 +363,10 @@ class Coordinator:
                     fit["phase"] = "meat"
             else:
                 cox = pooled_fit(newton, [np.asarray(a["meat"], dtype=float) for a in got.values()])
+                warning = ("max_iter" if newton.status == "max_iter"
+                           else "possibly_infinite" if possibly_infinite(newton) else None)   # R's two warnings
                 fit["result"] = {**cox.summary()[0], "se": float(np.sqrt(cox.naive_var[0, 0])), "loglik": cox.loglik,
-                                 "iterations": cox.iterations, "n_sites": len(got)}
+                                 "iterations": cox.iterations, "n_sites": len(got), "warning": warning}
                 fit["phase"], fit["sites"] = "done", sorted(got)
         except (CoxConvergenceError, ValueError, np.linalg.LinAlgError) as exc:
             fit["phase"], fit["reason"] = "failed", f"{type(exc).__name__}: {exc}"
@@ -375,8 +378,8 @@ def _fit_sites(state: Mapping[str, Any], fit: Mapping[str, Any]) -> list[str]:
 
 def _too_few_for_fit(state: Mapping[str, Any], fit: Mapping[str, Any]) -> str:
     withholding = ", ".join(sorted(fit.get("left_out", {}))) or "none"
-    return (f"fewer than {MIN_SITES} sites to pool: {withholding} withhold their own estimate of this fit "
-            f"(remaining: {', '.join(_fit_sites(state, fit)) or 'none'})")
+    return (f"fewer than {MIN_SITES} sites to pool (remaining: {', '.join(_fit_sites(state, fit)) or 'none'}; "
+            f"withholding their own estimate of this fit: {withholding})")
 
 
 # ---- site ----------------------------------------------------------------------------------------------------

@@ -11,7 +11,8 @@ under one version can be invalid under the other (a field closed, removed or mad
 for additions every reader of the same major accepts. 2.0 (issue 18): closed text fields, nullable SMDs. 2.1: a
 pooled result names the sites left out (and why) and the sites each fit pooled. 3.0 (review of issue 18): a
 reply's refusals are reason codes (REFUSALS) with at most a limit from the site's own policy, never text;
-a package lists its withheld cells without saying which were small; a pooled fit names the sites it left out.
+a package lists its withheld cells without saying which were small; a pooled fit names the sites it left out
+and carries R's warning (out of rounds, a possibly infinite coefficient).
 """
 from __future__ import annotations
 
@@ -164,7 +165,9 @@ ROUND_REPLY = {
 _POOLED = _obj({"coef": {"type": "number"}, "robust_se": {"type": "number"}, "hazard_ratio": {"type": "number"},
                 "ci_lower": {"type": "number"}, "ci_upper": {"type": "number"}, "p_value": {"type": "number"},
                 "se": {"type": "number"}, "loglik": {"type": "number"}, "iterations": {"type": "integer"},
-                "n_sites": {"type": "integer"}})
+                "n_sites": {"type": "integer"},
+                # R's warnings: out of Newton rounds ("did not converge"), or a coefficient that may be infinite
+                "warning": {"enum": [None, "max_iter", "possibly_infinite"]}})
 POOLED_RESULT = {
     "$schema": "https://json-schema.org/draft/2020-12/schema",
     "title": "IIM-ILD pooled stratified Cox result",

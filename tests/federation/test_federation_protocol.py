@@ -148,8 +148,8 @@ def assert_equals_r_on(result_fits: dict, pair: str) -> None:
         if withholding in pair.split(","):
             other = [s for s in pair.split(",") if s != withholding]
             assert fit["result"] is None and fit["left_out"] == {withholding: "withheld"} and fit["sites"] == other
-            assert fit["reason"] == (f"fewer than 2 sites to pool: {withholding} withhold their own estimate of this fit "
-                                     f"(remaining: {other[0]})")
+            assert fit["reason"] == (f"fewer than 2 sites to pool (remaining: {other[0]}; withholding their own "
+                                     f"estimate of this fit: {withholding})")
             continue
         ref = REF["comparisons"][comparison]["outcomes"][outcome]["pooled_of_pairs"][pair]
         assert fit["sites"] == pair.split(",") and fit["result"]["n_sites"] == 2, (comparison, outcome)
@@ -583,3 +583,39 @@ def test_a_site_rejects_a_request_whose_session_or_round_is_not_its_name(tmp_pat
     handled = sites["north"].handle_pending()
     assert [(h.outcome, h.reason) for h in handled] == [("rejected", "the request's session or round does not match its name")]
     assert not exchange.exists(reply_name("named", 2, "north"))
+
+
+def test_out_of_newton_rounds_a_fit_is_reported_like_r_with_a_warning(tmp_path):
+    """coxph(..., control = coxph.control(iter.max = 1)) warns "Ran out of iterations and did not converge" and
+    reports the last beta: the coordinator with max_iter = 1 reports the same numbers, flagged, not an error."""
+    exchange = LocalDirectoryExchange(tmp_path / "exchange")
+    coordinator = Coordinator(exchange, SIGNERS[COORDINATOR], SITE_KEYS, DIGEST, tmp_path / "coordinator", max_iter=1)
+    sites = {s: SiteNode(s, exchange, SIGNERS[s], SIGNERS[COORDINATOR].key.public_key(), DIGEST, site_tables(s),
+                         tmp_path / f"ledger-{s}") for s in SITES}
+    fit_id = "tacrolimus_vs_conventional.death"
+    state = run(coordinator, sites, "capped-newton", fits=[("tacrolimus_vs_conventional", "death")])
+    assert state["status"] == "done"
+    got = state["fits"][fit_id]["result"]
+    ref = REF["comparisons"]["tacrolimus_vs_conventional"]["outcomes"]["death"]["pooled_iter_max_1"]
+    for key in ("coef", "robust_se", "se", "p_value", "loglik"):
+        assert got[key] == pytest.approx(ref[key], abs=TOL, rel=TOL), key
+    assert got["iterations"] == ref["iterations"] == 2 and got["warning"] == "max_iter"
+    full = run(*network(tmp_path / "full")[1:], "full", fits=[("tacrolimus_vs_conventional", "death")])
+    assert full["fits"][fit_id]["result"]["warning"] is None
+
+
+def test_a_coefficient_that_may_be_infinite_is_flagged(tmp_path):
+    """No tacrolimus patient dies at any site: the log HR runs off to minus infinity and R warns that the
+    coefficient may be infinite; the pooled result says so."""
+    def no_treated_deaths(site):
+        t = site_tables(site)
+        cohort = t.cohort.copy()
+        cohort.loc[cohort["group"].eq("tacrolimus"), "death_event"] = 0
+        return type(t)(cohort, t.cohort_attrition, t.iptw_weights, t.covariate_balance)
+
+    exchange, coordinator, _ = network(tmp_path)
+    sites = {s: SiteNode(s, exchange, SIGNERS[s], SIGNERS[COORDINATOR].key.public_key(), DIGEST, no_treated_deaths(s),
+                         tmp_path / f"ledger-{s}") for s in SITES}
+    state = run(coordinator, sites, "infinite", fits=[("tacrolimus_vs_conventional", "death")])
+    got = state["fits"]["tacrolimus_vs_conventional.death"]["result"]
+    assert got["warning"] == "possibly_infinite" and got["coef"] < -5
