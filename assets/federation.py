@@ -18,9 +18,9 @@ from federation.contract import contract_digest, contract_terms
 from federation.exchange import Exchange, exchange_from_url
 from federation.package import SiteTables, build_site_package, sign_package
 from federation.protocol import SiteNode, SitePolicy, pending_requests, read_request, waiting_message
-from federation.verify import PackageRejected
 from federation.signing import Signer, signing_key_from_env
 from federation.suppression import DEFAULT_THRESHOLD
+from federation.verify import PackageRejected
 
 from .resources import STATE_DIR, StudyResource, WarehouseResource, env
 from .study.provenance import git_commit, package_version

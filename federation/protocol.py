@@ -622,6 +622,7 @@ class SiteNode:
 
 class _NotAnswered(Exception):
     def __init__(self, code: str, limit: int | None, detail: str):
-        assert code in FIT_REFUSALS
+        if code not in FIT_REFUSALS:
+            raise ValueError(f"not a per-fit refusal code: {code!r}")
         super().__init__(detail)
         self.code, self.limit, self.detail = code, limit, detail
