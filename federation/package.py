@@ -21,8 +21,12 @@ withheld. Balance and estimates are counts in disguise, so they follow the count
 - A continuous covariate's SMD (difference of means over the pooled SD) is one number from at least
   ``threshold`` patients per arm: no cell exists to recover and no single value is determined by it (any
   arm with fewer patients has all its balance withheld already).
+- An arm's event count is withheld when the arm's patients without the event are 1 … threshold-1 too ("all
+  but 2 died" names the 2 survivors as surely as "2 died" names the dead).
 - A site's estimate (log HR, robust SE) of an outcome is withheld when either arm's event count is withheld:
-  with few events the estimate and its SE pin the count down closely, which would undo the suppression.
+  with few events the estimate and its SE pin the count down closely, which would undo the suppression. The
+  same rule (withheld_estimate) stops the site answering pooling rounds for that fit: Newton terms at a few
+  betas approximate its estimate.
 """
 from __future__ import annotations
 
