@@ -17,9 +17,10 @@ from federation.consortium import Consortium, load_consortium
 from federation.contract import contract_digest, contract_terms
 from federation.exchange import Exchange, exchange_from_url
 from federation.package import SiteTables, build_site_package, sign_package
-from federation.protocol import SiteNode, SitePolicy, pending_requests
+from federation.protocol import SiteNode, SitePolicy, pending_requests, read_request, waiting_message
 from federation.signing import Signer, signing_key_from_env
 from federation.suppression import DEFAULT_THRESHOLD
+from federation.verify import PackageRejected
 
 from .resources import STATE_DIR, StudyResource, WarehouseResource, env
 from .study.provenance import git_commit, package_version
@@ -118,12 +119,20 @@ def answer_round(context: dg.OpExecutionContext, config: AnswerConfig, warehouse
     policy = SitePolicy(max_rounds=federation.max_rounds, min_arm=federation.min_arm,
                         approve=None if config.decision == "answer" else (lambda _request: config.reason),
                         max_evaluations=federation.max_evaluations, max_sessions=federation.max_sessions,
-                        session_window_days=federation.session_window_days)
+                        session_window_days=federation.session_window_days,
+                        suppression_threshold=federation.suppression_threshold)
     node = SiteNode(federation.site_id, federation.open_exchange(), federation.signer(), consortium.coordinator_key,
                     _digest(study), lambda: _site_tables(warehouse), federation.ledger_dir(), policy)
+    try:  # what the request would reveal, in this run's log before the site answers it
+        context.log.info(f"{config.request} reveals: {read_request(node.exchange, config.request, consortium.coordinator_key)['reveals']}")
+    except PackageRejected:
+        pass   # handle() rejects it with the reason below
     handled = node.handle(config.request)
     context.log.info(f"{config.request}: {handled.outcome}" + (f" ({handled.reason})" if handled.reason else ""))
-    context.add_output_metadata({"outcome": handled.outcome, "reason": handled.reason or "",
+    for fit_id, why in handled.not_answered.items():   # the words stay here; the reply carries only a code
+        context.log.info(f"{fit_id} not answered: {why}")
+    context.add_output_metadata({"outcome": handled.outcome, "reason": handled.reason or "", "code": handled.code or "",
+                                 "not_answered": dg.MetadataValue.json(handled.not_answered),
                                  "reveals": dg.MetadataValue.md(handled.reveals or ""),
                                  "sent": dg.MetadataValue.json(handled.sent)})
     if handled.outcome == "rejected":
@@ -145,8 +154,8 @@ def round_requests(context: dg.SensorEvaluationContext, federation: FederationRe
     if not pending:
         return dg.SkipReason("no round request waiting")
     if not federation.auto_answer:
-        return dg.SkipReason(f"{len(pending)} request(s) wait for the data engineer (auto_answer is off): launch "
-                             f"answer_round_job with request = {pending[0]} and decision = answer or refuse")
+        exchange = federation.open_exchange()
+        return dg.SkipReason(waiting_message(exchange, pending, federation.key_list().coordinator_key))
     return [dg.RunRequest(run_key=name, run_config={"ops": {"answer_round": {"config": {"request": name}}}}) for name in pending]
 
 

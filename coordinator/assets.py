@@ -26,8 +26,8 @@ from .resources import CoordinatorResource
 GROUP = "consortium"
 PACKAGE_COLUMNS = ["document", "site_id", "status", "code", "reason", "contract_digest", "data_cutoff",
                    "extends_default_concept_map", "withheld_cells", "created_at"]
-POOLED_COLUMNS = ["session_id", "comparison", "outcome", "status", "hazard_ratio", "ci_lower", "ci_upper", "p_value", "coef",
-                  "robust_se", "se", "iterations", "n_sites", "sites", "rounds", "reason", "left_out"]
+POOLED_COLUMNS = ["session_id", "started_at", "comparison", "outcome", "status", "hazard_ratio", "ci_lower", "ci_upper", "p_value", "coef",
+                  "robust_se", "se", "iterations", "n_sites", "warning", "sites", "rounds", "reason", "left_out"]
 REPORT_FILE = "pooled_report.html"
 
 _META_TABLES = {
@@ -92,11 +92,13 @@ def pooled_effects(context: dg.AssetExecutionContext, coordinator: CoordinatorRe
     """The exact pooled IPTW hazard ratios: the stratified Cox model with one stratum per site (each site's own
     propensity model), fitted by rounds without pooling any patient row; equal to R's
     coxph(Surv(t, e) ~ treated + strata(site), weights = w, robust = TRUE) on the pooled rows. ``sites``: the
-    sites a fit pooled; ``left_out``: the sites the session left out, each with its reason ("site: reason; ...")."""
+    sites a fit pooled; ``left_out``: the sites the session left out, each with its reason ("site: reason; ...");
+    ``started_at``: when the coordinator began the session (its own state; the report shows the latest by it)."""
     exchange = coordinator.open_exchange()
     trusted = {COORDINATOR: coordinator.key_list().coordinator_key}
     rows = []
-    for session in coordinator.coordinator().sessions():
+    sessions = coordinator.coordinator()
+    for session in sessions.sessions():
         if not exchange.exists(result_name(session)):
             continue
         try:
@@ -109,7 +111,8 @@ def pooled_effects(context: dg.AssetExecutionContext, coordinator: CoordinatorRe
             context.log.warning(f"session {session}: {len(result['left_out'])} site(s) left out: {', '.join(sorted(result['left_out']))}")
         for fit in result["fits"].values():
             r = fit["result"] or {}
-            rows.append({"session_id": session, "comparison": fit["comparison"], "outcome": fit["outcome"],
+            rows.append({"session_id": session, "started_at": sessions.state(session).get("started_at"),
+                         "comparison": fit["comparison"], "outcome": fit["outcome"],
                          "status": "pooled" if fit["result"] else "not pooled", **{k: r.get(k) for k in POOLED_COLUMNS if k in r},
                          "sites": ",".join(fit["sites"]), "rounds": result["rounds"], "reason": fit["reason"],
                          "left_out": left_out})

@@ -21,8 +21,12 @@ withheld. Balance and estimates are counts in disguise, so they follow the count
 - A continuous covariate's SMD (difference of means over the pooled SD) is one number from at least
   ``threshold`` patients per arm: no cell exists to recover and no single value is determined by it (any
   arm with fewer patients has all its balance withheld already).
+- An arm's event count is withheld when the arm's patients without the event are 1 … threshold-1 too ("all
+  but 2 died" names the 2 survivors as surely as "2 died" names the dead).
 - A site's estimate (log HR, robust SE) of an outcome is withheld when either arm's event count is withheld:
-  with few events the estimate and its SE pin the count down closely, which would undo the suppression.
+  with few events the estimate and its SE pin the count down closely, which would undo the suppression. The
+  same rule (withheld_estimate) stops the site answering pooling rounds for that fit: Newton terms at a few
+  betas approximate its estimate.
 """
 from __future__ import annotations
 
@@ -98,8 +102,12 @@ def _counts(tables: SiteTables) -> tuple[dict[str, int], list[tuple[str, list[st
         relations.append((f"{base}.n_treated", ["cohort.groups.tacrolimus"]))
         for outcome in OUTCOMES:
             event = members[f"{outcome}_event"]
-            counts[f"{base}.outcomes.{outcome}.events_treated"] = int(event[arm].sum())
-            counts[f"{base}.outcomes.{outcome}.events_control"] = int(event[~arm].sum())
+            for side, rows in (("treated", arm), ("control", ~arm)):
+                cell = f"{base}.outcomes.{outcome}.events_{side}"
+                counts[cell] = int(event[rows].sum())
+                # The arm's patients without the event: "all but 2 died" identifies 2 as surely as "2 died".
+                counts[f"virtual.{cell}.survivors"] = int(rows.sum()) - counts[cell]
+                relations.append((f"{base}.n_{side}", [cell, f"virtual.{cell}.survivors"]))
     main = "comparisons.tacrolimus_vs_conventional"
     by_agent = [f"comparisons.{n}" for n, a in RETROSPECTIVE_COMPARISONS.items() if a is not None]
     relations.append((f"{main}.n_control", ["cohort.groups.conventional"]))
@@ -139,7 +147,7 @@ def _indicator_cells(tables: SiteTables) -> tuple[dict[str, int], list[tuple[str
     return cells, relations, set(indicators)
 
 
-def _balance(tables: SiteTables, name: str, withheld_cells: Mapping[str, str], indicators: set[str]) -> list[dict[str, Any]]:
+def _balance(tables: SiteTables, name: str, withheld_cells: set[str], indicators: set[str]) -> list[dict[str, Any]]:
     rows = []
     for r in tables.covariate_balance[tables.covariate_balance["analysis"] == name].itertuples(index=False):
         cov = str(r.covariate)
@@ -156,10 +164,44 @@ def _finite(x: float) -> float | None:
     return float(x) if x is not None and math.isfinite(x) else None
 
 
+def withheld_estimate(raw: Mapping[str, int], published: Mapping[str, int | None], comparison: str, outcome: str,
+                      threshold: int) -> str | None:
+    """Why the site's own estimate of ``comparison`` × ``outcome`` is withheld for disclosure control (a NOTES key:
+    small_arm or events_withheld), or None. One rule for the package and for the pooling rounds: Newton terms at
+    a few betas approximate the site's own estimate, so a site whose package withholds an estimate does not
+    answer rounds for it either (federation/protocol.py)."""
+    base = f"comparisons.{comparison}"
+    if min(raw[f"{base}.n_treated"], raw[f"{base}.n_control"]) < threshold:
+        return "small_arm"
+    key = f"{base}.outcomes.{outcome}"
+    if published[f"{key}.events_treated"] is None or published[f"{key}.events_control"] is None:
+        return "events_withheld"
+    return None
+
+
+def suppressed_counts(tables: SiteTables, threshold: int = DEFAULT_THRESHOLD) -> tuple[dict[str, int], dict[str, int | None], set[str]]:
+    """The raw counts, the published ones (withheld as None), and the withheld cells."""
+    raw, relations = _counts(tables)
+    published, withheld = suppress(raw, relations, threshold)
+    return raw, published, withheld
+
+
+def withheld_estimates(tables: SiteTables, threshold: int = DEFAULT_THRESHOLD) -> dict[tuple[str, str], str]:
+    """(comparison, outcome) -> why the package withholds that estimate, for every estimate it withholds."""
+    raw, published, _ = suppressed_counts(tables, threshold)
+    out = {}
+    for comparison in RETROSPECTIVE_COMPARISONS:
+        for outcome in OUTCOMES:
+            why = withheld_estimate(raw, published, comparison, outcome, threshold)
+            if why is not None:
+                out[(comparison, outcome)] = why
+    return out
+
+
 def _comparison(tables: SiteTables, name: str, published: Mapping[str, int | None], raw: Mapping[str, int],
-                threshold: int, withheld_cells: Mapping[str, str], indicators: set[str]) -> dict[str, Any]:
+                threshold: int, withheld_cells: set[str], indicators: set[str]) -> dict[str, Any]:
     base = f"comparisons.{name}"
-    small = min(raw[f"{base}.n_treated"], raw[f"{base}.n_control"]) < threshold
+    small = withheld_estimate(raw, published, name, OUTCOMES[0], threshold) == "small_arm"
     rows = comparison_rows(tables.cohort, tables.iptw_weights, name)
     note = None
     if small:
@@ -177,10 +219,11 @@ def _comparison(tables: SiteTables, name: str, published: Mapping[str, int | Non
         key = f"{base}.outcomes.{outcome}"
         estimate, why = None, note
         if usable:
-            if min(raw[f"{key}.events_treated"], raw[f"{key}.events_control"]) == 0:
+            withheld = withheld_estimate(raw, published, name, outcome, threshold)
+            if withheld is not None:
+                why = NOTES[withheld]
+            elif min(raw[f"{key}.events_treated"], raw[f"{key}.events_control"]) == 0:
                 why = NOTES["no_events"]
-            elif published[f"{key}.events_treated"] is None or published[f"{key}.events_control"] is None:
-                why = NOTES["events_withheld"]
             else:
                 try:
                     fit = fit_cox(*outcome_rows(rows, outcome).arrays())
@@ -208,8 +251,7 @@ def build_site_package(site_id: str, tables: SiteTables, *, terms: dict[str, Any
                        created_at: datetime | None = None) -> dict[str, Any]:
     """The package payload (unsigned): aggregates only, small cells withheld. Checked against the package schema
     here, so a site learns why (e.g. a GIT_COMMIT that is not a commit hash) before the coordinator rejects it."""
-    raw, relations = _counts(tables)
-    published, withheld = suppress(raw, relations, threshold)
+    raw, published, withheld = suppressed_counts(tables, threshold)
     cells, cell_relations, indicators = _indicator_cells(tables)
     withheld_cells = suppress(cells, cell_relations, threshold, zero_is_small=True)[1]
     attrition: dict[str, Any] = {}
@@ -224,7 +266,7 @@ def build_site_package(site_id: str, tables: SiteTables, *, terms: dict[str, Any
         "contract": {"digest": contract_digest(terms), "terms": terms, "concept_map": concept_map_report(concepts),
                      "data_cutoff": data_cutoff.isoformat()},
         "software": {k: v.lower() if k == "git_commit" else v for k, v in (software or _software()).items()},
-        "suppression": {"threshold": threshold, "withheld": {k: v for k, v in sorted(withheld.items()) if not k.startswith("virtual.")}},
+        "suppression": {"threshold": threshold, "withheld": sorted(k for k in withheld if not k.startswith("virtual."))},
         "cohort": {"n": published["cohort.n"], "groups": {"tacrolimus": published["cohort.groups.tacrolimus"],
                                                           "conventional": published["cohort.groups.conventional"]}},
         "attrition": attrition,

@@ -10,7 +10,15 @@ only the sums of its own stratum:
 
 The coordinator adds the replies up, takes coxfit6's next step (analytics/pooling/stratified_cox.py), and
 writes the next request, until every fit has its estimate and robust variance; then it writes the signed
-result. A site may refuse a round or a fit, with a reason: the fit then stops, reported, and is not pooled.
+result. A site may refuse a round or a fit, with a reason code (schema.REFUSALS; the words stay in the site's own
+run log): the fit then stops, reported, and is not pooled.
+
+What a reply reveals, and to whom. Every party that can read the exchange reads every reply, and one site's
+terms at a few betas are a few Newton steps on its own likelihood: they approximate its own estimate. So a
+site answers ``withheld`` instead of terms for a fit whose own estimate its package withholds
+(package.withheld_estimate, the one rule), and refuses a request naming fewer than MIN_SITES sites. The
+coordinator leaves a withholding site out of that fit only: the fit is pooled from the others if at least
+MIN_SITES remain (restarted from beta = 0 if their terms were already in its Newton path), else not pooled.
 
 Who is pooled. A session pools at least MIN_SITES sites. Sites without an accepted package (another contract,
 a rejected or missing package) are left out when the session starts, named with the reason; a site that
@@ -49,16 +57,18 @@ from analytics.pooling.stratified_cox import (
     newton_start,
     newton_update,
     pooled_fit,
+    possibly_infinite,
     site_meat,
     site_terms,
 )
 
 from .canonical import canonical_bytes
 from .exchange import Exchange, ExchangeError
-from .package import SiteTables
-from .schema import SCHEMA_VERSION
+from .package import SiteTables, withheld_estimates
+from .schema import FIT_REFUSALS, REFUSALS, SCHEMA_VERSION
 from .signing import Signer
 from .site import SiteDataError, comparison_rows, outcome_rows
+from .suppression import DEFAULT_THRESHOLD
 from .verify import PackageRejected, verify_document
 
 COORDINATOR = "coordinator"
@@ -105,6 +115,18 @@ def utc_now() -> datetime:
 
 def _left_out_text(left_out: Mapping[str, str]) -> str:
     return "; ".join(f"{site}: {reason}" for site, reason in sorted(left_out.items()))
+
+
+def refusal_text(refused: Mapping[str, Any]) -> str:
+    """A reply's refusal in words, from its code (and the site's policy limit): nothing the site wrote."""
+    limit = f" (limit {refused['limit']})" if refused.get("limit") is not None else ""
+    return f"{refused['code']}{limit}: {REFUSALS[refused['code']]}"
+
+
+def _refusal(code: str, limit: int | None = None) -> dict[str, Any]:
+    if code not in REFUSALS:
+        raise ValueError(f"not a refusal code: {code!r}")
+    return {"code": code, "limit": limit}
 
 
 # ---- coordinator ---------------------------------------------------------------------------------------------
@@ -160,10 +182,11 @@ class Coordinator:
         if not deadline > 0:
             raise ValueError(f"the round deadline must be positive, not {round_deadline_hours!r} hours")
         left = {s: r for s, r in (left_out or {}).items() if s in sites}
-        state = {"session_id": session, "sites": [s for s in sites if s not in left], "left_out": left, "round": 1,
+        state = {"session_id": session, "started_at": self.clock().isoformat(),
+                 "sites": [s for s in sites if s not in left], "left_out": left, "round": 1,
                  "status": "running", "reason": None, "round_deadline_hours": deadline, "round_started_at": None,
                  "fits": {f"{c}.{o}": {"comparison": c, "outcome": o, "phase": "terms", "newton": newton_start(1).to_dict(),
-                                       "result": None, "reason": None, "sites": None} for c, o in fits}}
+                                       "result": None, "reason": None, "sites": None, "left_out": {}} for c, o in fits}}
         if len(state["sites"]) < MIN_SITES:
             state["round"] = 0   # no request was written
             return self._fail(state, self._too_few(state))
@@ -210,7 +233,8 @@ class Coordinator:
                   "contract_digest": self.digest, "sites": state["sites"], "left_out": state.get("left_out", {}),
                   "rounds": state["round"],
                   "fits": {k: {"comparison": f["comparison"], "outcome": f["outcome"], "result": f["result"],
-                               "reason": f["reason"], "sites": f.get("sites") or state["sites"]}
+                               "reason": f["reason"], "sites": f.get("sites") or _fit_sites(state, f),
+                               "left_out": f.get("left_out", {})}
                            for k, f in state["fits"].items()}}
         self.exchange.put(result_name(state["session_id"]), canonical_bytes(self.signer.sign(result)))
 
@@ -268,12 +292,12 @@ class Coordinator:
             if (reply["session_id"], reply["round"], reply["request_sha256"]) != (session, round_, request_sha):
                 return self._fail(state, f"the reply of {site} answers another request (session, round or request digest)")
             if reply["refused"]:
-                return self._fail(state, f"{site} refused round {round_}: {reply['refused']}")
+                return self._fail(state, f"{site} refused round {round_}: {refusal_text(reply['refused'])}")
             answers[site] = {a["fit_id"]: a for a in reply["answers"]}
         if other_contract:
             return self._leave_out(state, other_contract)
         for item in self._items(state):
-            self._advance(state["fits"][item["fit_id"]], item, answers)
+            self._advance(state, state["fits"][item["fit_id"]], item, answers)
         self._next(state)
         return state
 
@@ -296,21 +320,40 @@ class Coordinator:
         for f in state["fits"].values():
             if f["phase"] in ("terms", "meat"):
                 f["phase"], f["newton"] = "terms", newton_start(1).to_dict()
+                f["left_out"] = {s: r for s, r in f.get("left_out", {}).items() if s in state["sites"]}
+                if len(_fit_sites(state, f)) < MIN_SITES:
+                    f["phase"], f["reason"] = "failed", _too_few_for_fit(state, f)
         self._next(state)
         return state
 
-    def _advance(self, fit: dict[str, Any], item: Mapping[str, Any], answers: Mapping[str, Mapping[str, Any]]) -> None:
+    def _advance(self, state: Mapping[str, Any], fit: dict[str, Any], item: Mapping[str, Any],
+                 answers: Mapping[str, Mapping[str, Any]]) -> None:
         fit_id = item["fit_id"]
-        got = {}
+        fit.setdefault("left_out", {})
+        got, withheld = {}, []
         for site, by_fit in answers.items():
+            if site in fit["left_out"]:
+                continue   # withholds its own estimate of this fit: not asked to count in it
             a = by_fit.get(fit_id)
             if a is None or a["ask"] != item["ask"]:
                 fit["phase"], fit["reason"] = "failed", f"{site} did not answer {item['ask']} for {fit_id}"
                 return
-            if a["refused"]:
-                fit["phase"], fit["reason"] = "failed", f"{site} refused: {a['refused']}"
+            if a["refused"] and a["refused"]["code"] == "withheld":
+                withheld.append(site)
+            elif a["refused"]:
+                fit["phase"], fit["reason"] = "failed", f"{site} refused: {refusal_text(a['refused'])}"
                 return
-            got[site] = a
+            else:
+                got[site] = a
+        if withheld:
+            fresh = item["ask"] == "terms" and NewtonState.from_dict(fit["newton"]).iteration == -1  # nothing summed yet
+            fit["left_out"].update({s: "withheld" for s in withheld})
+            if len(got) < MIN_SITES:
+                fit["phase"], fit["reason"] = "failed", _too_few_for_fit(state, fit)
+                return
+            if not fresh:  # the left-out sites' terms are in this Newton path: start it again without them
+                fit["phase"], fit["newton"] = "terms", newton_start(1).to_dict()
+                return
         newton = NewtonState.from_dict(fit["newton"])
         try:
             if item["ask"] == "terms":
@@ -320,11 +363,23 @@ class Coordinator:
                     fit["phase"] = "meat"
             else:
                 cox = pooled_fit(newton, [np.asarray(a["meat"], dtype=float) for a in got.values()])
+                warning = ("max_iter" if newton.status == "max_iter"
+                           else "possibly_infinite" if possibly_infinite(newton) else None)   # R's two warnings
                 fit["result"] = {**cox.summary()[0], "se": float(np.sqrt(cox.naive_var[0, 0])), "loglik": cox.loglik,
-                                 "iterations": cox.iterations, "n_sites": len(got)}
+                                 "iterations": cox.iterations, "n_sites": len(got), "warning": warning}
                 fit["phase"], fit["sites"] = "done", sorted(got)
         except (CoxConvergenceError, ValueError, np.linalg.LinAlgError) as exc:
             fit["phase"], fit["reason"] = "failed", f"{type(exc).__name__}: {exc}"
+
+
+def _fit_sites(state: Mapping[str, Any], fit: Mapping[str, Any]) -> list[str]:
+    return [s for s in state["sites"] if s not in fit.get("left_out", {})]
+
+
+def _too_few_for_fit(state: Mapping[str, Any], fit: Mapping[str, Any]) -> str:
+    withholding = ", ".join(sorted(fit.get("left_out", {}))) or "none"
+    return (f"fewer than {MIN_SITES} sites to pool (remaining: {', '.join(_fit_sites(state, fit)) or 'none'}; "
+            f"withholding their own estimate of this fit: {withholding})")
 
 
 # ---- site ----------------------------------------------------------------------------------------------------
@@ -341,6 +396,7 @@ class SitePolicy:
 
     max_rounds: int = MAX_ITER + 5        # per session: coxph needs at most 21 likelihood rounds and 1 variance round
     min_arm: int = 5                      # refuse a fit whose smaller arm has fewer patients (the suppression threshold)
+    suppression_threshold: int = DEFAULT_THRESHOLD   # its package's: a fit whose estimate the package withholds is withheld
     approve: Callable[[Mapping[str, Any]], str | None] | None = None
     max_evaluations: int = 300            # fits × rounds per session: 12 fits (every comparison × outcome) × 25 rounds
     max_sessions: int = 5                 # sessions answered per window
@@ -353,9 +409,11 @@ class Handled:
 
     request: str
     outcome: str                          # answered | refused | rejected | not_for_us | already_answered
-    reason: str | None = None
+    reason: str | None = None             # in words, for the site's own run log (the reply carries only ``code``)
     reveals: str | None = None
     sent: dict[str, Any] = field(default_factory=dict)   # fit_id -> the numbers that left the site
+    code: str | None = None               # the refusal code the reply carries (schema.REFUSALS)
+    not_answered: dict[str, str] = field(default_factory=dict)   # fit_id -> why, in words (the site's log only)
 
 
 def read_ledger(ledger_dir: Path, session: str) -> dict[str, Any]:
@@ -390,6 +448,25 @@ def pending_requests(exchange: Exchange, ledger_dir: str | Path) -> list[str]:
     return sorted(out, key=lambda n: (n.split("/")[1], n))
 
 
+def read_request(exchange: Exchange, name: str, coordinator_key: Ed25519PublicKey) -> dict[str, Any]:
+    """A request verified as the coordinator's (signature, schema): what a site shows its data engineer before
+    answering. Raises PackageRejected."""
+    return verify_document(exchange.get(name), "round_request", {COORDINATOR: coordinator_key}, expected_signer=COORDINATOR)
+
+
+def waiting_message(exchange: Exchange, names: Sequence[str], coordinator_key: Ed25519PublicKey) -> str:
+    """Every waiting request with what it would reveal, for a site that answers by hand."""
+    lines = [f"{len(names)} request(s) wait for the data engineer (auto_answer is off): launch answer_round_job with "
+             "request = <name> and decision = answer or refuse."]
+    for name in names:
+        try:
+            text = read_request(exchange, name, coordinator_key)["reveals"]
+        except PackageRejected as exc:
+            text = f"not a valid request from the coordinator ({exc.code}): refuse or ignore it"
+        lines.append(f"- {name}: {text}")
+    return "\n".join(lines)
+
+
 class SiteNode:
     """One hospital's side of the protocol: answers verified requests from its own tables, within its policy."""
 
@@ -407,6 +484,7 @@ class SiteNode:
         self.ledger_dir = Path(ledger_dir)
         self.ledger_dir.mkdir(parents=True, exist_ok=True)
         self._rows: dict[str, Any] = {}
+        self._withheld: dict[tuple[str, str], str] | None = None
 
     # The ledger: this site's own record of the requests it has handled, per session.
     def ledger(self, session: str) -> dict[str, Any]:
@@ -443,8 +521,8 @@ class SiteNode:
         if self.site_id not in request["sites"]:
             self._record(session, round_, {"outcome": "not_for_us"})
             return Handled(name, "not_for_us")
-        refusal = self._refusal(request)
-        answers, sent = ([], {}) if refusal else self._answers(request["items"])
+        refusal, detail = self._refusal(request)
+        answers, sent, not_answered = ([], {}, {}) if refusal else self._answers(request["items"])
         reply = {"schema_version": SCHEMA_VERSION, "kind": "round_reply", "session_id": session, "round": round_,
                  "site_id": self.site_id, "contract_digest": self.digest, "request_sha256": _sha256(data),
                  "refused": refusal, "answers": answers}
@@ -455,30 +533,40 @@ class SiteNode:
                                            "asks": [{k: i[k] for k in ("fit_id", "ask", "beta")} for i in request["items"]]})
             return Handled(name, "already_answered", "a reply to this request is already in the exchange")
         outcome = "refused" if refusal else "answered"
-        self._record(session, round_, {"outcome": outcome, "reason": refusal, "request_sha256": _sha256(data),
+        self._record(session, round_, {"outcome": outcome, "reason": detail, "request_sha256": _sha256(data),
+                                       "not_answered": not_answered,
                                        "asks": [{k: i[k] for k in ("fit_id", "ask", "beta")} for i in request["items"]]})
-        return Handled(name, outcome, refusal, request["reveals"], sent)
+        return Handled(name, outcome, detail, request["reveals"], sent, refusal["code"] if refusal else None, not_answered)
 
-    def _refusal(self, request: Mapping[str, Any]) -> str | None:
+    def _refusal(self, request: Mapping[str, Any]) -> tuple[dict[str, Any] | None, str | None]:
+        """The reply's refusal (a code, a policy limit) and the same in words for the site's own log."""
         if request["contract_digest"] != self.digest:
-            return (f"this site works under contract {self.digest[:12]}…, the request under "
-                    f"{request['contract_digest'][:12]}…")
+            return _refusal("other_contract"), (f"this site works under contract {self.digest[:12]}…, the request under "
+                                                f"{request['contract_digest'][:12]}…")
+        if len(set(request["sites"])) < MIN_SITES:
+            return _refusal("too_few_sites", MIN_SITES), (f"the request names {len(set(request['sites']))} site(s): "
+                                                          f"terms of fewer than {MIN_SITES} are one site's own estimate")
         answered = _answered(self.ledger(request["session_id"]))
         if len(answered) >= self.policy.max_rounds:
-            return f"round cap reached: this site answers at most {self.policy.max_rounds} rounds per session"
+            return _refusal("round_cap", self.policy.max_rounds), \
+                f"round cap reached: this site answers at most {self.policy.max_rounds} rounds per session"
         evaluations = sum(len(r.get("asks", ())) for r in answered) + len(request["items"])
         if evaluations > self.policy.max_evaluations:
-            return (f"evaluation cap reached: this request would make {evaluations} fit evaluations in this session; "
-                    f"this site answers at most {self.policy.max_evaluations} per session")
+            return _refusal("evaluation_cap", self.policy.max_evaluations), (
+                f"evaluation cap reached: this request would make {evaluations} fit evaluations in this session; "
+                f"this site answers at most {self.policy.max_evaluations} per session")
         if not answered:
             window = timedelta(days=self.policy.session_window_days)
             recent = sessions_answered_since(self.ledger_dir, self.clock() - window, besides=request["session_id"])
             if len(recent) >= self.policy.max_sessions:
-                return (f"session cap reached: this site answers at most {self.policy.max_sessions} sessions per "
-                        f"{self.policy.session_window_days:g} days ({len(recent)} answered in that window)")
+                return _refusal("session_cap", self.policy.max_sessions), (
+                    f"session cap reached: this site answers at most {self.policy.max_sessions} sessions per "
+                    f"{self.policy.session_window_days:g} days ({len(recent)} answered in that window)")
         if self.policy.approve is not None:
-            return self.policy.approve(request)
-        return None
+            reason = self.policy.approve(request)
+            if reason is not None:
+                return _refusal("declined"), reason
+        return None, None
 
     @property
     def tables(self) -> SiteTables:
@@ -491,29 +579,50 @@ class SiteNode:
             self._rows[comparison] = comparison_rows(self.tables.cohort, self.tables.iptw_weights, comparison)
         return self._rows[comparison]
 
-    def _answers(self, items: Sequence[Mapping[str, Any]]) -> tuple[list[dict[str, Any]], dict[str, Any]]:
-        answers, sent = [], {}
+    def withheld(self) -> dict[tuple[str, str], str]:
+        """The fits whose own estimate this site's package withholds (package.withheld_estimates)."""
+        if self._withheld is None:
+            self._withheld = withheld_estimates(self.tables, self.policy.suppression_threshold)
+        return self._withheld
+
+    def _answers(self, items: Sequence[Mapping[str, Any]]) -> tuple[list[dict[str, Any]], dict[str, Any], dict[str, str]]:
+        answers, sent, not_answered = [], {}, {}
         for item in items:
             answer: dict[str, Any] = {"fit_id": item["fit_id"], "ask": item["ask"], "terms": None, "meat": None, "refused": None}
             try:
                 if len(item["beta"]) != 1:
-                    raise SiteDataError("the model has one coefficient (treatment)")
+                    raise _NotAnswered("bad_request", None, "the model has one coefficient (treatment)")
+                why = self.withheld().get((item["comparison"], item["outcome"]))
+                if why is not None:
+                    raise _NotAnswered("withheld", None, f"this site's package withholds its own estimate ({why})")
                 rows = self._comparison_rows(item["comparison"])
                 if rows.empty:
-                    raise SiteDataError("no weights for this comparison at this site (its propensity model could not be fitted)")
+                    raise _NotAnswered("no_weights", None, "no weights for this comparison at this site "
+                                                           "(its propensity model could not be fitted)")
                 arms = int(rows["treated"].sum()), int((~rows["treated"]).sum())
                 if min(arms) < self.policy.min_arm:
-                    raise SiteDataError(f"an arm has fewer than {self.policy.min_arm} patients at this site")
+                    raise _NotAnswered("small_arm", self.policy.min_arm,
+                                       f"an arm has fewer than {self.policy.min_arm} patients at this site")
                 data = outcome_rows(rows, item["outcome"]).arrays()
                 if item["ask"] == "terms":
                     terms = site_terms(*data, item["beta"])
                     if not (np.isfinite(terms.loglik) and np.all(np.isfinite(terms.information))):
-                        raise SiteDataError(f"the likelihood is not finite at beta {item['beta']}")
+                        raise _NotAnswered("not_finite", None, f"the likelihood is not finite at beta {item['beta']}")
                     answer["terms"] = terms.to_dict()
                 else:
                     answer["meat"] = site_meat(*data, item["beta"]).tolist()
                 sent[item["fit_id"]] = answer["terms"] or answer["meat"]
-            except SiteDataError as exc:
-                answer["refused"] = str(exc)
+            except _NotAnswered as exc:
+                answer["refused"], not_answered[item["fit_id"]] = _refusal(exc.code, exc.limit), exc.detail
+            except SiteDataError as exc:  # its message may name the site's values: it stays in the site's log
+                answer["refused"], not_answered[item["fit_id"]] = _refusal("site_data_error"), str(exc)
             answers.append(answer)
-        return answers, sent
+        return answers, sent, not_answered
+
+
+class _NotAnswered(Exception):
+    def __init__(self, code: str, limit: int | None, detail: str):
+        if code not in FIT_REFUSALS:
+            raise ValueError(f"not a per-fit refusal code: {code!r}")
+        super().__init__(detail)
+        self.code, self.limit, self.detail = code, limit, detail

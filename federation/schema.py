@@ -9,7 +9,10 @@ arm's size, the consortium's data cut-off) federation/verify.py checks after it.
 Versioning: a reader accepts only its own SCHEMA_VERSION. The major number changes whenever a document valid
 under one version can be invalid under the other (a field closed, removed or made stricter), the minor number
 for additions every reader of the same major accepts. 2.0 (issue 18): closed text fields, nullable SMDs. 2.1: a
-pooled result names the sites left out (and why) and the sites each fit pooled.
+pooled result names the sites left out (and why) and the sites each fit pooled. 3.0 (review of issue 18): a
+reply's refusals are reason codes (REFUSALS) with at most a limit from the site's own policy, never text;
+a package lists its withheld cells without saying which were small; a pooled fit names the sites it left out
+and carries R's warning (out of rounds, a possibly infinite coefficient).
 """
 from __future__ import annotations
 
@@ -20,7 +23,7 @@ from analytics.cohort.retrospective import ATTRITION_REASONS as RETROSPECTIVE_RE
 from analytics.comparisons import OUTCOMES, RETROSPECTIVE_COMPARISONS
 from analytics.propensity import PS_COVARIATES, REFERENCE_LEVELS
 
-SCHEMA_VERSION = "2.1"
+SCHEMA_VERSION = "3.0"
 SITE_ID = {"type": "string", "pattern": "^[a-z0-9][a-z0-9_-]{0,62}$"}
 SHA256 = {"type": "string", "pattern": "^[0-9a-f]{64}$"}
 COUNT = {"type": ["integer", "null"], "minimum": 0}            # null: withheld by small-cell suppression
@@ -47,6 +50,27 @@ NOTES = {
     "events_withheld": "an event count is withheld by small-cell suppression: the estimate is withheld with it",
     "cox_failed": "the site's Cox model did not converge",
 }
+
+
+# Why a site does not answer a request (or one fit of it): codes only. A free-text reason could carry anything
+# (an exception's message names values from the site's data); the text stays in the site's own run log.
+REFUSALS = {
+    "other_contract": "the site works under another contract",
+    "too_few_sites": "the request names fewer sites than a pooled fit needs",
+    "round_cap": "the site's cap on rounds per session is reached (limit: the cap)",
+    "evaluation_cap": "the site's cap on fit evaluations per session is reached (limit: the cap)",
+    "session_cap": "the site's cap on sessions per window is reached (limit: the cap)",
+    "declined": "the site's data engineer declined the request",
+    "withheld": "the site's package withholds its own estimate of this fit (a small arm or a withheld event count); "
+                "Newton terms would approximate it",
+    "small_arm": "an arm of this fit has fewer patients than the site's minimum (limit: the minimum)",
+    "no_weights": "the site has no weights for this comparison (its propensity model could not be fitted)",
+    "not_finite": "the site's likelihood is not finite at the requested beta",
+    "bad_request": "the site cannot evaluate this item (e.g. not one coefficient)",
+    "site_data_error": "the site's tables do not fit together; the detail is in the site's own run log",
+}
+REQUEST_REFUSALS = ("other_contract", "too_few_sites", "round_cap", "evaluation_cap", "session_cap", "declined")
+FIT_REFUSALS = ("withheld", "small_arm", "no_weights", "not_finite", "bad_request", "site_data_error")
 
 
 def _obj(properties: dict[str, Any], required: list[str] | None = None) -> dict[str, Any]:
@@ -88,8 +112,7 @@ SITE_PACKAGE = {
                                                                          "((a|b|rc|\\.post|\\.dev)\\d{1,6})*(\\+[0-9a-f.]{1,40})?)$"},
                           "git_commit": {"type": "string", "pattern": "^(unknown|[0-9a-f]{7,40})$"}}),
         "suppression": _obj({"threshold": {"type": "integer", "minimum": 1},
-                             "withheld": {"type": "object", "propertyNames": {"enum": list(WITHHOLDABLE)},
-                                          "additionalProperties": {"enum": ["small", "complementary"]}}}),
+                             "withheld": {"type": "array", "items": {"enum": list(WITHHOLDABLE)}, "uniqueItems": True}}),
         "cohort": _obj({"n": COUNT, "groups": _obj({"tacrolimus": COUNT, "conventional": COUNT})}),
         "attrition": _obj({c: _attrition(r) for c, r in ATTRITION_REASONS.items()}, required=[]),
         "comparisons": {"type": "object", "propertyNames": {"enum": list(RETROSPECTIVE_COMPARISONS)},
@@ -109,14 +132,21 @@ ROUND_REQUEST = {
         "session_id": NAME,
         "round": {"type": "integer", "minimum": 1},
         "contract_digest": SHA256,
-        "sites": {"type": "array", "items": SITE_ID, "minItems": 1},
+        "sites": {"type": "array", "items": SITE_ID, "minItems": 1, "uniqueItems": True},
         "reveals": {"type": "string", "maxLength": 2000},
         "items": {"type": "array", "items": _ITEM, "minItems": 1, "maxItems": 50},
     }),
 }
 _TERMS = _obj({"loglik": {"type": "number"}, "score": _BETA, "information": _MATRIX})
+
+
+def _refusal(codes: tuple[str, ...]) -> dict[str, Any]:
+    return {"oneOf": [{"type": "null"}, _obj({"code": {"enum": list(codes)},
+                                              "limit": {"type": ["integer", "null"], "minimum": 0}})]}
+
+
 _ANSWER = _obj({"fit_id": NAME, "ask": {"enum": ["terms", "meat"]}, "terms": {"oneOf": [_TERMS, {"type": "null"}]},
-                "meat": {"oneOf": [_MATRIX, {"type": "null"}]}, "refused": {"type": ["string", "null"], "maxLength": 300}})
+                "meat": {"oneOf": [_MATRIX, {"type": "null"}]}, "refused": _refusal(FIT_REFUSALS)})
 ROUND_REPLY = {
     "$schema": "https://json-schema.org/draft/2020-12/schema",
     "title": "IIM-ILD pooling round reply",
@@ -128,14 +158,16 @@ ROUND_REPLY = {
         "site_id": SITE_ID,
         "contract_digest": SHA256,
         "request_sha256": SHA256,
-        "refused": {"type": ["string", "null"], "maxLength": 300},
+        "refused": _refusal(REQUEST_REFUSALS),
         "answers": {"type": "array", "items": _ANSWER, "maxItems": 50},
     }),
 }
 _POOLED = _obj({"coef": {"type": "number"}, "robust_se": {"type": "number"}, "hazard_ratio": {"type": "number"},
                 "ci_lower": {"type": "number"}, "ci_upper": {"type": "number"}, "p_value": {"type": "number"},
                 "se": {"type": "number"}, "loglik": {"type": "number"}, "iterations": {"type": "integer"},
-                "n_sites": {"type": "integer"}})
+                "n_sites": {"type": "integer"},
+                # R's warnings: out of Newton rounds ("did not converge"), or a coefficient that may be infinite
+                "warning": {"enum": [None, "max_iter", "possibly_infinite"]}})
 POOLED_RESULT = {
     "$schema": "https://json-schema.org/draft/2020-12/schema",
     "title": "IIM-ILD pooled stratified Cox result",
@@ -149,7 +181,8 @@ POOLED_RESULT = {
         "rounds": {"type": "integer", "minimum": 0},                    # 0: too few sites, no request was written
         "fits": {"type": "object", "propertyNames": NAME, "additionalProperties": _obj({
             "comparison": NAME, "outcome": NAME, "result": {"oneOf": [_POOLED, {"type": "null"}]},
-            "reason": {"type": ["string", "null"]}, "sites": {"type": "array", "items": SITE_ID}})},
+            "reason": {"type": ["string", "null"], "maxLength": 1000}, "sites": {"type": "array", "items": SITE_ID},
+            "left_out": {"type": "object", "propertyNames": SITE_ID, "additionalProperties": {"enum": list(FIT_REFUSALS)}}})},
     }),
 }
 SCHEMAS = {"site_aggregates": SITE_PACKAGE, "round_request": ROUND_REQUEST, "round_reply": ROUND_REPLY,

@@ -45,7 +45,7 @@ def pooled_section(tables: Mapping[str, pd.DataFrame]) -> dict[str, Any] | None:
     if not has_pooled_tables(tables):
         return None
     pooled, meta, het = tables["pooled_effects"], tables["meta_analysis"], tables["site_heterogeneity"]
-    session = str(pooled["session_id"].max()) if len(pooled) else None   # the latest session (ids sort by date in use)
+    session, started = _latest(pooled)
     pooled = pooled[pooled["session_id"] == session] if session else pooled
     header = ["Comparison", "Outcome", "Sites", "Stratified Cox HR (95% CI)", "p", "Fixed-effect HR (95% CI)",
               "REML HR (95% CI)", "I² (%)", "τ²", "REML prediction interval"]
@@ -87,8 +87,21 @@ def pooled_section(tables: Mapping[str, pd.DataFrame]) -> dict[str, Any] | None:
         figure = _forest(het, p, comparison, outcome, key)
         if figure is not None:
             figures.append(figure)
-    session_cell = cells.text(session, cells.source("pooled_effects", "session_id", {}, agg="max")) if session else cells.MISSING
+    session_cell = (cells.text(session, cells.source("pooled_effects", "session_id", {"started_at": started}, agg="same"))
+                    if session else cells.MISSING)
     return {"table": Table(header, rows), "figures": figures, "session": session_cell, "left_out": _left_out(pooled, session)}
+
+
+def _latest(pooled: pd.DataFrame) -> tuple[str | None, str | None]:
+    """The session begun last (by the coordinator's start time, not its id: ids are names a coordinator chooses) and
+    its start time. A session recorded without a start time counts as older than any with one."""
+    if not len(pooled):
+        return None, None
+    started = pooled["started_at"] if "started_at" in pooled else pd.Series(None, index=pooled.index, dtype=object)
+    order = pd.DataFrame({"dated": started.notna(), "started": pd.to_datetime(started, utc=True, format="ISO8601"),
+                          "session": pooled["session_id"].astype(str)}).sort_values(["dated", "started", "session"])
+    last = order.index[-1]
+    return str(pooled.at[last, "session_id"]), (None if pd.isna(started.at[last]) else str(started.at[last]))
 
 
 def _left_out(pooled: pd.DataFrame, session: str | None) -> Any:

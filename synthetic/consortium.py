@@ -249,7 +249,8 @@ def pooled_summary(consortium: Consortium) -> str:
         fe, reml = meta.loc[(r.comparison, r.outcome, "FE")], meta.loc[(r.comparison, r.outcome, "REML")]
         lines.append(f"{r.comparison:<27} {r.outcome:<13} {r.hazard_ratio:.3f} ({r.ci_lower:.3f}-{r.ci_upper:.3f})"
                      f"{'':<2} {r.p_value:>7.4f}  {fe['hazard_ratio']:>6.3f} {reml['hazard_ratio']:.3f} "
-                     f"({reml['hr_ci_lower']:.3f}-{reml['hr_ci_upper']:.3f})  {reml['i2']:>5.1f}")
+                     f"({reml['hr_ci_lower']:.3f}-{reml['hr_ci_upper']:.3f})  {reml['i2']:>5.1f}"
+                     + (f"  pools {r.sites} only" if r.n_sites < (packages["status"] == "accepted").sum() else ""))
     left_out = pooled["left_out"].dropna().unique() if "left_out" in pooled else []
     lines += [f"left out of the session: {text}" for text in left_out]
     lines.append(f"\n{int(pooled['rounds'].iloc[0])} rounds; every request and reply in {consortium.exchange}")

@@ -33,6 +33,22 @@ def site_tables(site: str) -> SiteTables:
     return SiteTables(cohort, attrition, results.iptw_weights, results.covariate_balance)
 
 
+# Central's package withholds its own CTX estimates of death and respiratory relapse (an event count under the
+# threshold, or withheld to protect one): it answers "withheld" for those fits, which pool north and south only.
+WITHHELD_BY = {("tacrolimus_vs_CTX", "death"): "central", ("tacrolimus_vs_CTX", "resp_relapse"): "central"}
+
+
+def pooled_reference(reference: dict, comparison: str, outcome: str) -> tuple[list[str], dict]:
+    """The sites a fit pools in a session of the three sites, and R's coxph(... strata(site)) on exactly their rows
+    (reference.json)."""
+    ref = reference["comparisons"][comparison]["outcomes"][outcome]
+    left = WITHHELD_BY.get((comparison, outcome))
+    if left is None:
+        return sorted(SITES), ref["pooled"]
+    pair = sorted(s for s in SITES if s != left)
+    return pair, ref["pooled_of_pairs"][",".join(pair)]
+
+
 # The three synthetic FHIR hospitals of `make federation-demo` (synthetic/consortium.py): their analysis rows.
 DEMO_ROWS = HERE / "demo_rows.csv"
 DEMO_REFERENCE = HERE / "demo_reference.json"

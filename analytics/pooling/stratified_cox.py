@@ -87,13 +87,13 @@ class NewtonState:
     loglik_null: float = float("nan")
     iteration: int = -1                 # -1: the first evaluation (at the initial beta) has not been made
     halving: bool = False
-    status: str = "running"             # running | converged
+    status: str = "running"             # running | converged | max_iter (out of rounds: reported, like R, with a warning)
     information: np.ndarray = field(default_factory=lambda: np.zeros((0, 0)))
     score: np.ndarray = field(default_factory=lambda: np.zeros(0))
 
     @property
     def done(self) -> bool:
-        return self.status == "converged"
+        return self.status in ("converged", "max_iter")
 
     def to_dict(self) -> dict[str, Any]:
         return {"proposal": self.proposal.tolist(), "beta": self.beta.tolist(), "loglik": self.loglik,
@@ -142,7 +142,11 @@ def newton_update(state: NewtonState, replies: Sequence[StratumTerms], *, eps: f
         return NewtonState(proposal=state.proposal, beta=state.proposal.copy(), loglik=newlk, loglik_null=state.loglik_null,
                            iteration=iteration, status="converged", information=t.information, score=t.score)
     if iteration >= max_iter:
-        raise CoxConvergenceError(f"no convergence in {max_iter} Newton rounds (beta {state.proposal})")
+        # coxfit6 out of iterations: the last evaluated beta, its likelihood and information, flag 1000; coxph
+        # warns "Ran out of iterations and did not converge" and reports the fit, its iter = iter.max + 1 (the
+        # loop counter after the loop; coxph(control = coxph.control(iter.max = 1))$iter is 2).
+        return NewtonState(proposal=state.proposal, beta=state.proposal.copy(), loglik=newlk, loglik_null=state.loglik_null,
+                           iteration=iteration + 1, status="max_iter", information=t.information, score=t.score)
     # A non-finite likelihood (exp overflow far from the optimum) counts as worse: R's C code would accept NaN.
     if not np.isfinite(newlk) or newlk < state.loglik:
         return NewtonState(proposal=(state.proposal + state.beta) / 2, beta=state.beta, loglik=state.loglik,

@@ -24,7 +24,7 @@ from etl.warehouse import Warehouse
 from federation.signing import public_pem
 from report.pooled import POOLED_TABLES
 from tests.paths import FIXTURES, ROOT
-from tests.pooling_sites import SITES, site_tables
+from tests.pooling_sites import SITES, pooled_reference, site_tables
 from tests.report.test_study_report import check_number, locate
 
 REF = json.loads((FIXTURES / "pooling" / "reference.json").read_text())
@@ -114,8 +114,9 @@ def test_three_hospitals_pooled_by_their_dagster_sensors_and_jobs_equal_r(consor
     assert len(pooled) == len(FITS) and set(pooled["status"]) == {"pooled"}
     for fit in FITS:
         comparison, outcome = fit.split(".")
-        expected = REF["comparisons"][comparison]["outcomes"][outcome]["pooled"]
+        pooled_sites, expected = pooled_reference(REF, comparison, outcome)
         got = pooled.loc[(comparison, outcome)]
+        assert got["sites"] == ",".join(pooled_sites) and got["n_sites"] == len(pooled_sites), fit
         for key in ("hazard_ratio", "ci_lower", "ci_upper", "p_value", "coef", "robust_se"):
             assert got[key] == pytest.approx(expected[key], abs=TOL, rel=TOL), (fit, key)
     rounds = int(pooled["rounds"].iloc[0])
@@ -130,10 +131,15 @@ def test_without_auto_answer_the_sensor_waits_for_the_data_engineer_who_may_refu
     manual = {**sites["north"], "federation": FederationResource(
         site_id="north", exchange=north.exchange, consortium=north.consortium, signing_key_env=north.signing_key_env,
         state_dir=north.state_dir)}  # auto_answer off, the default
-    start_pooling_session_job.execute_in_process(
-        run_config={"ops": {"start_session": {"config": {"session_id": "s1", "fits": FITS[:1]}}}}, resources=coord)
+    for session, fits in (("s1", FITS[:1]), ("s2", FITS[1:3])):
+        start_pooling_session_job.execute_in_process(
+            run_config={"ops": {"start_session": {"config": {"session_id": session, "fits": fits}}}}, resources=coord)
     skip = round_requests(dg.build_sensor_context(resources={"federation": manual["federation"]}))
-    assert isinstance(skip, dg.SkipReason) and "sessions/s1/round-001/request.json" in skip.skip_message
+    assert isinstance(skip, dg.SkipReason)
+    for session in ("s1", "s2"):   # every waiting request, with what it would reveal
+        name = f"sessions/{session}/round-001/request.json"
+        request = json.loads(Path(north.exchange, name).read_text())["payload"]
+        assert f"- {name}: {request['reveals']}" in skip.skip_message.splitlines()
     result = answer_round_job.execute_in_process(resources=manual, run_config={"ops": {"answer_round": {"config": {
         "request": "sessions/s1/round-001/request.json", "decision": "refuse", "reason": "not before the ethics board meets"}}}})
     assert result.output_for_node("answer_round") == {"outcome": "refused", "reason": "not before the ethics board meets"}

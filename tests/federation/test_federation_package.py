@@ -22,7 +22,8 @@ from analytics.pseudonym import pseudonymise
 from etl.fhir.types import flatten_all
 from federation.canonical import canonical_bytes
 from federation.contract import contract_digest, contract_terms
-from federation.package import SiteTables, build_site_package, sign_package
+from federation.package import SiteTables, build_site_package, sign_package, withheld_estimates
+from federation.schema import NOTES
 from federation.signing import Signer
 from federation.site import comparison_rows
 from federation.suppression import suppress
@@ -49,16 +50,24 @@ def signed_bytes(payload: dict, signer: str | None = None) -> bytes:
 # ---- small-cell suppression --------------------------------------------------------------------------------
 
 def test_small_counts_are_withheld_and_zero_is_not():
-    published, why = suppress({"a": 0, "b": 4, "c": 5, "d": 120}, threshold=5)
+    published, withheld = suppress({"a": 0, "b": 4, "c": 5, "d": 120}, threshold=5)
     assert published == {"a": 0, "b": None, "c": 5, "d": 120}
-    assert why == {"b": "small"}
+    assert withheld == {"b"}
 
 
 def test_a_sum_does_not_give_a_withheld_cell_back():
     counts = {"total": 30, "x": 3, "y": 12, "z": 15}
-    published, why = suppress(counts, [("total", ["x", "y", "z"])], threshold=5)
+    published, withheld = suppress(counts, [("total", ["x", "y", "z"])], threshold=5)
     assert published == {"total": 30, "x": None, "y": None, "z": 15}  # y, the smallest other part, goes too
-    assert why == {"x": "small", "y": "complementary"}
+    assert withheld == {"x", "y"}   # not labelled small or complementary: a label would point at x
+
+
+def test_the_complementary_cell_is_never_a_zero_or_a_published_cell_under_the_threshold():
+    """Withholding b = 0 beside a = 3 would leave a + b = 3 from the total: a is recoverable (b was known to be 0
+    or tiny). The smallest part at least the threshold goes instead."""
+    published, withheld = suppress({"total": 10, "a": 3, "b": 0, "c": 7}, [("total", ["a", "b", "c"])])
+    assert published == {"total": 10, "a": None, "b": 0, "c": None} and withheld == {"a", "c"}
+
 
 
 def test_complementary_suppression_follows_chains_of_sums():
@@ -72,8 +81,8 @@ def test_an_unpublished_small_difference_withholds_a_published_cell():
     """conventional = CTX + MTX + AZA + (MMF and CsA, not published): if MMF + CsA is 3, publishing the other
     four would give it away."""
     counts = {"conventional": 50, "CTX": 20, "MTX": 15, "AZA": 12, "virtual.other": 3}
-    published, why = suppress(counts, [("conventional", ["CTX", "MTX", "AZA", "virtual.other"])], threshold=5)
-    assert why == {"virtual.other": "small", "AZA": "complementary"}
+    published, withheld = suppress(counts, [("conventional", ["CTX", "MTX", "AZA", "virtual.other"])], threshold=5)
+    assert withheld == {"virtual.other", "AZA"}
 
 
 def test_threshold_is_configurable():
@@ -140,7 +149,7 @@ def test_every_small_count_in_the_package_is_withheld(hospital_site):
     found = dict(counts(payload))
     assert found and all(n == 0 or n >= threshold for n in found.values())
     withheld = payload["suppression"]["withheld"]
-    assert "small" in withheld.values() and "complementary" in withheld.values()  # this hospital has small cells
+    assert withheld and withheld == sorted(set(withheld))   # this hospital has small cells; no "small"/"complementary"
     assert all(k not in found for k in withheld)
 
 
@@ -249,6 +258,32 @@ def test_leak_no_pseudonym_fhir_id_date_or_row_level_value_is_in_the_package(hos
     assert len(numbers) > 20
     same = np.isclose(numbers[:, None], row_values[None, :], rtol=1e-9, atol=0)
     assert not same.any(), numbers[same.any(axis=1)]
+    # Nor a patient's age, dose or day count: every integer is a count under its count's name, and no other number
+    # is one of those values.
+    cohort = tables.cohort
+    row_numbers = np.unique(np.concatenate([cohort[c].to_numpy(dtype=float) for c in cohort.columns
+                                            if c in ("age", "initial_pred_mg_day", "followup_days") or c.endswith("_days")]))
+    assert len(row_numbers) > 50
+
+    def numbers_in(node, path=""):
+        if isinstance(node, dict):
+            for k, v in node.items():
+                yield from numbers_in(v, f"{path}.{k}" if path else k)
+        elif isinstance(node, list):
+            for v in node:
+                yield from numbers_in(v, path)
+        elif isinstance(node, (int, float)) and not isinstance(node, bool):
+            yield path, node
+
+    counts = re.compile(r"(^cohort\.(n|groups\.\w+)|^attrition\.\w+\.(screened|included|excluded\.\w+)"
+                        r"|\.(n_treated|n_control|events_treated|events_control)|^suppression\.threshold)$")
+    found = list(numbers_in(rest))
+    assert found
+    for path, value in found:
+        if isinstance(value, int):
+            assert counts.search(path), path
+        else:
+            assert not np.isclose(value, row_numbers, rtol=1e-12, atol=0).any(), (path, value)
     # The package's shape does not grow with the patients: the same keys for a site of 120 and one of 320.
     small, large = (package_of(s, site_tables(s)) for s in ("north", "south"))
 
@@ -349,7 +384,7 @@ SIGNED_EDITS = {  # what a site's signed package must not say, the rejection cod
     "an id in created_at": (_set("created_at", "pt-000123 2016-03-04"), "schema", "created_at"),
     "an id and a date in git_commit": (_set("software/git_commit", "pt-000123 born 1961-02-03"), "schema", "git_commit"),
     "an id in package_version": (_set("software/package_version", "pt-000123"), "schema", "package_version"),
-    "a pseudonym as a withheld key": (_set("suppression/withheld/3f9a1c0e7b2d pt-000123", "small"), "schema", "withheld"),
+    "a pseudonym as a withheld key": (_set("suppression/withheld/0", "3f9a1c0e7b2d pt-000123"), "schema", "withheld"),
     "free text in a note": (_set(f"{CTX}/outcomes/death/note", "died 2016-03-04 (pt-000123)"), "schema", "note"),
     "free text in a comparison note": (_set(f"{CTX}/note", "pt-000123"), "schema", "note"),
     "an id as an attrition reason": (_set("attrition/retrospective/excluded/pt-000123", 0), "schema", "pt-000123"),
@@ -411,3 +446,73 @@ def test_a_site_signs_only_its_own_package(payload):
     assert verify_document(canonical_bytes(sign_package(payload, SIGNERS["central"])), "site_aggregates", TRUSTED)
     with pytest.raises(ValueError, match="cannot sign the package of site 'central'"):
         sign_package(payload, SIGNERS["north"])
+
+
+def test_all_but_a_few_with_the_event_is_a_small_cell_and_the_estimate_follows():
+    """"All but 2 died" identifies the 2 survivors as surely as "2 died" identifies the dead: the arm's event count
+    is withheld (and, through the sums, the same arm's count in every comparison), and so is the estimate."""
+    tables = site_tables("north")
+    cohort = tables.cohort.copy()
+    treated = cohort.index[cohort["group"].eq("tacrolimus")]
+    cohort.loc[treated, "death_event"] = 1
+    cohort.loc[treated[:2], "death_event"] = 0      # 2 of the 51 tacrolimus patients survive
+    changed = SiteTables(cohort, tables.cohort_attrition, tables.iptw_weights, tables.covariate_balance)
+    package = package_of("north", changed)
+    for name, comparison in package["comparisons"].items():
+        death = comparison["outcomes"]["death"]
+        assert death["events_treated"] is None and death["estimate"] is None, name
+        assert f"comparisons.{name}.outcomes.death.events_treated" in package["suppression"]["withheld"]
+    main = package["comparisons"]["tacrolimus_vs_conventional"]
+    assert main["n_treated"] == 51 and main["outcomes"]["death"]["note"] == NOTES["events_withheld"]
+    assert withheld_estimates(changed)[("tacrolimus_vs_conventional", "death")] == "events_withheld"   # the site's rule
+    assert ("tacrolimus_vs_conventional", "death") not in withheld_estimates(tables)                   # not before
+    assert package_of("north", tables)["comparisons"]["tacrolimus_vs_conventional"]["outcomes"]["death"]["estimate"]
+
+
+def _with_cohort(site: str, edit) -> SiteTables:
+    tables = site_tables(site)
+    cohort = tables.cohort.copy()
+    edit(cohort)
+    return SiteTables(cohort, tables.cohort_attrition, tables.iptw_weights, tables.covariate_balance)
+
+
+def _smd_of(package: dict, comparison: str, covariate: str) -> float | None:
+    return next(b["smd_unweighted"] for b in package["comparisons"][comparison]["balance"] if b["covariate"] == covariate)
+
+
+def test_an_indicator_cell_of_zero_withholds_its_smd():
+    """No one in the tacrolimus arm had plasma exchange: with the arm's size that says it of every one of them."""
+    def edit(cohort):
+        cohort.loc[cohort["group"].eq("tacrolimus"), "plasma_exchange"] = 0
+    before, after = package_of("south", site_tables("south")), package_of("south", _with_cohort("south", edit))
+    assert _smd_of(before, "tacrolimus_vs_conventional", "plasma_exchange") is not None
+    for name in after["comparisons"]:   # the tacrolimus arm is the same in every comparison
+        assert _smd_of(after, name, "plasma_exchange") is None, name
+
+
+def test_an_indicator_cell_is_protected_across_comparisons():
+    """With IVIG among the conventional arm: CTX 10, MTX 3, AZA 6, MMF and CsA 12 (31 in all). MTX's 3 is small; the
+    conventional arm's 31 minus CTX, AZA and the others would give it back, so AZA's 6 (the smallest cell at least
+    the threshold) is withheld too: AZA's IVIG balance goes although its own cells are large."""
+    def edit(cohort):
+        cohort["ivig"] = 0
+        wanted = {"CTX": 10, "MTX": 3, "AZA": 6, "MMF": 12}
+        for agent, n in wanted.items():
+            cohort.loc[cohort.index[cohort["conventional_agent"].eq(agent)][:n], "ivig"] = 1
+        cohort.loc[cohort.index[cohort["group"].eq("tacrolimus")][:100], "ivig"] = 1
+    package = package_of("south", _with_cohort("south", edit))
+    assert {name: _smd_of(package, name, "ivig") is None for name in package["comparisons"]} == {
+        "tacrolimus_vs_conventional": False, "tacrolimus_vs_CTX": False, "tacrolimus_vs_MTX": True,
+        "tacrolimus_vs_AZA": True}
+
+
+def test_a_small_remainder_of_mmf_and_csa_withholds_a_published_arm():
+    """The conventional arm is CTX + MTX + AZA + the agents without a comparison (MMF, CsA): if those are 4
+    patients, the published arms would give them back, so the smallest arm at least the threshold (AZA, 8) goes."""
+    def edit(cohort):
+        cohort.loc[cohort["conventional_agent"].eq("MMF"), "conventional_agent"] = "CTX"   # central: CsA 4 remain
+    package = package_of("central", _with_cohort("central", edit))
+    arms = {name: c["n_control"] for name, c in package["comparisons"].items()}
+    assert arms == {"tacrolimus_vs_conventional": 70, "tacrolimus_vs_CTX": 36, "tacrolimus_vs_MTX": 22,
+                    "tacrolimus_vs_AZA": None}
+    assert "comparisons.tacrolimus_vs_AZA.n_control" in package["suppression"]["withheld"]

@@ -24,7 +24,7 @@ from federation.schema import SCHEMA_VERSION
 from federation.signing import Signer, public_pem
 from federation.verify import verify_document
 from tests.paths import FIXTURES
-from tests.pooling_sites import SITES, site_tables
+from tests.pooling_sites import SITES, WITHHELD_BY, pooled_reference, site_tables
 
 REF = json.loads((FIXTURES / "pooling" / "reference.json").read_text())
 FITS = [(c, o) for c in REF["comparisons"] for o in ("death", "relapse", "resp_relapse")]
@@ -53,6 +53,10 @@ def run(coordinator: Coordinator, sites: dict[str, SiteNode], session: str, fits
     raise AssertionError("the session did not finish")
 
 
+def reference_of(comparison: str, outcome: str) -> tuple[list[str], dict]:
+    return pooled_reference(REF, comparison, outcome)
+
+
 def test_three_sites_pooled_through_a_folder_equal_coxph_strata(tmp_path):
     exchange, coordinator, sites = network(tmp_path)
     state = run(coordinator, sites, "pooled-2026")
@@ -61,13 +65,16 @@ def test_three_sites_pooled_through_a_folder_equal_coxph_strata(tmp_path):
     result = verify_document(exchange.get(result_name("pooled-2026")), "pooled_result", coordinator_key,
                              expected_signer=COORDINATOR, expected_digest=DIGEST)
     for comparison, outcome in FITS:
-        got = result["fits"][f"{comparison}.{outcome}"]["result"]
-        ref = REF["comparisons"][comparison]["outcomes"][outcome]["pooled"]
+        fit = result["fits"][f"{comparison}.{outcome}"]
+        got = fit["result"]
+        pooled_sites, ref = reference_of(comparison, outcome)
         for key in ("coef", "robust_se", "se", "hazard_ratio", "ci_lower", "ci_upper", "p_value", "loglik"):
             assert got[key] == pytest.approx(ref[key], abs=TOL, rel=TOL), (comparison, outcome, key)
-        assert got["iterations"] == ref["iterations"] and got["n_sites"] == 3
+        assert got["iterations"] == ref["iterations"] and got["n_sites"] == len(pooled_sites)
+        assert fit["sites"] == pooled_sites
+        assert fit["left_out"] == ({WITHHELD_BY[(comparison, outcome)]: "withheld"} if len(pooled_sites) == 2 else {})
     # Rounds: the slowest fit's Newton rounds plus its variance round; every site answered each one once.
-    assert result["rounds"] == max(REF["comparisons"][c]["outcomes"][o]["pooled"]["iterations"] for c, o in FITS) + 2
+    assert result["rounds"] == max(reference_of(c, o)[1]["iterations"] for c, o in FITS) + 2
     for s, node in sites.items():
         ledger = node.ledger("pooled-2026")["rounds"]
         assert len(ledger) == result["rounds"] and all(r["outcome"] == "answered" for r in ledger.values())
@@ -90,11 +97,12 @@ def test_a_site_caps_the_rounds_it_answers(tmp_path):
     _, coordinator, sites = network(tmp_path, policies={"south": SitePolicy(max_rounds=2)})
     state = run(coordinator, sites, "capped")
     assert state["status"] == "failed"
-    assert "south refused round 3" in state["reason"] and "round cap reached" in state["reason"]
-    assert all(f["result"] is None and "round cap" in f["reason"] for f in state["fits"].values())
+    assert state["reason"] == ("south refused round 3: round_cap (limit 2): the site's cap on rounds per session is "
+                               "reached (limit: the cap)")
+    assert all(f["result"] is None and "round_cap" in f["reason"] for f in state["fits"].values())
     result = verify_document(coordinator.exchange.get(result_name("capped")), "pooled_result",
                              {COORDINATOR: SIGNERS[COORDINATOR].key.public_key()})
-    assert all(f["result"] is None and "round cap" in f["reason"] for f in result["fits"].values())  # reported, not pooled
+    assert all(f["result"] is None and "round_cap" in f["reason"] for f in result["fits"].values())  # reported, not pooled
 
 
 def test_a_data_engineer_can_refuse_a_request(tmp_path):
@@ -111,7 +119,10 @@ def test_a_fit_with_a_small_arm_at_a_site_is_refused_and_not_pooled(tmp_path):
     state = run(coordinator, sites, "small-arm")
     assert state["status"] == "done"
     ctx = state["fits"]["tacrolimus_vs_CTX.death"]
-    assert ctx["phase"] == "failed" and ctx["reason"] == "north refused: an arm has fewer than 40 patients at this site"
+    assert ctx["phase"] == "failed" and ctx["reason"] == ("north refused: small_arm (limit 40): an arm of this fit has "
+                                                          "fewer patients than the site's minimum (limit: the minimum)")
+    assert sites["north"].ledger("small-arm")["rounds"]["1"]["not_answered"]["tacrolimus_vs_CTX.death"] == \
+        "an arm has fewer than 40 patients at this site"   # the words stay in the site's own ledger
     assert state["fits"]["tacrolimus_vs_conventional.death"]["phase"] == "done"
 
 
@@ -124,13 +135,22 @@ def test_a_site_refuses_a_beta_where_its_likelihood_overflows(tmp_path):
     handled = sites["north"].handle_pending()[0]
     assert handled.outcome == "answered" and not handled.sent
     reply = parse(exchange.get(reply_name("far", 1, "north")))["payload"]
-    assert reply["answers"][0]["refused"].startswith("the likelihood is not finite")
+    assert reply["answers"][0]["refused"] == {"code": "not_finite", "limit": None}
+    assert handled.not_answered == {"c.death": "the likelihood is not finite at beta [1000000.0]"}
 
 
 def assert_equals_r_on(result_fits: dict, pair: str) -> None:
-    """Every fit pooled over exactly the sites of ``pair``, equal to R's coxph(... strata(site)) on their rows."""
+    """Every fit pooled over exactly the sites of ``pair``, equal to R's coxph(... strata(site)) on their rows; a fit
+    that one of them withholds is not pooled (one site's terms alone would be its own estimate)."""
     for comparison, outcome in FITS:
         fit = result_fits[f"{comparison}.{outcome}"]
+        withholding = WITHHELD_BY.get((comparison, outcome))
+        if withholding in pair.split(","):
+            other = [s for s in pair.split(",") if s != withholding]
+            assert fit["result"] is None and fit["left_out"] == {withholding: "withheld"} and fit["sites"] == other
+            assert fit["reason"] == (f"fewer than 2 sites to pool (remaining: {other[0]}; withholding their own "
+                                     f"estimate of this fit: {withholding})")
+            continue
         ref = REF["comparisons"][comparison]["outcomes"][outcome]["pooled_of_pairs"][pair]
         assert fit["sites"] == pair.split(",") and fit["result"]["n_sites"] == 2, (comparison, outcome)
         for key in ("coef", "robust_se", "se", "hazard_ratio", "ci_lower", "ci_upper", "p_value", "loglik"):
@@ -269,8 +289,10 @@ def test_a_site_caps_the_evaluations_a_session_asks_of_it(tmp_path):
     _, coordinator, sites = network(tmp_path, policies={"south": SitePolicy(max_evaluations=10)})
     state = run(coordinator, sites, "wide")
     assert state["status"] == "failed" and "south refused round 2" in state["reason"]
-    assert "evaluation cap reached: this request would make 12 fit evaluations" in state["reason"]
-    assert "at most 10 per session" in state["reason"]
+    assert "evaluation_cap (limit 10)" in state["reason"]
+    assert sites["south"].ledger("wide")["rounds"]["2"]["reason"] == (
+        "evaluation cap reached: this request would make 12 fit evaluations in this session; this site answers at most "
+        "10 per session")
 
 
 def test_a_site_caps_the_sessions_it_answers_in_a_rolling_window_from_its_own_ledger(tmp_path):
@@ -289,7 +311,7 @@ def test_a_site_caps_the_sessions_it_answers_in_a_rolling_window_from_its_own_le
     handled = south().handle_pending()
     assert [h.outcome for h in handled] == ["refused"]
     assert handled[0].reason == "session cap reached: this site answers at most 1 sessions per 30 days (1 answered in that window)"
-    assert parse(exchange.get(reply_name("second", 1, "south")))["payload"]["refused"] == handled[0].reason  # signed reply
+    assert parse(exchange.get(reply_name("second", 1, "south")))["payload"]["refused"] == {"code": "session_cap", "limit": 1}
     clock.now = T0 + timedelta(days=30, hours=1)
     coordinator.start("third", list(SITES), FITS[:1])
     assert [h.outcome for h in south().handle_pending()] == ["answered"]
@@ -448,3 +470,152 @@ def test_fsspec_exchange_has_the_same_behaviour(tmp_path):
     assert ex.get("aggregates/north.json") == b"n" and ex.exists("aggregates/north.json")
     with pytest.raises(ExchangeError, match="write-once"):
         ex.put("aggregates/north.json", b"again")
+
+
+# ---- what a reply may reveal (review of issue 18, F1) -------------------------------------------------------
+
+def _request(session: str, sites: list[str], fits=FITS[:1], round_: int = 1) -> dict:
+    return {"schema_version": SCHEMA_VERSION, "kind": "round_request", "session_id": session, "round": round_,
+            "contract_digest": DIGEST, "sites": sites, "reveals": "terms",
+            "items": [{"fit_id": f"{c}.{o}", "comparison": c, "outcome": o, "ask": "terms", "beta": [0.0]} for c, o in fits]}
+
+
+def test_a_site_refuses_a_request_naming_fewer_than_two_sites(tmp_path):
+    """Terms summed over one site are that site's own likelihood: a one-site "pool" is its estimate."""
+    exchange, _, sites = network(tmp_path)
+    exchange.put(request_name("solo", 1), canonical_bytes(SIGNERS[COORDINATOR].sign(_request("solo", ["north"]))))
+    handled = sites["north"].handle_pending()
+    assert [(h.outcome, h.code) for h in handled] == [("refused", "too_few_sites")]
+    reply = parse(exchange.get(reply_name("solo", 1, "north")))["payload"]
+    assert reply["refused"] == {"code": "too_few_sites", "limit": 2} and reply["answers"] == []
+    exchange.put(request_name("twice", 1), canonical_bytes(SIGNERS[COORDINATOR].sign(_request("twice", ["north", "north"]))))
+    with pytest.raises(Exception, match="non-unique|unique"):   # the schema refuses a site named twice
+        verify_document(exchange.get(request_name("twice", 1)), "round_request", {COORDINATOR: SIGNERS[COORDINATOR].key.public_key()})
+
+
+def test_a_site_does_not_send_terms_for_a_fit_whose_own_estimate_its_package_withholds(tmp_path):
+    exchange, _, sites = network(tmp_path)
+    fits = [("tacrolimus_vs_CTX", "death"), ("tacrolimus_vs_conventional", "death")]
+    exchange.put(request_name("w", 1), canonical_bytes(SIGNERS[COORDINATOR].sign(_request("w", list(SITES), fits))))
+    handled = sites["central"].handle_pending()[0]
+    reply = parse(exchange.get(reply_name("w", 1, "central")))["payload"]
+    assert reply["refused"] is None
+    assert reply["answers"][0] == {"fit_id": "tacrolimus_vs_CTX.death", "ask": "terms", "terms": None, "meat": None,
+                                   "refused": {"code": "withheld", "limit": None}}
+    assert reply["answers"][1]["refused"] is None and set(reply["answers"][1]["terms"]) == {"loglik", "score", "information"}
+    assert list(handled.sent) == ["tacrolimus_vs_conventional.death"]
+    assert handled.not_answered == {"tacrolimus_vs_CTX.death": "this site's package withholds its own estimate (events_withheld)"}
+    # The package of the same site withholds the same estimate (one rule).
+    package = build_site_package("central", site_tables("central"), terms=contract_terms(), concepts=load_concept_map(),
+                                 data_cutoff=date(2026, 1, 1))
+    assert package["comparisons"]["tacrolimus_vs_CTX"]["outcomes"]["death"]["estimate"] is None
+
+
+def test_a_site_withholding_a_fit_after_round_one_restarts_that_fit_from_zero_without_it(tmp_path):
+    """Its terms are already in the fit's Newton path: the fit starts again at beta = 0 on the other sites, so the
+    estimate is R's on exactly their rows; the other fits go on with all three sites."""
+    exchange, coordinator, sites = network(tmp_path)
+    fits = [("tacrolimus_vs_conventional", "death"), ("tacrolimus_vs_conventional", "relapse")]
+    coordinator.start("late", list(SITES), fits)
+    for site in sites.values():
+        site.handle_pending()
+    assert coordinator.poll("late")["round"] == 2
+    sites["central"]._withheld = {("tacrolimus_vs_conventional", "death"): "events_withheld"}  # as if its data changed
+    state = coordinator.poll("late")
+    for _ in range(30):
+        for site in sites.values():
+            site.handle_pending()
+        state = coordinator.poll("late")
+        if state["status"] != "running":
+            break
+    assert state["status"] == "done"
+    round3 = parse(exchange.get(request_name("late", 3)))["payload"]
+    assert [i["beta"] for i in round3["items"] if i["fit_id"] == "tacrolimus_vs_conventional.death"] == [[0.0]]
+    result = parse(exchange.get(result_name("late")))["payload"]
+    death, relapse = result["fits"]["tacrolimus_vs_conventional.death"], result["fits"]["tacrolimus_vs_conventional.relapse"]
+    assert death["sites"] == ["north", "south"] and death["left_out"] == {"central": "withheld"}
+    ref = REF["comparisons"]["tacrolimus_vs_conventional"]["outcomes"]["death"]["pooled_of_pairs"]["north,south"]
+    for key in ("coef", "robust_se", "se", "p_value", "loglik"):
+        assert death["result"][key] == pytest.approx(ref[key], abs=TOL, rel=TOL), key
+    assert death["result"]["iterations"] == ref["iterations"]
+    full = REF["comparisons"]["tacrolimus_vs_conventional"]["outcomes"]["relapse"]["pooled"]
+    assert relapse["sites"] == sorted(SITES) and relapse["result"]["coef"] == pytest.approx(full["coef"], abs=TOL)
+
+
+def test_a_site_left_out_for_another_contract_after_round_one_restarts_every_fit_from_zero(tmp_path):
+    exchange, coordinator, sites = network(tmp_path)
+    coordinator.start("switch", list(SITES), FITS[:1])
+    for site in sites.values():
+        site.handle_pending()
+    assert coordinator.poll("switch")["round"] == 2
+    sites["central"].digest = contract_digest(contract_terms(RuleParams(followup_days=730)))
+    for _ in range(30):
+        for site in sites.values():
+            site.handle_pending()
+        state = coordinator.poll("switch")
+        if state["status"] != "running":
+            break
+    assert state["status"] == "done" and list(state["left_out"]) == ["central"]
+    assert "replied to round 2 under another contract" in state["left_out"]["central"]
+    assert parse(exchange.get(request_name("switch", 3)))["payload"]["items"][0]["beta"] == [0.0]
+    fit = parse(exchange.get(result_name("switch")))["payload"]["fits"]["tacrolimus_vs_conventional.death"]
+    ref = REF["comparisons"]["tacrolimus_vs_conventional"]["outcomes"]["death"]["pooled_of_pairs"]["north,south"]
+    assert fit["sites"] == ["north", "south"] and fit["result"]["coef"] == pytest.approx(ref["coef"], abs=TOL, rel=TOL)
+    assert fit["result"]["robust_se"] == pytest.approx(ref["robust_se"], abs=TOL, rel=TOL)
+
+
+def test_a_reply_bound_to_another_request_fails_the_session(tmp_path):
+    exchange, coordinator, sites = network(tmp_path)
+    coordinator.start("bound", list(SITES), FITS[:1])
+    for site in sites.values():
+        site.handle_pending()
+    forged = parse(exchange.get(reply_name("bound", 1, "north")))["payload"]
+    forged["request_sha256"] = "0" * 64   # signed by north, but answering another request
+    exchange.put(reply_name("bound", 1, "north"), canonical_bytes(SIGNERS["north"].sign(forged)), overwrite=True)
+    state = coordinator.poll("bound")
+    assert state["status"] == "failed"
+    assert state["reason"] == "the reply of north answers another request (session, round or request digest)"
+
+
+def test_a_site_rejects_a_request_whose_session_or_round_is_not_its_name(tmp_path):
+    exchange, _, sites = network(tmp_path)
+    exchange.put(request_name("named", 2), canonical_bytes(SIGNERS[COORDINATOR].sign(_request("named", list(SITES)))))
+    handled = sites["north"].handle_pending()
+    assert [(h.outcome, h.reason) for h in handled] == [("rejected", "the request's session or round does not match its name")]
+    assert not exchange.exists(reply_name("named", 2, "north"))
+
+
+def test_out_of_newton_rounds_a_fit_is_reported_like_r_with_a_warning(tmp_path):
+    """coxph(..., control = coxph.control(iter.max = 1)) warns "Ran out of iterations and did not converge" and
+    reports the last beta: the coordinator with max_iter = 1 reports the same numbers, flagged, not an error."""
+    exchange = LocalDirectoryExchange(tmp_path / "exchange")
+    coordinator = Coordinator(exchange, SIGNERS[COORDINATOR], SITE_KEYS, DIGEST, tmp_path / "coordinator", max_iter=1)
+    sites = {s: SiteNode(s, exchange, SIGNERS[s], SIGNERS[COORDINATOR].key.public_key(), DIGEST, site_tables(s),
+                         tmp_path / f"ledger-{s}") for s in SITES}
+    fit_id = "tacrolimus_vs_conventional.death"
+    state = run(coordinator, sites, "capped-newton", fits=[("tacrolimus_vs_conventional", "death")])
+    assert state["status"] == "done"
+    got = state["fits"][fit_id]["result"]
+    ref = REF["comparisons"]["tacrolimus_vs_conventional"]["outcomes"]["death"]["pooled_iter_max_1"]
+    for key in ("coef", "robust_se", "se", "p_value", "loglik"):
+        assert got[key] == pytest.approx(ref[key], abs=TOL, rel=TOL), key
+    assert got["iterations"] == ref["iterations"] == 2 and got["warning"] == "max_iter"
+    full = run(*network(tmp_path / "full")[1:], "full", fits=[("tacrolimus_vs_conventional", "death")])
+    assert full["fits"][fit_id]["result"]["warning"] is None
+
+
+def test_a_coefficient_that_may_be_infinite_is_flagged(tmp_path):
+    """No tacrolimus patient dies at any site: the log HR runs off to minus infinity and R warns that the
+    coefficient may be infinite; the pooled result says so."""
+    def no_treated_deaths(site):
+        t = site_tables(site)
+        cohort = t.cohort.copy()
+        cohort.loc[cohort["group"].eq("tacrolimus"), "death_event"] = 0
+        return type(t)(cohort, t.cohort_attrition, t.iptw_weights, t.covariate_balance)
+
+    exchange, coordinator, _ = network(tmp_path)
+    sites = {s: SiteNode(s, exchange, SIGNERS[s], SIGNERS[COORDINATOR].key.public_key(), DIGEST, no_treated_deaths(s),
+                         tmp_path / f"ledger-{s}") for s in SITES}
+    state = run(coordinator, sites, "infinite", fits=[("tacrolimus_vs_conventional", "death")])
+    got = state["fits"]["tacrolimus_vs_conventional.death"]["result"]
+    assert got["warning"] == "possibly_infinite" and got["coef"] < -5

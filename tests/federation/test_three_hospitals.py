@@ -2,10 +2,11 @@
 propensity models, each ingested by the real pipeline (NDJSON mode) into its own warehouse with its own
 Dagster instance, publish signed packages and answer the coordinator's rounds through a local folder. The
 coordinator's pooled_effects equals R's coxph(Surv(t, e) ~ treat + strata(site), weights = w, robust = TRUE)
-on the pooled rows, and its meta_analysis equals metafor::rma (tests/fixtures/pooling/demo_reference.json)."""
+on the rows of exactly the sites each fit pooled, and its meta_analysis equals metafor::rma (tests/fixtures/pooling/demo_reference.json)."""
 from __future__ import annotations
 
 import json
+import re
 import shutil
 
 import dagster as dg
@@ -13,12 +14,14 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from analytics.comparisons import OUTCOMES, RETROSPECTIVE_COMPARISONS
 from coordinator.assets import consortium_meta
 from coordinator.resources import CoordinatorResource
 from etl.warehouse import Warehouse
 from federation.canonical import canonical_bytes, parse
 from federation.contract import contract_terms
 from federation.package import SiteTables, build_site_package, sign_package
+from federation.schema import NOTES
 from federation.signing import Signer, load_private_key
 from synthetic.consortium import POOLED_COMPARISONS, Consortium, build_sites, fits_for, key_env
 from tests.pooling_sites import DEMO_REFERENCE, DEMO_ROWS, ROW_COLUMNS, demo_analysis_rows
@@ -63,26 +66,50 @@ def test_each_site_pools_the_rows_the_r_references_were_computed_on(consortium):
     assert sizes.groupby("site")["treat"].mean().round(2).to_dict() == {"central": 0.41, "north": 0.37, "south": 0.67}
 
 
-def test_the_pooled_hazard_ratios_equal_r_coxph_with_site_strata(consortium):
+def packages(demo: Consortium) -> dict[str, dict]:
+    return {p.stem: parse(p.read_bytes())["payload"] for p in sorted((demo.exchange / "aggregates").glob("*.json"))}
+
+
+def test_the_pooled_hazard_ratios_equal_r_coxph_with_site_strata_on_exactly_the_sites_pooled(consortium):
+    """A site whose package withholds its own estimate of a fit (a small arm, a withheld event count) is left out
+    of that fit: R on the rows of the sites that remain."""
     pooled = coordinator_table(consortium, "pooled_effects").set_index(["comparison", "outcome"])
-    assert set(pooled["status"]) == {"pooled"} and len(pooled) == len(REF["fits"]) == 6
-    assert set(pooled["sites"]) == {"central,north,south"}
+    assert len(pooled) == len(REF["fits"]) == 6
+    published = packages(consortium)
+    withholding = (NOTES["small_arm"], NOTES["events_withheld"])
+    checked = set()
     for fit in REF["fits"].values():
-        got, expected = pooled.loc[(fit["comparison"], fit["outcome"])], fit["pooled"]
+        where = (fit["comparison"], fit["outcome"])
+        got = pooled.loc[where]
+        sites = sorted(s for s, p in published.items()
+                       if p["comparisons"][fit["comparison"]]["outcomes"][fit["outcome"]]["note"] not in withholding)
+        if len(sites) < 2:
+            assert got["status"] == "not pooled" and got["reason"].startswith("fewer than 2 sites to pool"), where
+            continue
+        expected = fit["pooled"] if len(sites) == 3 else fit["pooled_of_pairs"][",".join(sites)]
+        assert got["status"] == "pooled" and got["sites"] == ",".join(sites) and got["n_sites"] == len(sites), where
         for key in ("coef", "robust_se", "se", "hazard_ratio", "ci_lower", "ci_upper", "p_value"):
-            assert got[key] == pytest.approx(expected[key], abs=TOL, rel=TOL), (fit["comparison"], fit["outcome"], key)
+            assert got[key] == pytest.approx(expected[key], abs=TOL, rel=TOL), (*where, key)
+        checked.add(len(sites))
+    assert 3 in checked   # at least one fit pools all three hospitals
 
 
 def test_the_meta_analysis_equals_metafor(consortium):
     meta = coordinator_table(consortium, "meta_analysis").set_index(["comparison", "outcome", "method", "test"])
+    assert len(meta) == len(RETROSPECTIVE_COMPARISONS) * len(OUTCOMES) * 6   # every comparison × outcome × method × test
+    published = packages(consortium)
     pooled = 0
     for fit in REF["fits"].values():
+        # Exactly the sites whose package publishes an estimate (one without events in an arm has none, as in R;
+        # one that withholds it for a suppressed count neither): R's reference for those sites.
+        sites = [s for s, p in published.items()
+                 if p["comparisons"][fit["comparison"]]["outcomes"][fit["outcome"]]["estimate"] is not None]
+        assert set(sites) <= set(fit["sites"]), (fit["comparison"], fit["outcome"])
         for name in fit["meta"]:
             method, test = name.split("_")
             got = meta.loc[(fit["comparison"], fit["outcome"], method, test)]
-            # A site without events in an arm is left out, as in R; so is one whose package withholds its estimate
-            # (a suppressed event count): R's reference for the sites that publish one.
-            assert not got["sites"] or set(got["sites"].split(",")) <= set(fit["sites"])
+            got_sites = "" if pd.isna(got["sites"]) else got["sites"]
+            assert got["k"] == len(sites) and got_sites == ",".join(sorted(sites)), (fit["comparison"], name)
             if got["k"] < 2:
                 assert got["note"] == "fewer than two sites with an estimate"
                 continue
@@ -105,6 +132,35 @@ def test_no_patient_key_or_fhir_id_reaches_the_exchange(consortium):
         keys = wh.read_table("cohort")["patient_key"]
         assert not any(k.encode() in documents for k in keys)
         assert b"pt-0" not in documents and b"nz-0" not in documents   # the generator's FHIR patient ids
+
+
+# Where a date may stand in an exchange document: the package's own time stamp, the agreed data cut-off, and the
+# contract's study window (the consortium's protocol, the same at every site). Nowhere else: no patient's date.
+DATED = re.compile(r"\d{4}-\d{2}-\d{2}")
+DATE_PATHS = re.compile(r"^(created_at|contract\.data_cutoff|contract\.terms\.[a-z_.]+)$")
+
+
+def strings(node, path: str = ""):
+    if isinstance(node, dict):
+        for k, v in node.items():
+            yield from strings(v, f"{path}.{k}" if path else k)
+    elif isinstance(node, list):
+        for i, v in enumerate(node):
+            yield from strings(v, f"{path}.{i}")
+    elif isinstance(node, str):
+        yield path, node
+
+
+def test_no_date_reaches_the_exchange_but_where_the_schema_puts_it(consortium):
+    documents = sorted(consortium.exchange.rglob("*.json"))
+    kinds = set()
+    for document in documents:
+        envelope = parse(document.read_bytes())
+        kinds.add(envelope["payload"]["kind"])
+        dated = [(path, text) for path, text in strings(envelope["payload"]) if DATED.search(text)]
+        assert all(DATE_PATHS.match(path) for path, _ in dated), (document.name, dated)
+        assert len(DATED.findall(document.read_text())) == len(dated), document.name   # none outside the payload
+    assert kinds == {"site_aggregates", "round_request", "round_reply", "pooled_result"}
 
 
 def test_a_tampered_package_and_one_under_another_contract_are_reported_not_pooled(consortium, tmp_path):
