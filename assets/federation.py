@@ -122,7 +122,8 @@ def answer_round(context: dg.OpExecutionContext, config: AnswerConfig, warehouse
                         session_window_days=federation.session_window_days,
                         suppression_threshold=federation.suppression_threshold)
     node = SiteNode(federation.site_id, federation.open_exchange(), federation.signer(), consortium.coordinator_key,
-                    _digest(study), lambda: _site_tables(warehouse), federation.ledger_dir(), policy)
+                    _digest(study), lambda: _site_tables(warehouse), federation.ledger_dir(), policy,
+                    consortium_sites=consortium.sites)
     try:  # what the request would reveal, in this run's log before the site answers it
         context.log.info(f"{config.request} reveals: {read_request(node.exchange, config.request, consortium.coordinator_key)['reveals']}")
     except PackageRejected:

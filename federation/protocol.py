@@ -43,7 +43,7 @@ import re
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
-from typing import Any, Callable, Mapping, Sequence
+from typing import Any, Callable, Collection, Mapping, Sequence
 
 import numpy as np
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
@@ -76,7 +76,8 @@ REVEALS = {
     "terms": "terms: for each fit, your stratum's log partial likelihood, score and information at the stated beta "
              "(3 numbers with the one coefficient, treatment). They are weighted sums over your risk sets; no count, "
              "time or patient row is sent, but many rounds at chosen betas describe your risk sets more and more "
-             "closely, which is why you cap the rounds.",
+             "closely, which is why you cap the rounds. Whoever can read the exchange reads them: the coordinator, "
+             "and the other sites unless the exchange's permissions keep them out.",
     "meat": "meat: for each fit, the sum over your patients of their squared weighted score residuals at the final "
             "beta (1 number with one coefficient), for the pooled robust variance.",
 }
@@ -472,14 +473,18 @@ class SiteNode:
 
     def __init__(self, site_id: str, exchange: Exchange, signer: Signer, coordinator_key: Ed25519PublicKey,
                  contract_digest: str, tables: SiteTables | Callable[[], SiteTables], ledger_dir: str | Path,
-                 policy: SitePolicy = SitePolicy(), clock: Callable[[], datetime] = utc_now):
+                 policy: SitePolicy = SitePolicy(), clock: Callable[[], datetime] = utc_now,
+                 consortium_sites: Collection[str] | None = None):
         """``tables`` may be a function that reads them: only a request that is answered needs them. ``clock``:
-        the time now, timezone-aware (the session cap's window; injectable for tests)."""
+        the time now, timezone-aware (the session cap's window; injectable for tests). ``consortium_sites``: the
+        site ids of the key list. Without it the site can count the names a request gives but not tell a real
+        site from a name the coordinator made up, so the two-site rule would rest on the coordinator's word."""
         if signer.party != site_id:
             raise ValueError(f"the key of {signer.party!r} cannot answer for {site_id!r}")
         self.site_id, self.exchange, self.signer = site_id, exchange, signer
         self.trusted = {COORDINATOR: coordinator_key}
         self.digest, self.policy, self.clock = contract_digest, policy, clock
+        self.consortium_sites = None if consortium_sites is None else frozenset(consortium_sites)
         self._tables = tables
         self.ledger_dir = Path(ledger_dir)
         self.ledger_dir.mkdir(parents=True, exist_ok=True)
@@ -546,6 +551,8 @@ class SiteNode:
         if len(set(request["sites"])) < MIN_SITES:
             return _refusal("too_few_sites", MIN_SITES), (f"the request names {len(set(request['sites']))} site(s): "
                                                           f"terms of fewer than {MIN_SITES} are one site's own estimate")
+        if self.consortium_sites is not None and not set(request["sites"]) <= self.consortium_sites:
+            return _refusal("unknown_site"), "the request names a site outside the consortium's key list"
         answered = _answered(self.ledger(request["session_id"]))
         if len(answered) >= self.policy.max_rounds:
             return _refusal("round_cap", self.policy.max_rounds), \

@@ -57,6 +57,7 @@ NOTES = {
 REFUSALS = {
     "other_contract": "the site works under another contract",
     "too_few_sites": "the request names fewer sites than a pooled fit needs",
+    "unknown_site": "the request names a site outside the consortium's key list",
     "round_cap": "the site's cap on rounds per session is reached (limit: the cap)",
     "evaluation_cap": "the site's cap on fit evaluations per session is reached (limit: the cap)",
     "session_cap": "the site's cap on sessions per window is reached (limit: the cap)",
@@ -69,7 +70,7 @@ REFUSALS = {
     "bad_request": "the site cannot evaluate this item (e.g. not one coefficient)",
     "site_data_error": "the site's tables do not fit together; the detail is in the site's own run log",
 }
-REQUEST_REFUSALS = ("other_contract", "too_few_sites", "round_cap", "evaluation_cap", "session_cap", "declined")
+REQUEST_REFUSALS = ("other_contract", "too_few_sites", "unknown_site", "round_cap", "evaluation_cap", "session_cap", "declined")
 FIT_REFUSALS = ("withheld", "small_arm", "no_weights", "not_finite", "bad_request", "site_data_error")
 
 

@@ -55,6 +55,14 @@ def check_site_package(payload: Mapping[str, Any], *, min_threshold: int = DEFAU
     if small:
         raise PackageRejected("small_cell", f"{len(small)} published count(s) under the suppression threshold {threshold}: "
                                             f"{', '.join(small[:5])}")
+    survivors = [f"comparisons.{name}.outcomes.{outcome}.events_{arm}"
+                 for name, c in payload["comparisons"].items() for outcome, o in c["outcomes"].items()
+                 for arm in ("treated", "control")
+                 if c[f"n_{arm}"] is not None and o[f"events_{arm}"] is not None
+                 and 0 < c[f"n_{arm}"] - o[f"events_{arm}"] < threshold]
+    if survivors:   # "all but 2 had the event" names 2 patients as surely as a published 2
+        raise PackageRejected("small_cell", f"{len(survivors)} arm(s) whose patients without the event number 1 … "
+                                            f"threshold-1 ({threshold}): {', '.join(survivors[:5])}")
     for name, c in payload["comparisons"].items():
         for arm in ("treated", "control"):
             ess, n = c[f"ess_{arm}"], c[f"n_{arm}"]

@@ -93,7 +93,8 @@ def exposure_intervals(statements: pd.DataFrame) -> pd.DataFrame:
     df = df.sort_values(["patient_id", "ingredient", "start", "statement_id"])
     # Rows of one (patient, ingredient) are adjacent after the sort, starts ascending: the next start is the
     # first later one of the same run (a loop over lists: a pandas group per patient cost most of build_facts).
-    keys = [(pid if isinstance(pid, str) else None, ing) for pid, ing in zip(df["patient_id"].tolist(), df["ingredient"].tolist(), strict=True)]
+    keys = [(pid if isinstance(pid, str) else None, ing)
+            for pid, ing in zip(df["patient_id"].tolist(), df["ingredient"].tolist(), strict=True)]
     starts = df["start"].tolist()
     next_start: list[date | None] = [None] * len(starts)
     run_end = len(starts)

@@ -375,12 +375,23 @@ def _set(path: str, value):
     return edit
 
 
+def _all_but_two_died(p: dict) -> None:
+    """The first arm with a published size of at least threshold + 2: its death count set to that size minus 2."""
+    for c in p["comparisons"].values():
+        n = c["n_control"]
+        if n is not None and n >= p["suppression"]["threshold"] + 2:
+            c["outcomes"]["death"]["events_control"] = n - 2
+            return
+    raise AssertionError("no arm large enough in the fixture package")
+
+
 CTX = "comparisons/tacrolimus_vs_CTX"
 SIGNED_EDITS = {  # what a site's signed package must not say, the rejection code and a word of its reason
     "a count under the threshold": (_set("cohort/groups/tacrolimus", 3), "small_cell", "cohort.groups.tacrolimus"),
     "an attrition count under the threshold": (_set("attrition/retrospective/excluded/age_under_18", 1), "small_cell", "age_under_18"),
     "an event count under the threshold": (_set(f"{CTX}/outcomes/death/events_control", 4), "small_cell", "events_control"),
     "a threshold under the consortium's": (_set("suppression/threshold", 2), "small_cell", "threshold"),
+    "all but two of an arm with the event": (_all_but_two_died, "small_cell", "without the event"),
     "an id in created_at": (_set("created_at", "pt-000123 2016-03-04"), "schema", "created_at"),
     "an id and a date in git_commit": (_set("software/git_commit", "pt-000123 born 1961-02-03"), "schema", "git_commit"),
     "an id in package_version": (_set("software/package_version", "pt-000123"), "schema", "package_version"),

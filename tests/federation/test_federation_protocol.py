@@ -38,7 +38,8 @@ def network(tmp_path: Path, policies: dict[str, SitePolicy] | None = None, diges
     exchange = LocalDirectoryExchange(tmp_path / "exchange")
     coordinator = Coordinator(exchange, SIGNERS[COORDINATOR], SITE_KEYS, DIGEST, tmp_path / "coordinator")
     sites = {s: SiteNode(s, exchange, SIGNERS[s], SIGNERS[COORDINATOR].key.public_key(), (digests or {}).get(s, DIGEST),
-                         site_tables(s), tmp_path / f"site-{s}", (policies or {}).get(s, SitePolicy())) for s in SITES}
+                         site_tables(s), tmp_path / f"site-{s}", (policies or {}).get(s, SitePolicy()),
+                         consortium_sites=SITES) for s in SITES}
     return exchange, coordinator, sites
 
 
@@ -491,6 +492,18 @@ def test_a_site_refuses_a_request_naming_fewer_than_two_sites(tmp_path):
     exchange.put(request_name("twice", 1), canonical_bytes(SIGNERS[COORDINATOR].sign(_request("twice", ["north", "north"]))))
     with pytest.raises(Exception, match="non-unique|unique"):   # the schema refuses a site named twice
         verify_document(exchange.get(request_name("twice", 1)), "round_request", {COORDINATOR: SIGNERS[COORDINATOR].key.public_key()})
+
+
+def test_a_site_refuses_a_request_naming_a_site_outside_the_key_list(tmp_path):
+    """A made-up second name would turn a one-site "pool" into two on paper: the site checks the names against
+    its own copy of the key list."""
+    exchange, _, sites = network(tmp_path)
+    exchange.put(request_name("puppet", 1), canonical_bytes(SIGNERS[COORDINATOR].sign(_request("puppet", ["central", "sockpuppet"]))))
+    exchange.put(request_name("real", 1), canonical_bytes(SIGNERS[COORDINATOR].sign(_request("real", ["central", "south"]))))
+    handled = {h.request: (h.outcome, h.code) for h in sites["central"].handle_pending()}
+    assert handled == {request_name("puppet", 1): ("refused", "unknown_site"), request_name("real", 1): ("answered", None)}
+    reply = parse(exchange.get(reply_name("puppet", 1, "central")))["payload"]
+    assert reply["refused"] == {"code": "unknown_site", "limit": None} and reply["answers"] == []
 
 
 def test_a_site_does_not_send_terms_for_a_fit_whose_own_estimate_its_package_withholds(tmp_path):
