@@ -318,8 +318,9 @@ CATALOG: dict[str, TableSpec] = {spec.name: spec for spec in (
         }),
     TableSpec(
         "safety_events", asset="cohort",
-        description="Adverse events during follow-up of either cohort: category, seriousness, suspected drug.",
-        check="Categories of the concept map, events within follow-up.",
+        description="Adverse events during follow-up of either cohort: category, seriousness, suspected drug. One row per "
+                    "event and category: an event coded in two categories has two rows with the same event_number.",
+        check="Categories of the concept map, events within follow-up, event numbers from 1.",
         columns={
             "patient_key": "Pseudonym",
             "cohort": "retrospective | prospective",
@@ -329,6 +330,8 @@ CATALOG: dict[str, TableSpec] = {spec.name: spec for spec in (
             "serious": "1 if seriousness is serious",
             "day": "Days from index (0 … follow-up)",
             "suspected_drug": "Concept of the suspected MedicationStatement(s)",
+            "event_number": "The event's number within the patient and cohort (1, 2, …, in order of day): rows with the same "
+                            "patient_key, cohort and event_number are one event",
         }),
     TableSpec(
         "drug_discontinuations", asset="cohort",

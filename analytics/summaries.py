@@ -80,7 +80,7 @@ def hrct_changes(cohort: pd.DataFrame, visits: pd.DataFrame) -> pd.DataFrame:
 
 def safety_summary(cohort_name: str, cohort: pd.DataFrame, events: pd.DataFrame, groups: tuple[str, str],
                    categories: list[str]) -> pd.DataFrame:
-    """Patients with at least one event per category and group, serious events (counted as events), and
+    """Patients with at least one event per category and group, serious events (counted as events, each once), and
     Fisher's exact test between the two groups on patients with vs without the event."""
     n = cohort["group"].value_counts()
     ev = events[events["cohort"] == cohort_name]
@@ -88,7 +88,8 @@ def safety_summary(cohort_name: str, cohort: pd.DataFrame, events: pd.DataFrame,
     for category in ["any", *categories]:
         e = ev if category == "any" else ev[ev["category"] == category]
         with_event = e.groupby("group")["patient_key"].nunique()
-        serious = e[e["serious"] == 1].groupby("group").size()
+        # One event coded in two categories has two rows: the "any" row counts it once.
+        serious = e[e["serious"] == 1].drop_duplicates(["patient_key", "event_number"]).groupby("group").size()
         table = np.array([[with_event.get(g, 0), n.get(g, 0) - with_event.get(g, 0)] for g in groups])
         p, odds = rtests.fisher(table) if table.sum() else (float("nan"), float("nan"))
         for g in groups:

@@ -128,6 +128,7 @@ def safety_events(frame: pd.DataFrame, categories: list[str]) -> Suite:
         e.ExpectColumnValuesToBeInSet(column="category", value_set=categories, severity=CRITICAL),
         e.ExpectColumnValuesToBeBetween(column="day", min_value=0, max_value=365, severity=CRITICAL),
         *_binary(e, "serious"),
+        e.ExpectColumnValuesToBeBetween(column="event_number", min_value=1, severity=CRITICAL),
     ]
     return Suite(frame, ex, ("patient_key", "day"))
 

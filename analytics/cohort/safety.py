@@ -2,14 +2,18 @@
 seriousness and suspected drug, and drugs stopped because of an adverse event."""
 from __future__ import annotations
 
+from collections import defaultdict
 from datetime import timedelta
+from typing import Any, Iterable
 
 import pandas as pd
 
 from .facts import StudyFacts
 
 # No FHIR resource ids in these tables: hospitals embed MRNs in them, and only patient_xref may hold FHIR ids.
-EVENT_COLUMNS = ["patient_id", "cohort", "group", "category", "serious", "day", "suspected_drug"]
+# An event coded in two categories has a row in each; ``event_number`` (1, 2, … within a patient and cohort) says
+# which rows are one event, so the "any" row of the safety summary counts it once.
+EVENT_COLUMNS = ["patient_id", "cohort", "group", "category", "serious", "day", "suspected_drug", "event_number"]
 DISCONTINUATION_COLUMNS = ["patient_id", "cohort", "group", "drug", "day"]
 
 
@@ -19,7 +23,7 @@ def _follow_up(cohort: pd.DataFrame) -> pd.DataFrame:
 
 
 def safety_events(facts: StudyFacts, cohort: pd.DataFrame, cohort_name: str) -> pd.DataFrame:
-    """Adverse events dated index … index + follow-up (the contract's safety window), one row each.
+    """Adverse events dated index … index + follow-up (the contract's safety window), one row per event and category.
 
     ``suspected_drug`` names the concept of each suspected MedicationStatement (';'-joined);
     a suspect given as a Medication, or a statement outside the concept map, is not named.
@@ -34,7 +38,31 @@ def safety_events(facts: StudyFacts, cohort: pd.DataFrame, cohort_name: str) -> 
                 for pid, ids in zip(ae["patient_id"], ae["suspect_statement_ids"], strict=True)]
     out = ae.assign(cohort=cohort_name, day=[(d - i).days for d, i in zip(ae["date"], ae["index_date"], strict=True)],
                     suspected_drug=suspects, serious=ae["serious"].astype(int))
+    out = out.assign(event_number=event_numbers(out["event_id"], out["patient_id"], out["day"], out["serious"],
+                                                out["suspected_drug"], out["category"]))
     return sort_events(out[EVENT_COLUMNS])
+
+
+def event_numbers(event_ids: Iterable[str], patients: Iterable[str], days: Iterable[int], serious: Iterable[int],
+                  suspects: Iterable[str | None], categories: Iterable[str]) -> list[int]:
+    """Each row's event numbered 1, 2, … within its patient, in the order of what the table shows of the event
+    (day, seriousness, suspected drug, its categories).
+
+    Numbered by content, not by FHIR id: the table holds no ids and must not depend on their format. Two events
+    showing the same content may take either number; their rows are the same either way."""
+    rows = list(zip(event_ids, patients, days, serious, suspects, categories, strict=True))
+    shown: dict[str, tuple[Any, ...]] = {}
+    cats: dict[str, list[str]] = defaultdict(list)
+    for event, patient, day, ser, suspect, category in rows:
+        shown.setdefault(event, (patient, int(day), int(ser), suspect or ""))
+        cats[event].append(category)
+    number: dict[str, int] = {}
+    previous, n = None, 0
+    for event in sorted(shown, key=lambda e: (*shown[e], tuple(sorted(cats[e])))):
+        patient = shown[event][0]
+        n = n + 1 if patient == previous else 1
+        number[event], previous = n, patient
+    return [number[row[0]] for row in rows]
 
 
 def sort_events(events: pd.DataFrame) -> pd.DataFrame:

@@ -252,10 +252,53 @@ def test_serious_events_are_counted_as_events_and_patients_once():
     events = pd.DataFrame({"patient_key": ["a", "a", "a", "c"], "cohort": "retrospective",
                            "group": ["tacrolimus", "tacrolimus", "tacrolimus", "conventional"],
                            "category": "infection", "serious": [1, 1, 0, 0], "day": [10, 20, 30, 40],
-                           "suspected_drug": None})
+                           "suspected_drug": None, "event_number": [1, 2, 3, 1]})
     table = safety_summary("retrospective", cohort, events, ("tacrolimus", "conventional"), ["infection"])
     row = table[(table["group"] == "tacrolimus") & (table["category"] == "infection")].iloc[0]
     assert (row["n_patients_with_event"], row["n_patients"], row["serious_events"]) == (1, 2, 2)
+
+
+def _two_category_event(rid: str, when: int, *, local_first: bool) -> dict:
+    ae = fb.adverse_event(rid, PID, "opportunistic-infection", day(when), serious=True)
+    second = {"system": LOCAL, "code": "infection"}
+    ae["event"]["coding"].insert(0 if local_first else 1, second)
+    return ae
+
+
+def _events_and_any_row(resources: list[dict]):
+    from analytics.cohort.retrospective import derive_retrospective
+    from analytics.summaries import safety_summary
+
+    facts = facts_of(reference_patient() + resources)
+    cohort = derive_retrospective(facts, RuleParams(data_cutoff=date(2025, 1, 1))).cohort
+    events = safety_events(facts, cohort, "retrospective")
+    keyed = events.rename(columns={"patient_id": "patient_key"})
+    summary = safety_summary("retrospective", cohort.rename(columns={"patient_id": "patient_key"}), keyed,
+                             ("tacrolimus", "conventional"), ["infection", "opportunistic-infection"])
+    rows = summary[summary["group"] == "tacrolimus"].set_index("category")
+    return events, {c: (int(rows.loc[c, "n_patients_with_event"]), int(rows.loc[c, "serious_events"])) for c in rows.index}
+
+
+def test_an_event_coded_in_two_categories_is_one_serious_event_in_the_any_row():
+    """One AdverseEvent whose `event` carries two categories of the concept map: a row in each category, the same
+    event_number, and the "any" row counts one serious event (serious_events counts events, contract §2)."""
+    events, counts = _events_and_any_row([_two_category_event(new_id("ae"), 40, local_first=False),
+                                             fb.adverse_event(new_id("ae"), PID, "infection", day(50), serious=True)])
+    assert events[["category", "day", "event_number"]].values.tolist() == [
+        ["infection", 40, 1], ["infection", 50, 2], ["opportunistic-infection", 40, 1]]
+    assert counts == {"any": (1, 2), "infection": (1, 2), "opportunistic-infection": (1, 1)}
+
+
+def test_event_numbers_depend_on_the_events_not_on_coding_order_or_ids():
+    """Numbered by day and content, so neither the order of the categories' codings nor the FHIR ids (which the
+    table does not hold) can move a row."""
+    first, _ = _events_and_any_row([_two_category_event("ae-a", 40, local_first=False),
+                                       fb.adverse_event("ae-b", PID, "hepatic", day(30), serious=False)])
+    second, _ = _events_and_any_row([fb.adverse_event("ae-a", PID, "hepatic", day(30), serious=False),
+                                        _two_category_event("ae-b", 40, local_first=True)])
+    assert first.equals(second)
+    assert first[["category", "day", "event_number"]].values.tolist() == [
+        ["hepatic", 30, 1], ["infection", 40, 2], ["opportunistic-infection", 40, 2]]
 
 
 def test_a_suspect_naming_another_patients_statement_is_not_named():
