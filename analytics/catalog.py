@@ -330,8 +330,8 @@ CATALOG: dict[str, TableSpec] = {spec.name: spec for spec in (
             "serious": "1 if seriousness is serious",
             "day": "Days from index (0 … follow-up)",
             "suspected_drug": "Concept of the suspected MedicationStatement(s)",
-            "event_number": "The event's number within the patient and cohort (1, 2, …, in order of day): rows with the same "
-                            "patient_key, cohort and event_number are one event",
+            "event_number": "The event's number within the patient and cohort (1, 2, …, by day, then non-serious first, then "
+                            "suspected drug, then categories): rows with the same patient_key, cohort and event_number are one event",
         }),
     TableSpec(
         "drug_discontinuations", asset="cohort",

@@ -82,14 +82,19 @@ def safety_summary(cohort_name: str, cohort: pd.DataFrame, events: pd.DataFrame,
                    categories: list[str]) -> pd.DataFrame:
     """Patients with at least one event per category and group, serious events (counted as events, each once), and
     Fisher's exact test between the two groups on patients with vs without the event."""
+    if "event_number" not in events.columns or events["event_number"].isna().any():
+        raise ValueError("safety_events has no event_number for some rows (a table written before it existed): "
+                         "materialize the cohort asset again")
     n = cohort["group"].value_counts()
     ev = events[events["cohort"] == cohort_name]
     rows: list[dict[str, Any]] = []
     for category in ["any", *categories]:
         e = ev if category == "any" else ev[ev["category"] == category]
         with_event = e.groupby("group")["patient_key"].nunique()
-        # One event coded in two categories has two rows: the "any" row counts it once.
-        serious = e[e["serious"] == 1].drop_duplicates(["patient_key", "event_number"]).groupby("group").size()
+        serious_rows = e[e["serious"] == 1]
+        if category == "any":  # an event coded in two categories has a row in each: counted once here
+            serious_rows = serious_rows.drop_duplicates(["cohort", "patient_key", "event_number"])
+        serious = serious_rows.groupby("group").size()
         table = np.array([[with_event.get(g, 0), n.get(g, 0) - with_event.get(g, 0)] for g in groups])
         p, odds = rtests.fisher(table) if table.sum() else (float("nan"), float("nan"))
         for g in groups:

@@ -128,9 +128,11 @@ def safety_events(frame: pd.DataFrame, categories: list[str]) -> Suite:
         e.ExpectColumnValuesToBeInSet(column="category", value_set=categories, severity=CRITICAL),
         e.ExpectColumnValuesToBeBetween(column="day", min_value=0, max_value=365, severity=CRITICAL),
         *_binary(e, "serious"),
+        e.ExpectColumnValuesToNotBeNull(column="event_number", severity=CRITICAL),
         e.ExpectColumnValuesToBeBetween(column="event_number", min_value=1, severity=CRITICAL),
+        e.ExpectCompoundColumnsToBeUnique(column_list=["patient_key", "cohort", "event_number", "category"], severity=CRITICAL),
     ]
-    return Suite(frame, ex, ("patient_key", "day"))
+    return Suite(frame, ex, ("patient_key", "cohort", "event_number", "day"))
 
 
 def iptw_weights(frame: pd.DataFrame) -> Suite:

@@ -36,17 +36,18 @@ def safety_events(facts: StudyFacts, cohort: pd.DataFrame, cohort_name: str) -> 
     ae = ae[(ae["date"] >= ae["index_date"]) & (ae["date"] <= ae["end"])]
     suspects = [";".join(sorted({drug_of[(pid, sid)] for sid in ids or () if (pid, sid) in drug_of})) or None
                 for pid, ids in zip(ae["patient_id"], ae["suspect_statement_ids"], strict=True)]
-    out = ae.assign(cohort=cohort_name, day=[(d - i).days for d, i in zip(ae["date"], ae["index_date"], strict=True)],
-                    suspected_drug=suspects, serious=ae["serious"].astype(int))
-    out = out.assign(event_number=event_numbers(out["event_id"], out["patient_id"], out["day"], out["serious"],
-                                                out["suspected_drug"], out["category"]))
+    # Typed series: a cohort without events must not turn the integer columns into floats when the cohorts are joined.
+    days = pd.Series([(d - i).days for d, i in zip(ae["date"], ae["index_date"], strict=True)], index=ae.index, dtype="int64")
+    out = ae.assign(cohort=cohort_name, day=days, suspected_drug=suspects, serious=ae["serious"].astype(int))
+    numbers = event_numbers(out["event_id"], out["patient_id"], out["day"], out["serious"], out["suspected_drug"], out["category"])
+    out = out.assign(event_number=pd.Series(numbers, index=out.index, dtype="int64"))
     return sort_events(out[EVENT_COLUMNS])
 
 
 def event_numbers(event_ids: Iterable[str], patients: Iterable[str], days: Iterable[int], serious: Iterable[int],
                   suspects: Iterable[str | None], categories: Iterable[str]) -> list[int]:
-    """Each row's event numbered 1, 2, … within its patient, in the order of what the table shows of the event
-    (day, seriousness, suspected drug, its categories).
+    """Each row's event numbered 1, 2, … within its patient, in the order of what the table shows of the event: day,
+    then non-serious before serious, then suspected drug (none first, then alphabetical), then its sorted categories.
 
     Numbered by content, not by FHIR id: the table holds no ids and must not depend on their format. Two events
     showing the same content may take either number; their rows are the same either way."""

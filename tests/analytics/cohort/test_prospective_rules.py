@@ -281,7 +281,7 @@ def _events_and_any_row(resources: list[dict]):
 
 def test_an_event_coded_in_two_categories_is_one_serious_event_in_the_any_row():
     """One AdverseEvent whose `event` carries two categories of the concept map: a row in each category, the same
-    event_number, and the "any" row counts one serious event (serious_events counts events, contract §2)."""
+    event_number, and the "any" row counts one serious event (serious_events counts events, contract §4)."""
     events, counts = _events_and_any_row([_two_category_event(new_id("ae"), 40, local_first=False),
                                              fb.adverse_event(new_id("ae"), PID, "infection", day(50), serious=True)])
     assert events[["category", "day", "event_number"]].values.tolist() == [
@@ -299,6 +299,42 @@ def test_event_numbers_depend_on_the_events_not_on_coding_order_or_ids():
     assert first.equals(second)
     assert first[["category", "day", "event_number"]].values.tolist() == [
         ["hepatic", 30, 1], ["infection", 40, 2], ["opportunistic-infection", 40, 2]]
+
+
+@pytest.mark.parametrize("ids", [("a-1", "z-9", "m-5"), ("z-9", "a-1", "m-5"), ("m-5", "z-9", "a-1")])
+def test_same_day_events_are_numbered_by_content_not_by_resource_id(ids):
+    """Three events on one day: serious before non-serious in the file, one an exact copy of another in content.
+    Whatever ids they carry, non-serious is numbered first and the rows are the same."""
+    events, counts = _events_and_any_row([fb.adverse_event(ids[0], PID, "hepatic", day(40), serious=True),
+                                          fb.adverse_event(ids[1], PID, "hepatic", day(40), serious=False),
+                                          fb.adverse_event(ids[2], PID, "hepatic", day(40), serious=True)])
+    assert events[["category", "serious", "day", "event_number"]].values.tolist() == [
+        ["hepatic", 0, 40, 1], ["hepatic", 1, 40, 2], ["hepatic", 1, 40, 3]]
+    assert counts["any"] == (1, 2)
+
+
+def test_event_numbers_stay_integers_when_the_other_cohort_has_no_events():
+    """The cohort step joins both cohorts' events: an empty cohort must not turn day and event_number into floats."""
+    from analytics.cohort.tables import derive_cohort_tables
+
+    facts = facts_of(reference_patient() + [_two_category_event(new_id("ae"), 40, local_first=True)])
+    events = derive_cohort_tables(facts, RuleParams(data_cutoff=date(2025, 1, 1))).tables["safety_events"]
+    assert events[["cohort", "day", "event_number"]].values.tolist() == [["retrospective", 40, 1], ["retrospective", 40, 1]]
+    assert str(events["day"].dtype) == "int64" and str(events["event_number"].dtype) == "int64"
+
+
+def test_a_safety_events_table_without_event_numbers_is_refused_not_miscounted():
+    """A table written before event_number existed (or with a hole in it) would count events wrongly: a clear error."""
+    import pandas as pd
+
+    from analytics.summaries import safety_summary
+
+    cohort = pd.DataFrame({"patient_key": ["a"], "group": ["tacrolimus"]})
+    old = pd.DataFrame({"patient_key": ["a"], "cohort": "retrospective", "group": ["tacrolimus"], "category": "infection",
+                        "serious": [0], "day": [10], "suspected_drug": None})
+    for events in (old, old.assign(event_number=[None])):
+        with pytest.raises(ValueError, match="materialize the cohort asset again"):
+            safety_summary("retrospective", cohort, events, ("tacrolimus", "conventional"), ["infection"])
 
 
 def test_a_suspect_naming_another_patients_statement_is_not_named():
