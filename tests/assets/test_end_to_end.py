@@ -214,10 +214,12 @@ def test_the_operators_command_materializes_everything(sandbox, small_hospital, 
     truth = [t for t in small_hospital.truth if t["retro_reason"] is None]
     assert len(Warehouse(url).read_table("cohort")) == len(truth)
     assert (tmp_path / "reports" / "study_report.html").stat().st_size > 0  # '*' includes the study report
-    # No FHIR patient id reaches Dagster's storage (event log, run storage, compute logs) or the console:
-    # every Patient id of the hospital is a canary, searched for in every file under DAGSTER_HOME.
-    canaries = [t["fhir_patient_id"].encode() for t in small_hospital.truth]
-    assert len(canaries) > 100
+    # No FHIR patient id or resource body reaches Dagster's storage (event log, run storage, compute logs) or the
+    # console: every Patient id of the hospital is a canary, and so are two keys only a resource's JSON holds,
+    # searched for in every file under DAGSTER_HOME (whose event log stores its events as plain JSON text).
+    canaries = [t["fhir_patient_id"].encode() for t in small_hospital.truth] + [b'"resourceType"', b'"birthDate"']
+    assert len(canaries) > 100 and min(map(len, canaries)) >= 8
+    assert any(b'"user_message"' in path.read_bytes() for path in home.rglob("*.db"))
     leaks = {str(path.relative_to(home)): [c.decode() for c in canaries if c in path.read_bytes()][:3]
              for path in home.rglob("*") if path.is_file()}
     leaks = {path: ids for path, ids in leaks.items() if ids}
