@@ -3,6 +3,7 @@ write or the reasons to quarantine it. Runs in worker processes, so it imports n
 """
 from __future__ import annotations
 
+import hashlib
 import json
 from dataclasses import dataclass
 from datetime import date
@@ -14,15 +15,17 @@ from etl.fhir.ndjson import Block, Line
 from etl.fhir.plausibility import plausibility_errors
 from etl.fhir.validation import validation_errors
 from etl.fhir.wire import oversize_error, wire_errors
-from etl.records import content_hash
+from etl.records import canonical_json, content_hash
 
 
-def check_resource(resource: Any, expected_type: str, text: bytes | None = None, today: date | None = None) -> list[str]:
+def check_resource(resource: Any, expected_type: str, text: bytes | None = None, today: date | None = None,
+                   canonical: bytes | None = None) -> list[str]:
     """Structural R4 errors first; plausibility only for a structurally valid resource. With ``text`` (the JSON
-    the resource arrived as, from NDJSON, Bulk or a REST page) the text itself is checked too (``etl.wire``).
+    the resource arrived as, from NDJSON, Bulk or a REST page) the text itself is checked too (``etl.wire``);
+    ``canonical`` (``canonical_json(resource)``, which a valid resource's hash needs anyway) makes that cheaper.
     Nothing a resource holds can make this raise: a nesting too deep for Python's stack is a quarantine reason."""
     try:
-        errors = wire_errors(text, resource) if text is not None else []
+        errors = wire_errors(text, resource, canonical) if text is not None else []
         errors = errors or validation_errors(resource, expected_type, text)
         return errors or plausibility_errors(resource, today, text)
     except RecursionError:
@@ -84,12 +87,16 @@ def check_text(source: str, text: bytes, type_hint: str | None, known: tuple[str
                 out.append(Checked(source, parts[-2], b"", (), (parts[-1], None)))
         return out
     expected = type_hint or (actual if isinstance(actual, str) else None) or "Unknown"
-    errors = tuple(check_resource(resource, expected, text, today))
+    try:  # written once: the duplicate-key check counts its keys, and a valid resource's content hash is taken of it
+        canonical = canonical_json(resource)
+    except TypeError:  # too deep for orjson, or a lone surrogate: the checks take their slower paths
+        canonical = None
+    errors = tuple(check_resource(resource, expected, text, today, canonical))
     if errors:
         return [Checked(source, expected, text, errors)]
     meta = resource.get("meta") or {}
-    return [(expected, resource["id"], meta.get("versionId"), meta.get("lastUpdated"), source, text.decode(),
-             content_hash(resource))]
+    digest = hashlib.sha256(canonical).hexdigest() if canonical is not None else content_hash(resource)
+    return [(expected, resource["id"], meta.get("versionId"), meta.get("lastUpdated"), source, text.decode(), digest)]
 
 
 def check_line(line: Line, today: date | None = None) -> list[Result]:
