@@ -12,8 +12,14 @@ from typing import Any, NamedTuple
 import orjson
 
 
+def canonical_json(resource: Any) -> bytes:
+    """The form the content hash is taken of (sorted keys, compact), so that key order and whitespace are not changes.
+    Raises TypeError for what orjson cannot write (nesting over 255 levels, a lone surrogate)."""
+    return orjson.dumps(resource, option=orjson.OPT_SORT_KEYS)
+
+
 def content_hash(resource: Any) -> str:
-    return hashlib.sha256(orjson.dumps(resource, option=orjson.OPT_SORT_KEYS)).hexdigest()
+    return hashlib.sha256(canonical_json(resource)).hexdigest()
 
 
 class RawRow(NamedTuple):

@@ -38,7 +38,10 @@ def _any_of(keys: set[str]) -> bytes:
 # The text-level screen for the scan below (``_clear_in_text``), one regular expression so that the text is read
 # once: the string value of every date key (and of any "start"/"end"), every object-valued period key, every
 # negative "value". (bytes.find per key, or one expression per rule, cost as much as the scan.)
-_SCREEN = re.compile(rb'"(?:(?:' + _any_of(DATE_KEYS | {"start", "end"}) + rb')"\s*:\s*"([^"]*)"|(?:'
+# The lookahead on the letters those keys begin with lets most quotes fail at once (7.3 -> 5.3 us a resource).
+_SCREENED = DATE_KEYS | PERIOD_KEYS | {"start", "end", "value"}
+_SCREEN = re.compile(rb'"(?=[' + "".join(sorted({key[0] for key in _SCREENED})).encode() + rb'])(?:(?:'
+                     + _any_of(DATE_KEYS | {"start", "end"}) + rb')"\s*:\s*"([^"]*)"|(?:'
                      + _any_of(PERIOD_KEYS) + rb')"\s*:\s*(\{)|value"\s*:\s*(-))')
 _PATIENT_REFERENCE = re.compile(r"Patient/([A-Za-z0-9\-.]{1,64})(?:/_history/[A-Za-z0-9\-.]{1,64})?")
 
@@ -94,6 +97,8 @@ def _clear_in_text(resource: dict[str, Any], text: bytes, limit: str) -> bool:
             objects += 1
         elif not value.isascii() or value[:10] > high or value[:10] < low:
             return False
+    if not objects:  # no period key holds an object anywhere in the text, so none does in the resource
+        return True
     top = [value for key in PERIOD_KEYS if isinstance(value := resource.get(key), dict)]
     if objects != len(top):
         return False
@@ -178,8 +183,14 @@ RULES: tuple[Callable[[dict[str, Any], date], list[str]], ...] = (dates_periods_
 
 
 def plausibility_errors(resource: dict[str, Any], today: date | None = None, text: bytes | None = None) -> list[str]:
-    """``text``: the JSON ``resource`` was parsed from, when there is one; only the first rule (the scan) can use
-    it (see ``dates_periods_measurements``), so it is called on its own."""
+    """Every rule of ``RULES``, in order. ``text``: the JSON ``resource`` was parsed from, when there is one; only the
+    first rule (the scan) can use it (see ``dates_periods_measurements``)."""
     today = today or date.today()
-    return [*dates_periods_measurements(resource, today, text),
-            *(reason for rule in RULES[1:] for reason in rule(resource, today))]
+    out = dates_periods_measurements(resource, today, text)
+    out += subject_reference(resource, today)
+    # RULES' other two, called only where they can find something (the loop over RULES cost about 2 us a resource):
+    if resource.get("resourceType") == "MedicationStatement":  # doses reads nothing else
+        out += doses(resource, today)
+    if "valueQuantity" in resource or "deceasedDateTime" in resource:  # life_and_body needs one of these
+        out += life_and_body(resource, today)
+    return out

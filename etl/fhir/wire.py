@@ -57,11 +57,26 @@ def oversize_error(n_bytes: int) -> str | None:
     return None
 
 
-def wire_errors(text: bytes, parsed: Any) -> list[str]:
-    """Why the JSON ``text`` (already parsed into ``parsed``) must not be loaded; empty when it may."""
+def _clear_without_escapes(text: bytes, canonical: bytes) -> bool:
+    """True when ``text``, which holds no backslash, has no repeated key. Without a backslash no string can hold a
+    quote or a control character, so every '"' followed by ':' (whitespace between allowed) closes a key, and in
+    ``canonical`` (the parsed object written compact, as for the content hash, which the worker makes anyway)
+    each '":' is one key of the parsed object: equal counts mean no object lost a repeated key in parsing.
+    Two byte counts instead of writing the object out again and comparing (about 5 us a resource)."""
+    spaced = b'" ' in text or b'"\n' in text or b'"\t' in text or b'"\r' in text
+    keys = len(_KEY.findall(text)) if spaced else text.count(b'":')
+    return keys == canonical.count(b'":')
+
+
+def wire_errors(text: bytes, parsed: Any, canonical: bytes | None = None) -> list[str]:
+    """Why the JSON ``text`` (already parsed into ``parsed``) must not be loaded; empty when it may.
+    ``canonical``: ``etl.records.canonical_json(parsed)`` when the caller has it; it makes the common text (no
+    backslash) cheap to clear."""
     too_big = oversize_error(len(text))
     if too_big:
         return [too_big]
+    if canonical is not None and b"\\" not in text and _clear_without_escapes(text, canonical):
+        return []  # no backslash: no escaped control character either
     errors = []
     if b"\\u00" in text and _CONTROL.search(text):
         errors.append("a string holds a control character (such as U+0000), which FHIR strings forbid")

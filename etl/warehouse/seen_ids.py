@@ -21,7 +21,7 @@ class SeenIds:
     """The ids a full pass saw, spilled to a scratch table in batches so memory stays flat however
     many resources the server holds; deletes are then found in SQL (``ids_missing_from``)."""
 
-    def __init__(self, warehouse: "Warehouse", resource_type: str, batch_size: int = 5000) -> None:
+    def __init__(self, warehouse: "Warehouse", resource_type: str, batch_size: int = 20_000) -> None:
         self.warehouse, self.resource_type, self.batch_size = warehouse, resource_type, batch_size
         self.started = datetime.now(timezone.utc)
         self._buffer: list[tuple[str, str]] = []
@@ -32,6 +32,13 @@ class SeenIds:
 
     def add(self, resource_id: str) -> None:
         self._buffer.append((self.resource_type, resource_id))
+        if len(self._buffer) >= self.batch_size:
+            self.flush()
+
+    def extend(self, resource_ids: list[str]) -> None:
+        """``add`` of each (a worker's run of valid rows at once)."""
+        rtype = self.resource_type
+        self._buffer.extend([(rtype, rid) for rid in resource_ids])
         if len(self._buffer) >= self.batch_size:
             self.flush()
 

@@ -203,7 +203,7 @@ class Warehouse(Bookkeeping, DerivedTables, ResourcesByPatient):
             stored = self._stored(conn, raw, ids)
             changed: list[tuple[RawRow, str]] = []
             for rid, row in latest.items():
-                digest = row.content_digest()
+                digest = row.digest if row.digest is not None else row.content_digest()
                 old = stored.get(rid)
                 if old is not None and old.digest != digest and _same_version(row, old.version_id, old.last_updated):
                     quarantined.append(_conflict(resource_type, row))
@@ -241,7 +241,8 @@ class Warehouse(Bookkeeping, DerivedTables, ResourcesByPatient):
                 self._delete_current(conn, raw, gone)
             stamp = driver_time(self.engine, now)
             if changed:
-                texts = [r.json_text() for r, _ in changed]
+                # the text without a call per row when a worker sent it (the loading process limits the step)
+                texts = [r.text if r.text is not None else r.json_text() for r, _ in changed]
                 self.insert_rows(conn, raw, RAW_COLUMNS,
                                   [(r.id, r.version_id, r.last_updated, d, t, r.source, stamp)
                                    for (r, d), t in zip(changed, texts, strict=True)])

@@ -64,6 +64,11 @@ def _load() -> tuple[Any, frozenset[str]]:
     return _compiled
 
 
+def warm_validator() -> None:
+    """Load and compile the schema now (a process about to fork its validation workers shares it with them)."""
+    _load()
+
+
 def _depth_at_most(node: Any, limit: int) -> bool:
     stack = [(node, 1)]
     while stack:

@@ -15,7 +15,7 @@ from typing import Any, Iterator
 
 import orjson
 
-from etl.fhir.plausibility import _clear_in_text, _limit, plausibility_errors
+from etl.fhir.plausibility import RULES, _clear_in_text, _limit, plausibility_errors
 from synthetic.hospital import generate_hospital
 from tests.conftest import SMALL_HOSPITAL
 
@@ -63,6 +63,8 @@ def _mutate(resource: dict[str, Any], rng: random.Random) -> dict[str, Any]:
 
 def _agree(resource: dict[str, Any]) -> None:
     exact = plausibility_errors(resource, TODAY)
+    # every rule, called on every resource in order: plausibility_errors skips rules that cannot find anything
+    assert exact == [reason for rule in RULES for reason in rule(resource, TODAY)]
     for text in _texts(resource):
         assert plausibility_errors(resource, TODAY, text) == exact, (text, exact)
 

@@ -24,6 +24,18 @@ def test_a_checked_block_names_file_and_line_of_each_bad_line(tmp_path):
     path.write_bytes(b'{"resourceType": "Patient", "id": "a"}\n\nnot json\n')
     [block] = list(file_blocks(path, "Patient"))
     valid, bad = check_block(block)
-    # A valid line crosses back as a plain tuple (type, id, versionId, lastUpdated, source, text, digest)
-    assert isinstance(valid, tuple) and valid[:2] == ("Patient", "a") and valid[4] == f"{path}:1"
+    # Valid lines cross back as a run of plain tuples in RawRow's order (id, versionId, lastUpdated, None, source, ...)
+    assert valid.resource_type == "Patient" and len(valid.rows) == 1
+    assert valid.rows[0][:5] == ("a", None, None, None, f"{path}:1")
     assert bad.source == f"{path}:3" and bad.errors[0].startswith("invalid JSON")
+
+
+def test_a_run_keeps_the_order_of_valid_and_bad_lines(tmp_path):
+    """A bad line ends a run: the loading process takes rows and quarantine rows in the order of the file."""
+    path = tmp_path / "Patient.ndjson"
+    path.write_bytes(b'{"resourceType": "Patient", "id": "a"}\n{"resourceType": "Patient", "id": "b"}\nnot json\n'
+                     b'{"resourceType": "Patient", "id": "c"}\n')
+    [block] = list(file_blocks(path, "Patient"))
+    first, bad, second = check_block(block)
+    assert [row[0] for row in first.rows] == ["a", "b"] and [row[0] for row in second.rows] == ["c"]
+    assert bad.source == f"{path}:3"
