@@ -37,6 +37,7 @@ def raw_expectations(resource_type: str, wh: Warehouse, study: StudyResource, ba
 def _flat_batches(resource_type: str, wh: Warehouse, study: StudyResource, batch_rows: int) -> Iterator[pd.DataFrame]:
     """The type's flattened, pseudonymised rows in frames of about ``batch_rows`` (always at least one frame)."""
     flatten, pseudonyms = TYPES[resource_type].flatten, Pseudonyms(study.pseudonym_key)
+    needed = suites.RAW_RESOURCES.get(resource_type)
     chunks = wh.raw_resource_batches(resource_type, min(READ_SIZE, batch_rows))
     pending: list[pd.DataFrame] = []
     held, emitted = 0, False
@@ -45,6 +46,8 @@ def _flat_batches(resource_type: str, wh: Warehouse, study: StudyResource, batch
             resources = next(chunks, None)
             if resources is None:
                 break
+            if needed is not None:
+                resources = [r for r in resources if needed(r)]
             frame = _pseudonymised(flatten(resources), pseudonyms)  # type: ignore[operator]
         pending.append(frame)
         held += len(frame)

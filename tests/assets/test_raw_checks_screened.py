@@ -1,6 +1,7 @@
-"""The raw checks give GX only the rows that might fail (``expectations.screen``) and skip batches with none: on a
-messy hospital with failures in several batches, every verdict, severity, count, example and example order is
-the one GX gives when it sees every row of every batch (the path before the screen), and rows are named by
+"""The raw checks flatten only the resources a suite can look at (``suites.RAW_RESOURCES``), give GX only the rows
+that might fail (``expectations.screen``) and skip batches with none: on a messy hospital with failures in
+several batches, every verdict, severity, count, example and example order is the one GX gives when every
+resource is flattened and every row of every batch validated (the path before), and rows are named by
 pseudonym only."""
 from __future__ import annotations
 
@@ -18,7 +19,7 @@ from assets.fhir.checks import raw_expectations
 from assets.resources import StudyResource
 from etl.ingest.ndjson_dir import sync_ndjson_directory
 from etl.warehouse import Warehouse
-from expectations import runner
+from expectations import runner, suites
 from expectations.runner import CRITICAL, WARNING, _validate, run_suite_batches
 from expectations.screen import suspects
 
@@ -75,6 +76,7 @@ def _hospital() -> tuple[list[dict], dict[str, dict]]:
         _observation(21, subject={"reference": "https://elsewhere.example.org/fhir/Patient/p-021"}),
         _observation(22, valueQuantity=None, valueString="high"),
         _observation(23, valueQuantity={"value": 4, "unit": "mmol/L", "system": "http://unitsofmeasure.org", "code": "mmol/L"}),
+        _observation(24, valueQuantity={"unit": "mmol/L", "system": "http://unitsofmeasure.org", "code": "mmol/L"}),
         *(_statement(i) for i in range(10)), _statement(10, effectiveDateTime=None),
         _statement(11, subject={"reference": "https://elsewhere.example.org/fhir/Patient/p-011"}),
         _statement(12), _statement(13), _statement(14),
@@ -115,6 +117,7 @@ def test_screened_checks_equal_gx_on_every_row_and_name_patients_by_pseudonym(an
     study = StudyResource(pseudonym_key=KEY)
     screened = {t: _outcome(raw_expectations(t, any_warehouse, study, batch_rows=batch_rows)) for t in TYPES}
     monkeypatch.setattr(runner, "suspects", _unscreened)
+    monkeypatch.setattr(suites, "RAW_RESOURCES", {})  # and every resource is flattened
     every_row = {t: _outcome(raw_expectations(t, any_warehouse, study, batch_rows=batch_rows)) for t in TYPES}
     assert screened == every_row
 
