@@ -6,8 +6,6 @@ own: each step is a fresh process that imports Dagster and Great Expectations, a
 Both kinds are blocking: a failure stops the study tables downstream. A check can still be run alone
 (select it without its asset): the ingestion step then evaluates it without pulling anything.
 """
-import gc
-from contextlib import contextmanager
 from typing import Callable, Iterator
 
 import dagster as dg
@@ -18,12 +16,14 @@ from etl.fhir.types import RESOURCE_TYPES, TYPES
 from etl.warehouse import Warehouse, raw_table_name
 from expectations import suites
 
+from ..collector import collector_paused
 from ..gx import run_check_batches
 from ..resources import StudyResource
 
 # Rows of a raw table validated at once. The table is read through a streaming cursor READ_SIZE resources at a
 # time and flattened as it comes, so memory holds one batch of flat rows, not the raw table: a hospital's
-# Observation table has millions. Each batch costs one GX validation run (a fraction of a second).
+# Observation table has millions. GX validates only a batch's rows that might fail (``expectations.screen``), and
+# a batch with none costs no GX run at all.
 BATCH_ROWS = 20_000
 READ_SIZE = 5_000
 
@@ -35,14 +35,15 @@ def raw_expectations(resource_type: str, wh: Warehouse, study: StudyResource, ba
 
 
 def _flat_batches(resource_type: str, wh: Warehouse, study: StudyResource, batch_rows: int) -> Iterator[pd.DataFrame]:
-    """The type's flattened, pseudonymised rows in frames of about ``batch_rows`` (always at least one frame)."""
+    """The type's flattened, pseudonymised rows in frames of about ``batch_rows`` (always at least one frame): the
+    rows of the resources its suite can look at (``suites.RAW_RESOURCES``), the others are not flattened."""
     flatten, pseudonyms = TYPES[resource_type].flatten, Pseudonyms(study.pseudonym_key)
     needed = suites.RAW_RESOURCES.get(resource_type)
     chunks = wh.raw_resource_batches(resource_type, min(READ_SIZE, batch_rows))
     pending: list[pd.DataFrame] = []
     held, emitted = 0, False
     while True:
-        with _collector_paused():
+        with collector_paused():
             resources = next(chunks, None)
             if resources is None:
                 break
@@ -56,23 +57,6 @@ def _flat_batches(resource_type: str, wh: Warehouse, study: StudyResource, batch
             pending, held, emitted = [], 0, True
     if pending or not emitted:
         yield pd.concat(pending, ignore_index=True) if pending else _pseudonymised(flatten([]), pseudonyms)  # type: ignore[operator]
-
-
-@contextmanager
-def _collector_paused() -> Iterator[None]:
-    """Parse and flatten one chunk without Python's cycle collector.
-
-    A chunk allocates a few hundred thousand objects, and each allocation burst makes the collector walk every
-    object the process holds (Great Expectations and Dagster: hundreds of thousands) again: that was a third of
-    the checks' CPU. Parsed JSON and flat rows hold no reference cycles, so reference counting frees them as
-    before; whatever else the chunk leaves in cycles is collected once the collector runs again, after the chunk."""
-    enabled = gc.isenabled()
-    gc.disable()
-    try:
-        yield
-    finally:
-        if enabled:
-            gc.enable()
 
 
 def _pseudonymised(frame: pd.DataFrame, pseudonyms: Pseudonyms) -> pd.DataFrame:
