@@ -13,7 +13,7 @@ from typing import Any, Iterable, Sequence
 
 import pandas as pd
 
-from .screen import suspects
+from .screen import UNIQUE, suspects
 
 CRITICAL, WARNING = "critical", "warning"
 
@@ -112,7 +112,6 @@ def _validate(name: str, frames: Iterable[pd.DataFrame], expectations: Sequence[
     return SuiteOutcome(suite=name, evaluated=len(totals or []), failures=failures)
 
 
-UNIQUE = "expect_column_values_to_be_unique"
 ROW_SETS = {"expect_compound_columns_to_be_unique"}  # a verdict over all rows together, not batch by batch
 MAX_EXAMPLES = 20
 
