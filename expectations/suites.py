@@ -16,6 +16,7 @@ import pandas as pd
 
 from analytics.cohort.concepts import ConceptMap
 from analytics.cohort.prospective import VISITS
+from etl.fhir.flatten import has_quantity_value
 
 from .runner import CRITICAL, WARNING
 
@@ -219,6 +220,9 @@ RAW_SUITES: dict[str, Callable[[pd.DataFrame, ConceptMap], Suite]] = {
     "Patient": raw_patient, "MedicationStatement": raw_medicationstatement, "Observation": raw_observation,
     "Condition": raw_condition,
 }
+# The resources whose rows a raw suite can look at, where that is fewer than all: the check flattens only these
+# (most of a hospital's Observations are not quantities). A type absent here gives its suite every resource.
+RAW_RESOURCES: dict[str, Callable[[dict[str, Any]], bool]] = {"Observation": has_quantity_value}
 
 
 @dataclass(frozen=True)

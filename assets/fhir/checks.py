@@ -11,17 +11,19 @@ from typing import Callable, Iterator
 import dagster as dg
 import pandas as pd
 
-from analytics.pseudonym import patient_key
+from analytics.pseudonym import Pseudonyms
 from etl.fhir.types import RESOURCE_TYPES, TYPES
 from etl.warehouse import Warehouse, raw_table_name
 from expectations import suites
 
+from ..collector import collector_paused
 from ..gx import run_check_batches
 from ..resources import StudyResource
 
 # Rows of a raw table validated at once. The table is read through a streaming cursor READ_SIZE resources at a
 # time and flattened as it comes, so memory holds one batch of flat rows, not the raw table: a hospital's
-# Observation table has millions. Each batch costs one GX validation run (a fraction of a second).
+# Observation table has millions. GX validates only a batch's rows that might fail (``expectations.screen``), and
+# a batch with none costs no GX run at all.
 BATCH_ROWS = 20_000
 READ_SIZE = 5_000
 
@@ -33,27 +35,35 @@ def raw_expectations(resource_type: str, wh: Warehouse, study: StudyResource, ba
 
 
 def _flat_batches(resource_type: str, wh: Warehouse, study: StudyResource, batch_rows: int) -> Iterator[pd.DataFrame]:
-    """The type's flattened, pseudonymised rows in frames of about ``batch_rows`` (always at least one frame)."""
-    flatten = TYPES[resource_type].flatten
+    """The type's flattened, pseudonymised rows in frames of about ``batch_rows`` (always at least one frame): the
+    rows of the resources its suite can look at (``suites.RAW_RESOURCES``), the others are not flattened."""
+    flatten, pseudonyms = TYPES[resource_type].flatten, Pseudonyms(study.pseudonym_key)
+    needed = suites.RAW_RESOURCES.get(resource_type)
+    chunks = wh.raw_resource_batches(resource_type, min(READ_SIZE, batch_rows))
     pending: list[pd.DataFrame] = []
     held, emitted = 0, False
-    for resources in wh.raw_resource_batches(resource_type, min(READ_SIZE, batch_rows)):
-        frame = _pseudonymised(flatten(resources), study)  # type: ignore[operator]
+    while True:
+        with collector_paused():
+            resources = next(chunks, None)
+            if resources is None:
+                break
+            if needed is not None:
+                resources = [r for r in resources if needed(r)]
+            frame = _pseudonymised(flatten(resources), pseudonyms)  # type: ignore[operator]
         pending.append(frame)
         held += len(frame)
         if held >= batch_rows:
             yield pd.concat(pending, ignore_index=True)
             pending, held, emitted = [], 0, True
     if pending or not emitted:
-        yield pd.concat(pending, ignore_index=True) if pending else _pseudonymised(flatten([]), study)  # type: ignore[operator]
+        yield pd.concat(pending, ignore_index=True) if pending else _pseudonymised(flatten([]), pseudonyms)  # type: ignore[operator]
 
 
-def _pseudonymised(frame: pd.DataFrame, study: StudyResource) -> pd.DataFrame:
+def _pseudonymised(frame: pd.DataFrame, pseudonyms: Pseudonyms) -> pd.DataFrame:
     # Dagster's event log is read by every engineer: failing rows are named by pseudonym, never by FHIR id
     # (patient_xref, a restricted table, maps a pseudonym back). GX quotes the checked column's values too,
     # so the id column itself is replaced; a missing subject stays missing.
-    return frame.assign(patient_id=[patient_key(p, study.pseudonym_key) if isinstance(p, str) else None
-                                    for p in frame["patient_id"]])
+    return frame.assign(patient_id=[pseudonyms(p) if isinstance(p, str) else None for p in frame["patient_id"]])
 
 
 def count_matches_server(resource_type: str, wh: Warehouse, study: StudyResource) -> dg.AssetCheckResult:

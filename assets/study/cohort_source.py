@@ -17,12 +17,10 @@ No Dagster here: the asset (``cohort.py``) calls ``derive_in_chunks``.
 """
 from __future__ import annotations
 
-import gc
 import multiprocessing
 import os
 import time
 from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor
-from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterator, Sequence
@@ -45,6 +43,8 @@ from analytics.cohort.tables import (
 from etl.fhir.references import reference_id
 from etl.fhir.types import SUBJECT_FIELD, TYPES, flatten_all
 from etl.warehouse import Warehouse
+
+from ..collector import collector_paused
 
 CHUNK_PATIENTS = 1000
 POOL_FROM_CHUNKS = 4  # fewer chunks run in this process: a pool is not worth its start
@@ -84,22 +84,6 @@ def _codings(text: Any) -> tuple[tuple[Any, Any], ...]:
     if not isinstance(text, str) or not text.startswith("["):
         return ()
     return tuple((c.get("system"), c.get("code")) for c in orjson.loads(text) if isinstance(c, dict))
-
-
-@contextmanager
-def collector_paused() -> Iterator[None]:
-    """Python's cyclic garbage collector off while the index or a chunk is built. Both allocate hundreds of
-    thousands of objects, which triggers full collections, and each walks every live object: the whole
-    hospital's index in this process, Dagster's imports in a worker. On the 10,000-patient hospital that made
-    reading a chunk 2.4 times and its rules 1.5 times dearer. Objects are still freed by reference counting;
-    the few cycles a chunk leaves wait for the first collection after it (memory stays one chunk's)."""
-    enabled = gc.isenabled()
-    gc.disable()
-    try:
-        yield
-    finally:
-        if enabled:
-            gc.enable()
 
 
 def index_hospital(wh: Warehouse, concepts: ConceptMap, base: str | None) -> HospitalIndex:

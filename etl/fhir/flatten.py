@@ -152,6 +152,12 @@ def _value_columns(obj: Resource) -> dict[str, Any]:
             "value_codings": coding_set(obj.get("valueCodeableConcept"))}
 
 
+def has_quantity_value(resource: Resource) -> bool:
+    """Whether ``observations`` gives the resource a ``value_quantity``: for a reader that needs only those rows
+    and need not flatten the rest."""
+    return (resource.get("valueQuantity") or {}).get("value") is not None
+
+
 def observations(resources: Iterable[Resource], base: str | None = None) -> pd.DataFrame:
     def rows(r: Resource) -> Iterable[dict[str, Any]]:
         when = clinical_date(r.get("effectiveDateTime")) or clinical_date((r.get("effectivePeriod") or {}).get("start"))

@@ -10,6 +10,7 @@ from etl.fhir.flatten import (
     clinical_date,
     conditions,
     first_dosage,
+    has_quantity_value,
     medication_statements,
     observations,
     quantity_unit,
@@ -102,3 +103,17 @@ def test_first_dosage_follows_sequence_not_array_position():
     assert first_dosage([later, first]) is first
     assert first_dosage([{"text": "a"}, {"text": "b"}]) == {"text": "a"}  # no sequence: the array order is all there is
     assert first_dosage(None) == {}
+
+
+@pytest.mark.parametrize("value, expected", [
+    ({"valueQuantity": {"value": 0, "unit": "mg/L"}}, True),
+    ({"valueQuantity": {"value": -2.5}}, True),
+    ({"valueQuantity": {"unit": "mg/L", "code": "mg/L"}}, False),   # a quantity with no number
+    ({"valueString": "high"}, False),
+    ({"valueCodeableConcept": {"coding": [{"system": "http://snomed.info/sct", "code": "1"}]}}, False),
+    ({"component": [{"code": {"coding": [{"code": "x"}]}, "valueQuantity": {"value": 1}}]}, False),  # a component's only
+])
+def test_has_quantity_value_says_whether_observations_gives_a_value_quantity(value, expected):
+    resource = {"resourceType": "Observation", "id": "o1", "status": "final", "code": {"coding": [{"code": "c"}]}, **value}
+    assert has_quantity_value(resource) is expected
+    assert observations([resource])["value_quantity"].notna().any() == expected
