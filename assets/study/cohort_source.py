@@ -303,9 +303,9 @@ def derive_in_chunks(wh: Warehouse, concepts: ConceptMap, params: RuleParams, ba
             for part, seconds in cpu.items():
                 timings[f"{part}_cpu_s"] += seconds
             timings["worker_peak_rss_mb"] = max(timings["worker_peak_rss_mb"], peak)
-            timings[f"{phase}_s"] = time.perf_counter() - started
+            if phase == "candidates":
+                timings["candidates_s"] = time.perf_counter() - started
         timings["chunks_s"] = time.perf_counter() - started
-        timings.pop("others_s", None)
     finally:
         if pool:
             pool.shutdown()
