@@ -68,14 +68,21 @@ class ConceptMap:
     # codings in every chunk of patients, and walking every rule for each was a tenth of building the facts.
     _matches: dict[tuple[str, str | None, str | None], tuple[tuple[str, CodeRule], ...]] = field(
         default_factory=dict, init=False, compare=False, repr=False)
+    # (domain, system) -> that system's (concept, rule) pairs, in the map's order: a hospital's local codes (a new
+    # code in every few resources) miss the cache above, and each miss walked every rule of the domain.
+    _by_system: dict[tuple[str, str | None], tuple[tuple[str, CodeRule], ...]] = field(
+        default_factory=dict, init=False, compare=False, repr=False)
 
     def matching_rules(self, domain: str, system: str | None, code: str | None) -> tuple[tuple[str, CodeRule], ...]:
         """(concept, rule) for every rule of ``domain`` that the coding matches: the one matching loop."""
         key = (domain, system, code)
         found = self._matches.get(key)
         if found is None:
-            found = self._matches[key] = tuple((name, rule) for name, rules in self.domains[domain].items()
-                                               for rule in rules if rule.matches(system, code))
+            rules = self._by_system.get((domain, system))
+            if rules is None:
+                rules = self._by_system[(domain, system)] = tuple(
+                    (name, rule) for name, of in self.domains[domain].items() for rule in of if rule.system == system)
+            found = self._matches[key] = tuple((name, rule) for name, rule in rules if rule.matches(system, code))
         return found
 
     def concepts(self, domain: str, system: str | None, code: str | None) -> list[tuple[str, float | None]]:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from datetime import date, timedelta
+from typing import Any, Callable, Iterable
 
 import pandas as pd
 
@@ -110,6 +111,20 @@ def exposure_intervals(statements: pd.DataFrame) -> pd.DataFrame:
     return df.drop(columns=["ongoing", "next_start", "ingredient"])
 
 
+def _each_once(rule: Callable[..., Any], rows: Iterable[tuple[Any, ...]]) -> list[Any]:
+    """``rule(*row)`` for every row, computed once per distinct row: doses and values repeat across a
+    hospital's statements and results. A row holding NaN is rarely equal to itself and is then computed
+    again, never shared with another."""
+    seen: dict[tuple[Any, ...], Any] = {}
+    out = []
+    for row in rows:
+        if row in seen:
+            out.append(seen[row])
+        else:
+            out.append(seen.setdefault(row, rule(*row)))
+    return out
+
+
 def build_facts(flat: dict[str, pd.DataFrame], concepts: ConceptMap) -> StudyFacts:
     """From the flattened tables (``etl.fhir.types.flatten_all``) to the study's facts."""
     quality: list[dict[str, str]] = []
@@ -146,7 +161,7 @@ def build_facts(flat: dict[str, pd.DataFrame], concepts: ConceptMap) -> StudyFac
     # error), the first ingredient by name wins, so the coding order cannot choose.
     meds = meds.sort_values(["statement_id", "concept", "ingredient"], kind="stable").drop_duplicates(["statement_id", "concept"])
     dosing = meds[["dose_value", "dose_unit", "frequency", "period", "period_unit"]]
-    meds["daily_dose_mg"] = [daily_dose_mg(*r) for r in dosing.itertuples(index=False)]
+    meds["daily_dose_mg"] = _each_once(daily_dose_mg, dosing.itertuples(index=False, name=None))
     no_dose = meds["daily_dose_mg"].isna() & (meds["concept"] == "glucocorticoid")
     # A resource without a patient is already counted as resource_without_patient_subject: no NaN "patient" here.
     quality += [{"patient_id": p, "issue": "glucocorticoid_dose_not_computable"} for p in meds.loc[no_dose, "patient_id"].dropna()]
@@ -168,9 +183,9 @@ def build_facts(flat: dict[str, pd.DataFrame], concepts: ConceptMap) -> StudyFac
     finals["_final"] = True
     obs = obs.merge(finals, on=["patient_id", "concept", "date"], how="left")
     obs = obs[~((obs["status"] == "preliminary") & obs["_final"].fillna(False).astype(bool))]
-    values = [concepts.to_canonical(c, q, u) if q is not None and not pd.isna(q) else
-              (float(i) if i is not None and not pd.isna(i) else None)
-              for c, q, u, i in obs[["concept", "value_quantity", "value_unit", "value_integer"]].itertuples(index=False)]
+    values = _each_once(lambda c, q, u, i: concepts.to_canonical(c, q, u) if q is not None and not pd.isna(q) else
+                        (float(i) if i is not None and not pd.isna(i) else None),
+                        obs[["concept", "value_quantity", "value_unit", "value_integer"]].itertuples(index=False, name=None))
     value_concepts = concepts_per_row(concepts, "observation_values", obs["value_codings"])
     obs = obs.assign(value=values, value_code=[single_value(v) for v in value_concepts])
     conflicting = [len(v) > 1 for v in value_concepts]

@@ -51,10 +51,10 @@ def by_patient(frame: pd.DataFrame) -> dict[str, list[Row]]:
     out: dict[str, list[Row]] = {}
     if frame.empty:
         return out
-    make = _row_type(tuple(frame.columns))._make
+    row_type, new = _row_type(tuple(frame.columns)), tuple.__new__  # what ``_make`` does, without its call per row
     columns = [frame[c].tolist() for c in frame.columns]
-    for pid, row in zip(frame["patient_id"].tolist(), map(make, zip(*columns, strict=True)), strict=True):
-        out.setdefault(pid, []).append(row)
+    for pid, values in zip(frame["patient_id"].tolist(), zip(*columns, strict=True), strict=True):
+        out.setdefault(pid, []).append(new(row_type, values))
     return out
 
 
@@ -71,6 +71,7 @@ class PatientRecord:
         self.quality: set[str] = set()
         self._doses: dict[str, list[tuple[int, int, float | None]]] = {}
         self._obs_of: dict[str, list[Row]] | None = None
+        self._obs_days: dict[tuple[str, date], list[Day]] = {}
 
     def dx_dates(self, *concepts: str) -> list[date]:
         return sorted(r.date for r in self.dx if r.concept in concepts)
@@ -118,6 +119,24 @@ class PatientRecord:
                 for r in self.exposures(concept)]
         return self._doses[concept]
 
+    def dose_rises(self, concept: str, first_day: date, last_day: date) -> list[tuple[int, float]]:
+        """(day, total) for each day after ``first_day`` (day 0), up to ``last_day``, on which the daily total of
+        ``daily_doses`` is higher than the day before's: the same totals, summed in the same order, computed only
+        where a dosed statement starts or the day after one ends (elsewhere the statements covering a day and the
+        day before are the same, so the totals are equal). The array over a year of days cost a fifth of the rules."""
+        first, n = first_day.toordinal(), (last_day - first_day).days + 1
+        dosed = [(start - first, end - first, dose) for start, end, dose in self._dose_intervals(concept) if dose is not None]
+
+        def total(d: int) -> float:
+            day_total = 0.0
+            for a, b, dose in dosed:
+                if a <= d <= b:
+                    day_total += dose
+            return day_total
+
+        changes = sorted({d for a, b, _ in dosed for d in (a, b + 1) if 1 <= d <= n - 1})
+        return [(d, now) for d in changes if (now := total(d)) > total(d - 1)]
+
     def gc_daily(self, first_day: date, last_day: date) -> np.ndarray:
         """Prednisolone-equivalent mg/day summed over the GC statements covering each day."""
         return self.daily_doses("glucocorticoid", first_day, last_day)[0]
@@ -150,12 +169,16 @@ class PatientRecord:
         return {"followup_days": followup, "death_event": int(death), "death_days": followup}
 
     def obs_days(self, concept: str, index: date) -> list[Day]:
-        """The observations of ``concept``, each with its day relative to ``index``."""
+        """The observations of ``concept``, each with its day relative to ``index`` (kept: the relapse rules ask
+        for the same concept and index more than once; callers only read the list)."""
         if self._obs_of is None:  # split by concept once: the rules ask for several concepts, several times
             self._obs_of = {}
             for r in self.obs:
                 self._obs_of.setdefault(r.concept, []).append(r)
-        return [Day((r.date - index).days, r) for r in self._obs_of.get(concept, ())]
+        key = (concept, index)
+        if key not in self._obs_days:
+            self._obs_days[key] = [Day((r.date - index).days, r) for r in self._obs_of.get(concept, ())]
+        return self._obs_days[key]
 
     def _baseline(self, concept: str, index: date) -> float | None:
         """The value closest to index within the baseline window (the earlier on a tie of distance)."""
@@ -182,16 +205,15 @@ class PatientRecord:
         rad_days = {o.day for o in self.obs_days("radiological_progression", index) if o.row.value_boolean == True}  # noqa: E712
         # Criterion (iii): the daily GC total rises and exceeds 0.5 mg/kg/day (weight on or before that day).
         last = max(o.day for o in exac) + w
-        gc = self.gc_daily(index, index + timedelta(days=last))  # gc[d] is day d; day 0 is index
         weights = sorted((o for o in self.obs_days("body_weight", index) if present(o.row.value)), key=lambda o: o.day)
         weight_days = [o.day for o in weights]
         gc_days: set[int] = set()
         unevaluable: set[int] = set()  # GC increases with no weight on record: criterion (iii) unknown
-        for d in (np.flatnonzero(gc[1:] > gc[:-1]) + 1).tolist():  # the days the total rises
+        for d, gc in self.dose_rises("glucocorticoid", index, index + timedelta(days=last)):  # day 0 is index
             known = bisect_right(weight_days, d)  # weights[:known] are those on or before day d
             if not known:
                 unevaluable.add(d)
-            elif gc[d] > p.gc_increase_mg_per_kg * float(weights[known - 1].row.value):
+            elif gc > p.gc_increase_mg_per_kg * float(weights[known - 1].row.value):
                 gc_days.add(d)
 
         def near(days: set[int], t: int) -> bool:

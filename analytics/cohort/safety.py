@@ -30,10 +30,16 @@ def safety_events(facts: StudyFacts, cohort: pd.DataFrame, cohort_name: str) -> 
     """
     # Looked up by (patient, statement): a suspect naming another patient's statement is not named (the contract's
     # suspect is the patient's own drug), and the table cannot depend on which patients share a chunk.
-    first = facts.exposures.drop_duplicates(["patient_id", "statement_id"])  # one concept per statement, as before
-    drug_of = dict(zip(zip(first["patient_id"], first["statement_id"], strict=True), first["concept"], strict=True))
     ae = facts.adverse_events.merge(_follow_up(cohort), on="patient_id")
     ae = ae[(ae["date"] >= ae["index_date"]) & (ae["date"] <= ae["end"])]
+    # One concept per statement, its first row's (a loop over the event patients' statements: deduplicating the
+    # chunk's whole exposure table in pandas cost more than every other step of this function).
+    with_events = set(ae["patient_id"])
+    drug_of: dict[tuple[str, str], str] = {}
+    ex = facts.exposures
+    for key, concept in zip(zip(ex["patient_id"].tolist(), ex["statement_id"].tolist(), strict=True), ex["concept"].tolist(), strict=True):
+        if key[0] in with_events and key not in drug_of:
+            drug_of[key] = concept
     suspects = [";".join(sorted({drug_of[(pid, sid)] for sid in ids or () if (pid, sid) in drug_of})) or None
                 for pid, ids in zip(ae["patient_id"], ae["suspect_statement_ids"], strict=True)]
     # Typed series: a cohort without events must not turn the integer columns into floats when the cohorts are joined.

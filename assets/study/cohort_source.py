@@ -2,8 +2,9 @@
 
 The step used to flatten every raw resource of the hospital at once (4.8 GB at 40,000 patients). Now:
 
-1. one streamed pass over small rows (``Warehouse.json_index``: each resource's id, its patient reference
-   and, for Conditions, their codings, read by the database) finds, for every resource, its patient;
+1. one pass over small rows (``Warehouse.ids_by_value``: each patient reference with the ids of the resources
+   that carry it, grouped by the database; for Conditions, the distinct codings per reference) finds, for
+   every resource, its patient;
    and the *candidates*: patients with a Condition coded IIM (any status) or a ResearchSubject;
 2. candidates are read, flattened and run through every rule a chunk of patients at a time;
 3. everyone else fails the first rule (``no_iim_condition``) whatever their record holds, so only the
@@ -94,8 +95,8 @@ def index_hospital(wh: Warehouse, concepts: ConceptMap, base: str | None) -> Hos
 def _index_hospital(wh: Warehouse, concepts: ConceptMap, base: str | None) -> HospitalIndex:
     index = HospitalIndex(patients=[rid for (rid,) in wh.json_index("Patient")])
     known = set(index.patients)
-    # One streamed query per type, two at a time: the database reads the JSON (SQLite without holding the GIL,
-    # PostgreSQL in its own process) while this process files the previous rows. Merged in the types' order.
+    # One grouping query per type, two at a time: the database reads the JSON and groups it (SQLite without
+    # holding the GIL, PostgreSQL in its own process) on both cores. Merged in the types' order.
     with ThreadPoolExecutor(max_workers=2) as threads:
         passes = list(threads.map(lambda item: _index_type(wh, item[0], item[1], known, concepts, base), SUBJECT_FIELD.items()))
     every: dict[str, dict[str, list[str]]] = {}
@@ -112,33 +113,44 @@ def _index_hospital(wh: Warehouse, concepts: ConceptMap, base: str | None) -> Ho
 
 def _index_type(wh: Warehouse, rtype: str, subject: str, known: set[str], concepts: ConceptMap,
                 base: str | None) -> tuple[dict[str, list[str]], dict[str, set[str]], set[str]]:
-    """One type's resources by patient, the issues found and the candidates it makes (IIM Conditions, subjects)."""
+    """One type's resources by patient, the issues found and the candidates it makes (IIM Conditions, subjects).
+
+    The database groups the resources by their subject reference (``ids_by_value``): one row per reference,
+    not per resource. Two spellings of one patient (relative and absolute) are two rows, merged here."""
     of: dict[str, list[str]] = {}
     quality: dict[str, set[str]] = {}
     candidates: set[str] = set()
-    paths = [(subject, "reference")] + ([("code", "coding")] if rtype == "Condition" else [])
-    iim_cache: dict[Any, bool] = {}
-    patient_of: dict[Any, str | None] = {}  # reference text -> patient: a patient's dozens of resources share it
-    for rid, reference, *codings in wh.json_index(rtype, *paths):
-        if reference in patient_of:
-            pid = patient_of[reference]
-        else:
-            pid = patient_of[reference] = _patient(reference, base)
+    patient_of: dict[Any, str | None] = {}  # reference text -> patient
+    for reference, ids in wh.ids_by_value(rtype, (subject, "reference")):
+        pid = patient_of[reference] = _patient(reference, base)
         if pid is None:
-            quality.setdefault("resource_without_patient_subject", set()).add(f"{rtype}/{rid}")
+            quality.setdefault("resource_without_patient_subject", set()).update(f"{rtype}/{rid}" for rid in ids)
             continue
         if pid not in known:
             quality.setdefault("reference_to_absent_patient", set()).add(pid)
-        of.setdefault(pid, []).append(rid)
-        if rtype == "Condition" and pid not in candidates:
-            key = codings[0]
+        if pid in of:  # another spelling of the same patient: back to the table's id order
+            of[pid] = _merged(of[pid], ids)
+        else:
+            of[pid] = ids
+        if rtype == "ResearchSubject":
+            candidates.add(pid)
+    if rtype == "Condition":
+        iim_cache: dict[Any, bool] = {}
+        for reference, key in wh.distinct_values(rtype, (subject, "reference"), ("code", "coding")):
+            pid = patient_of.get(reference)
+            if pid is None or pid in candidates:
+                continue
             if key not in iim_cache:
                 iim_cache[key] = carries_iim(concepts, _codings(key))
             if iim_cache[key]:
                 candidates.add(pid)
-        elif rtype == "ResearchSubject":
-            candidates.add(pid)
     return of, quality, candidates
+
+
+def _merged(first: list[str], second: list[str]) -> list[str]:
+    """Two id lists, each in the table's order, as one. Python's order is SQLite's (BINARY) but may not be a
+    PostgreSQL collation's; that only reorders one patient's resources written under two reference spellings."""
+    return sorted(first + second)
 
 
 def _chunks(items: Sequence[str], size: int) -> Iterator[Sequence[str]]:
@@ -177,22 +189,35 @@ def peak_rss_mb() -> float:
     return next((int(line.split()[1]) / 1024 for line in status.splitlines() if line.startswith("VmHWM:")), float("nan"))
 
 
-def _run(job: _Job, wh: Warehouse | None = None) -> tuple[ChunkOutcome, float, float]:
-    """Read, flatten and derive one chunk; the outcome, the CPU seconds spent in the rules and the process's peak RSS."""
+CPU_PARTS = ("read", "flatten", "facts", "rules")  # a chunk's CPU seconds, in the step's log
+
+
+def _run(job: _Job, wh: Warehouse | None = None) -> tuple[ChunkOutcome, dict[str, float], float]:
+    """Read, flatten and derive one chunk; the outcome, the CPU seconds of each of CPU_PARTS and the process's peak RSS."""
     with collector_paused():
         return _derive(job, wh or _warehouse(job.url))
 
 
-def _derive(job: _Job, wh: Warehouse) -> tuple[ChunkOutcome, float, float]:
+def _derive(job: _Job, wh: Warehouse) -> tuple[ChunkOutcome, dict[str, float], float]:
+    clock = [time.process_time()]  # CPU: workers share two cores with whatever else runs
+
+    def lap() -> float:
+        clock.append(time.process_time())
+        return clock[-1] - clock[-2]
+
     resources: dict[str, list[dict]] = {}
     for rtype, ids in job.ids.items():
         found = wh.raw_resources_by_id(rtype, ids)
         resources[rtype] = [found[rid] for rid in ids if rid in found]  # a resource deleted since the index is gone
     resources["ResearchStudy"] = job.studies
-    facts = build_facts(flatten_all(resources, base=job.base), job.concepts)
-    started = time.process_time()  # CPU: workers share two cores with whatever else runs
+    cpu = {"read": lap()}
+    flat = flatten_all(resources, base=job.base)
+    cpu["flatten"] = lap()
+    facts = build_facts(flat, job.concepts)
+    cpu["facts"] = lap()
     outcome = chunk_outcome(facts, job.params) if job.candidates else non_candidate_outcome(facts)
-    return outcome, time.process_time() - started, peak_rss_mb()
+    cpu["rules"] = lap()
+    return outcome, cpu, peak_rss_mb()
 
 
 def worker_pool(workers: int) -> ProcessPoolExecutor:
@@ -215,9 +240,9 @@ def derive_in_chunks(wh: Warehouse, concepts: ConceptMap, params: RuleParams, ba
     there are ``POOL_FROM_CANDIDATES`` candidates, else this process);
     outcomes are gathered in chunk order, so the tables do not depend on the number of workers."""
     timings = timings if timings is not None else {}
-    started = time.perf_counter()
+    started, cpu_started = time.perf_counter(), time.process_time()
     index = index_hospital(wh, concepts, base)
-    timings["index_s"] = time.perf_counter() - started
+    timings["index_s"], timings["index_cpu_s"] = time.perf_counter() - started, time.process_time() - cpu_started
     studies = wh.raw_resources("ResearchStudy")
     patient_types = [t for t in TYPES if TYPES[t].patient_data]
     known = set(index.patients)
@@ -249,16 +274,22 @@ def derive_in_chunks(wh: Warehouse, concepts: ConceptMap, params: RuleParams, ba
         wh.engine.dispose()
         pool = worker_pool(workers)
     builder = CohortBuilder(params)
-    timings["rules_cpu_s"] = timings["worker_peak_rss_mb"] = 0.0
+    timings.update({f"{part}_cpu_s": 0.0 for part in CPU_PARTS}, worker_peak_rss_mb=0.0)
+    # One queue for both phases: a worker that finishes the last candidate chunk goes on to the others' chunks
+    # instead of idling until its sibling has finished too. candidates_s runs until the last candidate chunk is
+    # gathered (the others' chunks run meanwhile), chunks_s until every chunk is.
+    labelled = [(phase, job) for phase, jobs in phases.items() for job in jobs]
     try:
-        for phase, jobs in phases.items():
-            started = time.perf_counter()
-            results = pool.map(_run, jobs) if pool else (_run(j, wh) for j in jobs)
-            for outcome, rules_s, peak in results:
-                builder.outcomes.append(outcome)
-                timings["rules_cpu_s"] += rules_s
-                timings["worker_peak_rss_mb"] = max(timings["worker_peak_rss_mb"], peak)
-            timings[f"{phase}_s"] = time.perf_counter() - started
+        started = time.perf_counter()
+        results = pool.map(_run, [job for _, job in labelled]) if pool else (_run(job, wh) for _, job in labelled)
+        for (phase, _), (outcome, cpu, peak) in zip(labelled, results, strict=True):
+            builder.outcomes.append(outcome)
+            for part, seconds in cpu.items():
+                timings[f"{part}_cpu_s"] += seconds
+            timings["worker_peak_rss_mb"] = max(timings["worker_peak_rss_mb"], peak)
+            if phase == "candidates":
+                timings["candidates_s"] = time.perf_counter() - started
+        timings["chunks_s"] = time.perf_counter() - started
     finally:
         if pool:
             pool.shutdown()
