@@ -13,8 +13,8 @@ from pathlib import Path
 
 import dagster as dg
 
+from report.inputs import POOLED_TABLES, REPORT_TABLES
 from report.pdf import PdfError, find_chromium, html_to_pdf
-from report.render import OPTIONAL_TABLES, REPORT_TABLES, render_report
 from report.suppression import DEFAULT_THRESHOLD, SmallCellPolicy
 
 from .resources import STATE_DIR, WarehouseResource, env
@@ -80,8 +80,10 @@ def study_report(context: dg.AssetExecutionContext, warehouse: WarehouseResource
     Supplementary Figures S2/S4 and Table 1), a forest plot of every comparison and analysis, propensity
     diagnostics, the methods as run and a published-vs-reproduced table, as one self-contained HTML file
     and its PDF under REPORTS_DIR, with small counts suppressed."""
+    from report.render import render_report  # Jinja and matplotlib: the step's (preloaded by the fork server)
+
     wh = warehouse.get()
-    tables = {name: wh.read_table(name) for name in (*REPORT_TABLES, *OPTIONAL_TABLES) if wh.has_table(name)}
+    tables = {name: wh.read_table(name) for name in (*REPORT_TABLES, *POOLED_TABLES) if wh.has_table(name)}
     policy = report.policy()
     rendered = render_report(tables, generated_at=datetime.now(timezone.utc), policy=policy)
     directory = report.directory()

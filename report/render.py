@@ -11,16 +11,14 @@ import pandas as pd
 
 from . import cells, figures
 from . import labels as L
-from .pooled import POOLED_TABLES, pooled_section
+from .inputs import POOLED_TABLES, REPORT_TABLES
 from .pooled import SECTION_ID as POOLED_SECTION
+from .pooled import pooled_section
 from .published import load_published
 from .sections import MAIN, PROSPECTIVE_COMPARISON, RETRO, Figure, ReportBuilder, Table, figure_2
 from .suppression import SmallCellPolicy
 
-# The warehouse tables the report reads (the study_report asset's inputs); the coordinator's tables when present.
-REPORT_TABLES = ("cohort_attrition", "baseline_characteristics", "effect_estimates", "survival_curves",
-                 "covariate_balance", "iptw_weights", "cohort", "scale_changes", "hrct_changes", "safety_summary",
-                 "prospective_visits", "drug_discontinuations", "provenance")
+# The warehouse tables the report reads (report/inputs.py); the coordinator's tables when present.
 OPTIONAL_TABLES = POOLED_TABLES
 DEFAULT_POLICY = SmallCellPolicy()
 TITLE = "IIM-ILD study report: the paper's tables and figures, reproduced from this hospital's data"
