@@ -14,7 +14,7 @@ from pathlib import Path
 import dagster as dg
 
 from report.inputs import POOLED_TABLES, REPORT_TABLES
-from report.pdf import PdfError, find_chromium, html_to_pdf
+from report.pdf import PdfError, PdfPrint, find_chromium
 from report.suppression import DEFAULT_THRESHOLD, SmallCellPolicy
 
 from .resources import STATE_DIR, WarehouseResource, env
@@ -54,24 +54,39 @@ def _write_atomically(path: Path, data: bytes) -> None:
     os.replace(partial, path)
 
 
-def _pdf(context: dg.AssetExecutionContext, report: ReportResource, html_path: Path) -> dict[str, dg.MetadataValue]:
+def _start_pdf(context: dg.AssetExecutionContext, report: ReportResource,
+               pdf_path: Path) -> tuple[PdfPrint | None, dict[str, dg.MetadataValue]]:
+    """Chromium started on the PDF (to print the page once it is rendered), or why there is no PDF."""
     if report.pdf not in PDF_MODES:
         raise ValueError(f"REPORT_PDF must be one of {', '.join(PDF_MODES)}, not {report.pdf!r}")
     if report.pdf == "off":
-        return {"pdf": dg.MetadataValue.text("not produced (REPORT_PDF=off)")}
+        return None, {"pdf": dg.MetadataValue.text("not produced (REPORT_PDF=off)")}
     chromium = find_chromium(report.chromium)
     if chromium is None:
         message = "no Chromium found: install chromium or set CHROMIUM to a Chromium or Chrome binary"
         if report.pdf == "required":
             raise PdfError(message)
         context.log.warning(f"study report: HTML only, {message}")
-        return {"pdf": dg.MetadataValue.text(f"not produced: {message}")}
-    pdf_path = html_path.with_suffix(".pdf")
+        return None, {"pdf": dg.MetadataValue.text(f"not produced: {message}")}
     partial = pdf_path.with_name(pdf_path.name + ".partial")
-    size = html_to_pdf(html_path, partial, chromium)
-    os.replace(partial, pdf_path)
+    return PdfPrint(partial, chromium, name=f"{REPORT_FILE}.html"), {}
+
+
+def _finish_pdf(printer: PdfPrint, page: bytes, pdf_path: Path) -> dict[str, dg.MetadataValue]:
+    size = printer.print(page)
+    os.replace(printer.pdf_path, pdf_path)
     return {"pdf_path": dg.MetadataValue.path(str(pdf_path)), "pdf_size_bytes": dg.MetadataValue.int(size),
             "pdf_link": dg.MetadataValue.url(pdf_path.resolve().as_uri())}
+
+
+def _pdf(context: dg.AssetExecutionContext, report: ReportResource, html_path: Path) -> dict[str, dg.MetadataValue]:
+    """The PDF of an HTML file already written (or why there is none)."""
+    pdf_path = html_path.with_suffix(".pdf")
+    printer, skipped = _start_pdf(context, report, pdf_path)
+    if printer is None:
+        return skipped
+    with printer:
+        return _finish_pdf(printer, html_path.read_bytes(), pdf_path)
 
 
 @dg.asset(group_name="report", kinds={"html", "pdf"}, deps=REPORT_INPUTS, automation_condition=STUDY_AUTOMATION)
@@ -79,18 +94,26 @@ def study_report(context: dg.AssetExecutionContext, warehouse: WarehouseResource
     """The study report: every table and figure of the paper (flowcharts S1/S3, Tables 1-2, Figures 1-4,
     Supplementary Figures S2/S4 and Table 1), a forest plot of every comparison and analysis, propensity
     diagnostics, the methods as run and a published-vs-reproduced table, as one self-contained HTML file
-    and its PDF under REPORTS_DIR, with small counts suppressed."""
+    and its PDF under REPORTS_DIR, with small counts suppressed. Chromium starts before the report is
+    rendered and prints it once it is (report/pdf.py, ``PdfPrint``)."""
     from report.render import render_report  # Jinja and matplotlib: the step's (preloaded by the fork server)
 
-    wh = warehouse.get()
-    tables = {name: wh.read_table(name) for name in (*REPORT_TABLES, *POOLED_TABLES) if wh.has_table(name)}
-    policy = report.policy()
-    rendered = render_report(tables, generated_at=datetime.now(timezone.utc), policy=policy)
     directory = report.directory()
     directory.mkdir(parents=True, exist_ok=True)
     html_path = directory / f"{REPORT_FILE}.html"
-    html = rendered.html.encode("utf-8")
-    _write_atomically(html_path, html)
+    printer, pdf_metadata = _start_pdf(context, report, html_path.with_suffix(".pdf"))
+    try:
+        wh = warehouse.get()
+        tables = {name: wh.read_table(name) for name in (*REPORT_TABLES, *POOLED_TABLES) if wh.has_table(name)}
+        policy = report.policy()
+        rendered = render_report(tables, generated_at=datetime.now(timezone.utc), policy=policy)
+        html = rendered.html.encode("utf-8")
+        _write_atomically(html_path, html)
+        if printer is not None:
+            pdf_metadata = _finish_pdf(printer, html, html_path.with_suffix(".pdf"))
+    finally:
+        if printer is not None:
+            printer.close()
     metadata: dict[str, dg.MetadataValue] = {
         "path": dg.MetadataValue.path(str(html_path)),
         "link": dg.MetadataValue.url(html_path.resolve().as_uri()),
@@ -98,7 +121,7 @@ def study_report(context: dg.AssetExecutionContext, warehouse: WarehouseResource
         "sha256": dg.MetadataValue.text(hashlib.sha256(html).hexdigest()),
         "small_cell_threshold": dg.MetadataValue.int(policy.threshold),
         "summary": dg.MetadataValue.md(rendered.summary_markdown),
-        **_pdf(context, report, html_path),
+        **pdf_metadata,
     }
     context.log.info(f"study report written to {html_path} ({len(html)} bytes)")
     return dg.MaterializeResult(metadata=metadata)

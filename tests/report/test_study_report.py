@@ -23,7 +23,7 @@ from assets.definitions import all_assets, defs
 from assets.report import ReportResource, _pdf, study_report
 from assets.resources import FhirServerResource, StudyResource, WarehouseResource
 from etl.warehouse import Warehouse
-from report.pdf import PdfError
+from report.pdf import PdfError, PdfPrint, find_chromium, html_to_pdf
 from report.published import PublishedItem, agreement
 from report.render import REPORT_TABLES, SECTION_IDS, MissingTables, render_report
 from report.sections import ReportBuilder
@@ -258,6 +258,29 @@ def test_the_pdf_has_a_page_for_each_section_and_not_many_more(built):
     pages = len(PdfReader(built.pdf_path).pages)
     sections = len(built.doc.xpath("//section[contains(@class, 'page')]"))
     assert sections <= pages <= 2.5 * sections
+
+
+def _pdf_content(path: Path) -> bytes:
+    """A PDF without what changes from one print to the next: its dates, and the browser's DOM node ids that
+    name the tagged structure's elements (their numbering depends on the browser's session, not the page)."""
+    return re.sub(rb"\(node\d+\)", b"(node)", re.sub(rb"/(CreationDate|ModDate) \(D:[^)]*\)", b"", path.read_bytes()))
+
+
+def test_the_pdf_chromium_printed_while_the_report_rendered_is_the_pdf_of_the_html_file(built, tmp_path):
+    """The asset starts Chromium before rendering and serves it the page (report/pdf.py, PdfPrint); printing
+    the HTML file it wrote gives the same PDF."""
+    from_file = tmp_path / "from_file.pdf"
+    html_to_pdf(built.html_path, from_file, find_chromium())
+    assert _pdf_content(built.pdf_path) == _pdf_content(from_file)
+
+
+def test_a_print_started_early_stops_its_browser_when_the_page_never_comes(tmp_path):
+    chromium = find_chromium()
+    if chromium is None:
+        pytest.skip("no Chromium")
+    printer = PdfPrint(tmp_path / "never.pdf", chromium)
+    printer.close()  # as the asset does when rendering fails
+    assert printer._process.poll() is not None and not (tmp_path / "never.pdf").exists()
 
 
 def test_missing_tables_are_named():
