@@ -6,14 +6,17 @@ in the asset's metadata. Contributes its own Definitions (the asset and its reso
 into the service's in ``assets/definitions.py``.
 """
 
+import base64
 import hashlib
+import json
 import os
 from datetime import datetime, timezone
 from pathlib import Path
+from typing import Any
 
 import dagster as dg
 
-from report.inputs import POOLED_TABLES, REPORT_TABLES
+from report.inputs import DESCRIPTIVE_FIGURE_TABLES, POOLED_TABLES, REPORT_TABLES
 from report.pdf import PdfError, PdfPrint, find_chromium
 from report.suppression import DEFAULT_THRESHOLD, SmallCellPolicy
 
@@ -21,9 +24,11 @@ from .resources import STATE_DIR, WarehouseResource, env
 from .study.automation import STUDY_AUTOMATION
 
 REPORT_FILE = "study_report"
+DRAWN_FILE = ".study_report_figures.json"  # the descriptive figures, drawn ahead by study_report_figures
 PDF_MODES = ("auto", "required", "off")
 # provenance is written beside the tables by each study asset; it is read, not an asset of its own.
 REPORT_INPUTS = [name for name in REPORT_TABLES if name != "provenance"]
+FIGURES_ASSET = "study_report_figures"
 
 
 class ReportResource(dg.ConfigurableResource):
@@ -89,7 +94,41 @@ def _pdf(context: dg.AssetExecutionContext, report: ReportResource, html_path: P
         return _finish_pdf(printer, html_path.read_bytes(), pdf_path)
 
 
-@dg.asset(group_name="report", kinds={"html", "pdf"}, deps=REPORT_INPUTS, automation_condition=STUDY_AUTOMATION)
+@dg.asset(group_name="report", kinds={"svg"}, deps=list(DESCRIPTIVE_FIGURE_TABLES), automation_condition=STUDY_AUTOMATION)
+def study_report_figures(context: dg.AssetExecutionContext, warehouse: WarehouseResource, report: ReportResource) -> dg.MaterializeResult:
+    """The study report's figures drawn from the descriptive tables alone (Figures 2, 3A-C, 4 and S4): drawn as
+    soon as those tables exist, beside comparative_effects on the other core, instead of after it in the report's
+    step. The report uses them only under the same key (the tables' contents and the drawing code); otherwise it
+    draws them itself."""
+    from report.render import descriptive_figures, drawing_key
+
+    wh = warehouse.get()
+    tables = {name: wh.read_table(name) for name in DESCRIPTIVE_FIGURE_TABLES if wh.has_table(name)}
+    drawn = descriptive_figures(tables)
+    directory = report.directory()
+    directory.mkdir(parents=True, exist_ok=True)
+    payload = {"key": drawing_key(tables),
+               "figures": {name: None if svg is None else base64.b64encode(svg).decode() for name, svg in drawn.items()}}
+    _write_atomically(directory / DRAWN_FILE, json.dumps(payload).encode())
+    context.log.info(f"{sum(svg is not None for svg in drawn.values())} descriptive figures drawn for the study report")
+    return dg.MaterializeResult(metadata={"path": dg.MetadataValue.path(str(directory / DRAWN_FILE)),
+                                          "figures": dg.MetadataValue.int(sum(svg is not None for svg in drawn.values()))})
+
+
+def _drawn(directory: Path, tables: dict[str, Any]) -> dict[str, bytes | None] | None:
+    """The descriptive figures study_report_figures drew, if drawn from these very tables by this code."""
+    from report.render import drawing_key
+
+    try:
+        payload = json.loads((directory / DRAWN_FILE).read_text())
+    except (OSError, ValueError):
+        return None
+    if payload.get("key") != drawing_key(tables):
+        return None
+    return {name: None if svg is None else base64.b64decode(svg) for name, svg in payload["figures"].items()}
+
+
+@dg.asset(group_name="report", kinds={"html", "pdf"}, deps=[*REPORT_INPUTS, FIGURES_ASSET], automation_condition=STUDY_AUTOMATION)
 def study_report(context: dg.AssetExecutionContext, warehouse: WarehouseResource, report: ReportResource) -> dg.MaterializeResult:
     """The study report: every table and figure of the paper (flowcharts S1/S3, Tables 1-2, Figures 1-4,
     Supplementary Figures S2/S4 and Table 1), a forest plot of every comparison and analysis, propensity
@@ -106,7 +145,8 @@ def study_report(context: dg.AssetExecutionContext, warehouse: WarehouseResource
         wh = warehouse.get()
         tables = {name: wh.read_table(name) for name in (*REPORT_TABLES, *POOLED_TABLES) if wh.has_table(name)}
         policy = report.policy()
-        rendered = render_report(tables, generated_at=datetime.now(timezone.utc), policy=policy)
+        drawn = _drawn(directory, tables)
+        rendered = render_report(tables, generated_at=datetime.now(timezone.utc), policy=policy, drawn=drawn)
         html = rendered.html.encode("utf-8")
         _write_atomically(html_path, html)
         if printer is not None:
@@ -121,6 +161,7 @@ def study_report(context: dg.AssetExecutionContext, warehouse: WarehouseResource
         "sha256": dg.MetadataValue.text(hashlib.sha256(html).hexdigest()),
         "small_cell_threshold": dg.MetadataValue.int(policy.threshold),
         "summary": dg.MetadataValue.md(rendered.summary_markdown),
+        "descriptive_figures": dg.MetadataValue.text("drawn ahead (study_report_figures)" if drawn else "drawn here"),
         **pdf_metadata,
     }
     context.log.info(f"study report written to {html_path} ({len(html)} bytes)")
@@ -129,4 +170,4 @@ def study_report(context: dg.AssetExecutionContext, warehouse: WarehouseResource
 
 def report_definitions() -> dg.Definitions:
     """The report's part of the service's Definitions: its asset and its resource (from the environment)."""
-    return dg.Definitions(assets=[study_report], resources=report_resources_from_env())
+    return dg.Definitions(assets=[study_report_figures, study_report], resources=report_resources_from_env())

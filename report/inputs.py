@@ -7,3 +7,5 @@ REPORT_TABLES = ("cohort_attrition", "baseline_characteristics", "effect_estimat
                  "prospective_visits", "drug_discontinuations", "provenance")
 # The coordinator's tables: the pooled section is shown when the warehouse holds them.
 POOLED_TABLES = ("pooled_effects", "meta_analysis", "site_heterogeneity")
+# The tables the report's descriptive figures are drawn from (report.render.descriptive_figures), alone.
+DESCRIPTIVE_FIGURE_TABLES = ("prospective_visits", "scale_changes", "hrct_changes")

@@ -20,7 +20,7 @@ import yaml
 from lxml import html as lxml_html
 
 from assets.definitions import all_assets, defs
-from assets.report import ReportResource, _pdf, study_report
+from assets.report import DRAWN_FILE, ReportResource, _drawn, _pdf, study_report, study_report_figures
 from assets.resources import FhirServerResource, StudyResource, WarehouseResource
 from etl.warehouse import Warehouse
 from report.pdf import PdfError, PdfPrint, find_chromium, html_to_pdf
@@ -58,7 +58,7 @@ def built(tmp_path_factory) -> Built:
     write_ndjson(generate_hospital(HOSPITAL), base / "ndjson")
     url = f"sqlite:///{base / 'w.sqlite'}"
     started = datetime.now(timezone.utc)
-    result = dg.materialize([*all_assets, study_report], resources={
+    result = dg.materialize([*all_assets, study_report_figures, study_report], resources={
         "fhir": FhirServerResource(sync_mode="ndjson", ndjson_dir=str(base / "ndjson")),
         "warehouse": WarehouseResource(url=url),
         "study": StudyResource(pseudonym_key="test-pseudonym-key-0123456789", data_cutoff="2026-01-01",
@@ -281,6 +281,25 @@ def test_a_print_started_early_stops_its_browser_when_the_page_never_comes(tmp_p
     printer = PdfPrint(tmp_path / "never.pdf", chromium)
     printer.close()  # as the asset does when rendering fails
     assert printer._process.poll() is not None and not (tmp_path / "never.pdf").exists()
+
+
+def test_the_figures_drawn_ahead_are_the_figures_the_report_would_draw(built):
+    """study_report_figures draws the descriptive figures in a step of its own; the report that uses them is the
+    report drawn in one piece, byte for byte."""
+    assert built.metadata["descriptive_figures"] == "drawn ahead (study_report_figures)"
+    drawn = _drawn(built.html_path.parent, built.tables)
+    assert drawn is not None and set(drawn) == {"figure_2", "figure_3", "figure_s4", "figure_4"}
+    when, policy = datetime(2026, 1, 2, 3, 4, tzinfo=timezone.utc), SmallCellPolicy(THRESHOLD)
+    assert (render_report(built.tables, generated_at=when, policy=policy, drawn=drawn).html
+            == render_report(built.tables, generated_at=when, policy=policy).html)
+
+
+def test_figures_drawn_from_other_tables_are_not_reused(built, tmp_path):
+    (tmp_path / DRAWN_FILE).write_bytes((built.html_path.parent / DRAWN_FILE).read_bytes())
+    assert _drawn(tmp_path, built.tables) is not None
+    changed = {**built.tables, "hrct_changes": built.tables["hrct_changes"].iloc[1:]}
+    assert _drawn(tmp_path, changed) is None
+    assert _drawn(tmp_path / "nothing_drawn", built.tables) is None
 
 
 def test_missing_tables_are_named():
