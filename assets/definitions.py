@@ -11,9 +11,8 @@ from analytics.cohort.concepts import load_concept_map
 
 from . import fhir, study
 from .executor import forkserver_executor
-from .federation import federation_definitions
 from .report import report_definitions
-from .resources import resources_from_env
+from .resources import federation_configured, resources_from_env
 
 # A malformed concept map stops the code location from loading, with the file and line in the error.
 load_concept_map(os.environ.get("CONCEPT_MAP_PATH") or None)
@@ -28,9 +27,19 @@ def _tables() -> dg.Definitions:
     return dg.Definitions.merge(fhir.definitions(), study.definitions())
 
 
-# The study report renders the tables (assets/report.py); the federation group (site_aggregates, round answers)
-# joins only at a site in a consortium (FEDERATION_EXCHANGE).
-defs = dg.Definitions.merge(_tables(), report_definitions(), federation_definitions(),
+def _federation() -> dg.Definitions:
+    """The federation group (site_aggregates, round answers), only at a site in a consortium (FEDERATION_EXCHANGE).
+    Imported only there: its contract and meta-analysis import SciPy and statsmodels, which every other
+    ``dagster`` command would load for nothing (the fork server preloads them for the steps)."""
+    if not federation_configured():
+        return dg.Definitions()
+    from .federation import federation_definitions
+
+    return federation_definitions()
+
+
+# The study report renders the tables (assets/report.py).
+defs = dg.Definitions.merge(_tables(), report_definitions(), _federation(),
                             dg.Definitions(jobs=[study_job], resources=resources_from_env(),
                                            executor=forkserver_executor))
 # For tests and tools that materialize the tables outside the code location (dg.materialize): the FHIR and study

@@ -2,7 +2,9 @@
 
 With ``spawn`` (Dagster's default) every step is a fresh interpreter that imports Dagster and the definitions
 again before its step starts: 7-9 s per step on the reference machine, most of the paper-size hospital's run.
-A fork server imports them once (``preload_modules``: the code location's module) and forks each step from it.
+A fork server imports them once (``preload_modules``: the code location's module, and what its steps import
+lazily: assets/forkserver.py) and forks each step from it. The project's ``dagster`` command starts that fork
+server before it loads the definitions itself, so the two imports overlap (assets/forkserver.py, ``start_early``).
 
 The catch, and why this is more than configuration: the processes multiprocessing starts take the sys.path of
 the process that starts them (the run coordinator, e.g. the ``dagster`` command), not the code location's
@@ -14,25 +16,11 @@ their spawned workers inherit) and on PYTHONPATH (which the fork server's own in
 """
 from __future__ import annotations
 
-import os
-import sys
-from pathlib import Path
-
 import dagster as dg
 
-PROJECT_ROOT = str(Path(__file__).resolve().parent.parent)
+from .forkserver import PRELOAD_BESIDE_DEFINITIONS, PROJECT_ROOT, preload_modules, project_first_on_path
 
-
-def project_first_on_path(root: str = PROJECT_ROOT) -> None:
-    """This checkout first on sys.path and PYTHONPATH, for every process started from this one."""
-    sys.path[:] = [root, *(p for p in sys.path if p != root)]
-    rest = [p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p and p != root]
-    os.environ["PYTHONPATH"] = os.pathsep.join([root, *rest])
-
-
-# Imported by the fork server beside the code location's module: every step's checks import Great Expectations
-# (expectations/runner.py imports it lazily, 5 CPU s), so the fork server imports it once for all of them.
-PRELOAD_BESIDE_DEFINITIONS = ("great_expectations",)
+__all__ = ["PRELOAD_BESIDE_DEFINITIONS", "PROJECT_ROOT", "forkserver_executor", "project_first_on_path"]
 
 
 @dg.executor(name="multiprocess_forkserver", config_schema=dg.multiprocess_executor.config_schema.as_field(),
@@ -49,6 +37,6 @@ def forkserver_executor(init_context: dg.InitExecutorContext) -> dg.Executor:
     module = getattr(init_context.job, "get_module", lambda: None)()  # a ReconstructableJob's module, if any
     if "forkserver" in start and module and "preload_modules" not in (start["forkserver"] or {}):
         # Dagster's default preload is the code location's module alone.
-        start["forkserver"] = {"preload_modules": [module, *PRELOAD_BESIDE_DEFINITIONS]}
+        start["forkserver"] = {"preload_modules": preload_modules(module)}
     config["start_method"] = start
     return dg.multiprocess_executor.executor_creation_fn(init_context._replace(executor_config=config))

@@ -4,7 +4,6 @@ the coordinator's rounds, each request one run a data engineer can see and refus
 Merged into the site's Definitions only when FEDERATION_EXCHANGE is set (``federation_definitions``), so a
 hospital that is not in a consortium has nothing to configure and ``--select '*'`` is unchanged."""
 
-import os
 from pathlib import Path
 
 import dagster as dg
@@ -22,7 +21,7 @@ from federation.signing import Signer, signing_key_from_env
 from federation.suppression import DEFAULT_THRESHOLD
 from federation.verify import PackageRejected
 
-from .resources import STATE_DIR, StudyResource, WarehouseResource, env
+from .resources import STATE_DIR, StudyResource, WarehouseResource, env, federation_configured
 from .study.provenance import git_commit, package_version
 
 FEDERATION_GROUP = "federation"
@@ -175,7 +174,7 @@ def federation_resource_from_env() -> FederationResource:
 
 def federation_definitions() -> dg.Definitions:
     """The site's federation assets, job and sensor; empty when FEDERATION_EXCHANGE is not set."""
-    if not os.environ.get("FEDERATION_EXCHANGE"):
+    if not federation_configured():
         return dg.Definitions()
     return dg.Definitions(assets=[site_aggregates], jobs=[answer_round_job], sensors=[round_requests],
                           resources={"federation": federation_resource_from_env()})

@@ -132,6 +132,11 @@ def env(name: str, default: str) -> str:
     return os.environ.get(name) or default
 
 
+def federation_configured() -> bool:
+    """A site in a consortium: FEDERATION_EXCHANGE names where its packages travel."""
+    return bool(os.environ.get("FEDERATION_EXCHANGE"))
+
+
 def resources_from_env() -> dict[str, dg.ConfigurableResource]:
     return {
         "fhir": FhirServerResource(

@@ -189,8 +189,9 @@ def materialize(workdir: Path, ndjson_dir: Path) -> dict[str, Any]:
            "FIGURES_DIR": str(workdir / "figures"), "PSEUDONYM_KEY": secrets.token_hex(32),
            # the checkout's own packages, whichever project the venv was installed from
            "PYTHONPATH": os.pathsep.join(p for p in (str(PROJECT_ROOT), os.environ.get("PYTHONPATH", "")) if p)}
-    command = [str(Path(sys.executable).with_name("dagster")), "asset", "materialize", "-w", "workspace.yaml",
-               "--select", "*"]
+    # The venv's `dagster` console script runs deploy.dagster_cli:main; run that module with this interpreter, so a
+    # console script whose shebang names another (or a removed) venv cannot change what is measured.
+    command = [sys.executable, "-m", "deploy.dagster_cli", "asset", "materialize", "-w", "workspace.yaml", "--select", "*"]
     log = workdir / "materialize.log"
     started, before = time.time(), os.times()
     with log.open("wb") as out:
@@ -205,7 +206,7 @@ def materialize(workdir: Path, ndjson_dir: Path) -> dict[str, Any]:
     # Steps forked by a fork server are its children, and nobody waits for the fork server: their CPU is not in
     # os.times(), so every process is counted from the watcher's last sample (at most 0.2 s missing per process).
     sampled = sum(p.cpu_s for p in watcher.processes.values())
-    return {"code": code, "wall_s": wall, "log": log, "env": env, "processes": watcher.processes, "cli_pid": cli.pid,
+    return {"code": code, "wall_s": wall, "started": started, "log": log, "env": env, "processes": watcher.processes, "cli_pid": cli.pid,
             "children_cpu_s": sampled, "waited_cpu_s": waited}
 
 
@@ -310,14 +311,17 @@ def report(size: str, params: Any, generated: dict[str, Any], run: dict[str, Any
     lines = [f"== hospital {size}: {n_patients} patients, {resources} resources ==",
              f"generate (streamed NDJSON): {generated['wall_s']:.1f} s wall, {generated['cpu_s']:.1f} s CPU, "
              f"peak RSS {generated['peak_rss_mb']:.0f} MB",
-             f"{'stage (Dagster step)':<24} {'status':>8} {'wall s':>7} {'process s':>9} {'CPU s':>7} {'peak RSS MB':>11}  rows written"]
+             f"{'stage (Dagster step)':<24} {'status':>8} {'start s':>7} {'wall s':>7} {'process s':>9} {'CPU s':>7} "
+             f"{'peak RSS MB':>11}  rows written"]
     for step in steps:
         proc = _step_process(step, run["processes"], run["cli_pid"])
         cpu = f"{proc.cpu_s:.1f}" if proc else "-"
         peak = proc.peak_rss_mb if proc else _window_peak(step, run["processes"])
         written = ", ".join(f"{t} {rows[t]}" for t in sorted(set(step.tables)) if t in rows)
         alive = f"{proc.last_seen - proc.first_seen:.1f}" if proc else "-"  # the step's process from spawn to exit
-        lines.append(f"{step.key:<24} {step.status:>8} {step.end - step.start:>7.1f} {alive:>9} {cpu:>7} {peak:>11.0f}  {written}")
+        begun = step.start - run["started"]  # since the command started (before the first: its start, the fork server's imports)
+        lines.append(f"{step.key:<24} {step.status:>8} {begun:>7.1f} {step.end - step.start:>7.1f} {alive:>9} {cpu:>7} "
+                     f"{peak:>11.0f}  {written}")
     peak_all = max((p.peak_rss_mb for p in run["processes"].values()), default=0.0)
     target = ""
     if size == PAPER:

@@ -5,6 +5,9 @@ Operators run ``dagster asset materialize -w workspace.yaml --select '*'``. dags
 one code location (-m/-f/--package-name, -d) and reject ``-w``. This thin wrapper translates
 ``-w FILE`` into the pointer of that workspace's single code location for those two commands and
 hands everything else to dagster's own CLI unchanged.
+
+For ``asset materialize`` it also starts the steps' fork server before dagster loads the code location, so
+the fork server's imports overlap the command's own (assets/forkserver.py says why).
 """
 from __future__ import annotations
 
@@ -14,6 +17,8 @@ from pathlib import Path
 import yaml
 
 WORKSPACE_UNAWARE = (("asset", "materialize"), ("asset", "list"))
+# Run config may choose another start method or preload (assets/executor.py): then the executor starts its own.
+RUN_CONFIG_FLAGS = ("-c", "--config", "--config-json")
 
 
 class WorkspaceError(SystemExit):
@@ -63,10 +68,41 @@ def translate(argv: list[str]) -> list[str]:
     return out
 
 
+def early_forkserver(argv: list[str]) -> tuple[str, str] | None:
+    """(module, working directory) of the code location whose fork server may start now: ``asset materialize``
+    of a module location with its working directory, and no run config (translated arguments)."""
+    if tuple(argv[:2]) != ("asset", "materialize"):
+        return None
+    if any(arg in RUN_CONFIG_FLAGS or arg.startswith(tuple(f + "=" for f in RUN_CONFIG_FLAGS)) for arg in argv):
+        return None
+    options = dict(zip(argv[2::1], argv[3::1], strict=False))
+    module, directory = options.get("-m"), options.get("-d")
+    return (module, directory) if module and directory else None
+
+
+def start_forkserver(module: str, directory: str) -> None:
+    """The code location's own assets/forkserver.py (its checkout first on the path, as the executor puts it),
+    with the .env dagster's CLI will load from the current directory before it runs anything."""
+    sys.path[:0] = [directory]
+    from dotenv import dotenv_values  # what dagster's CLI reads the .env with (dagster._core.secrets.env_file)
+
+    from assets.forkserver import EARLY_MODULES, start_early
+
+    if module not in EARLY_MODULES:  # another location's jobs may not fork from a fork server at all
+        return
+    env_file = Path.cwd() / ".env"
+    overlay = {k: v for k, v in dotenv_values(env_file).items() if v is not None} if env_file.exists() else {}
+    start_early(module, overlay)
+
+
 def main() -> None:
+    argv = translate(sys.argv[1:])
+    early = early_forkserver(argv)
+    if early:
+        start_forkserver(*early)
     from dagster._cli import main as dagster_main  # the function behind dagster's own console script
 
-    sys.argv = [sys.argv[0], *translate(sys.argv[1:])]
+    sys.argv = [sys.argv[0], *argv]
     dagster_main()
 
 

@@ -17,9 +17,9 @@ from analytics.pooling.forest import forest_plot
 
 from . import cells
 from . import labels as L
+from .inputs import POOLED_TABLES
 from .sections import Figure, Table
 
-POOLED_TABLES = ("pooled_effects", "meta_analysis", "site_heterogeneity")
 SECTION_ID = "pooled"
 _OUTCOME_ORDER = ("death", "relapse", "resp_relapse")
 

@@ -2,8 +2,10 @@
 that ``sections.ReportBuilder`` builds from the warehouse tables. Pure: tables in, text out."""
 from __future__ import annotations
 
+import hashlib
 from dataclasses import dataclass
 from datetime import datetime
+from pathlib import Path
 from typing import Any, Mapping
 
 import jinja2
@@ -11,16 +13,14 @@ import pandas as pd
 
 from . import cells, figures
 from . import labels as L
-from .pooled import POOLED_TABLES, pooled_section
+from .inputs import DESCRIPTIVE_FIGURE_TABLES, POOLED_TABLES, REPORT_TABLES
 from .pooled import SECTION_ID as POOLED_SECTION
+from .pooled import pooled_section
 from .published import load_published
-from .sections import MAIN, PROSPECTIVE_COMPARISON, RETRO, Figure, ReportBuilder, Table, figure_2
+from .sections import MAIN, PROSPECTIVE_COMPARISON, RETRO, Figure, ReportBuilder, Table, figure_2, figure_2_svg
 from .suppression import SmallCellPolicy
 
-# The warehouse tables the report reads (the study_report asset's inputs); the coordinator's tables when present.
-REPORT_TABLES = ("cohort_attrition", "baseline_characteristics", "effect_estimates", "survival_curves",
-                 "covariate_balance", "iptw_weights", "cohort", "scale_changes", "hrct_changes", "safety_summary",
-                 "prospective_visits", "drug_discontinuations", "provenance")
+# The warehouse tables the report reads (report/inputs.py); the coordinator's tables when present.
 OPTIONAL_TABLES = POOLED_TABLES
 DEFAULT_POLICY = SmallCellPolicy()
 TITLE = "IIM-ILD study report: the paper's tables and figures, reproduced from this hospital's data"
@@ -54,11 +54,14 @@ def table_markdown(table: Table) -> str:
 
 
 def render_report(tables: Mapping[str, pd.DataFrame], *, generated_at: datetime,
-                  policy: SmallCellPolicy = DEFAULT_POLICY) -> RenderedReport:
+                  policy: SmallCellPolicy = DEFAULT_POLICY, drawn: Mapping[str, bytes | None] | None = None) -> RenderedReport:
+    """The report. ``drawn``: the descriptive figures as ``descriptive_figures`` drew them from these tables
+    (by another step, earlier); drawn here when not given."""
     missing = [t for t in REPORT_TABLES if t not in tables]
     if missing:
         raise MissingTables(f"the study report needs the warehouse tables {', '.join(missing)}: materialize the study "
                             f"assets first (dagster asset materialize -w workspace.yaml --select '*')")
+    drawn = drawn if drawn is not None else descriptive_figures(tables)
     paper, published = load_published()
     b = ReportBuilder(tables, policy, published)
     forest_figure, forest_table = b.forest()
@@ -78,21 +81,19 @@ def render_report(tables: Mapping[str, pd.DataFrame], *, generated_at: datetime,
         "figure_s3": b.flowchart("figure-s3-plot", "prospective", "Supplementary Figure S3: prospective cohort",
                                  PROSPECTIVE_COMPARISON),
         "table_2": b.baseline_table("prospective", ("combination", "tacrolimus")),
-        "figure_2": {"figure": figure_2(b), "table": b.scale_table(("all",), tuple(L.SCALES), between=False)},
+        "figure_2": {"figure": figure_2(b, drawn["figure_2"]), "table": b.scale_table(("all",), tuple(L.SCALES), between=False)},
         "figure_3": {
-            "figure": Figure("figure-3abc", "Figure 3A-C: scales, combination vs tacrolimus", _group_changes(b, L.FIGURE_3_SCALES,
-                             "Figure 3A-C: change by group")),
+            "figure": Figure("figure-3abc", "Figure 3A-C: scales, combination vs tacrolimus", drawn["figure_3"]),
             "table": b.scale_table(("combination", "tacrolimus"), L.FIGURE_3_SCALES, between=True),
             "km": [f for f in (b.km_figure("figure-3d", "Figure 3D: survival", PROSPECTIVE_COMPARISON, "death"),
                                b.km_figure("figure-3e", "Figure 3E: respiratory-related relapse", PROSPECTIVE_COMPARISON,
                                            "resp_relapse")) if f],
         },
         "figure_s4": {
-            "figure": Figure("figure-s4-plot", "Supplementary Figure S4", _group_changes(b, L.FIGURE_S4_SCALES,
-                             "Supplementary Figure S4: change by group")),
+            "figure": Figure("figure-s4-plot", "Supplementary Figure S4", drawn["figure_s4"]),
             "table": b.scale_table(("combination", "tacrolimus"), L.FIGURE_S4_SCALES, between=True),
         },
-        "figure_4": {"figure": Figure("figure-4-plot", "Figure 4A-E: HRCT scores", _hrct(b)),
+        "figure_4": {"figure": Figure("figure-4-plot", "Figure 4A-E: HRCT scores", drawn["figure_4"]),
                      "table": b.hrct_table(("combination", "tacrolimus"))},
         "table_s1": {"prospective": b.safety_table("prospective", ("combination", "tacrolimus")),
                      "retrospective": b.safety_table(RETRO, ("tacrolimus", "conventional"))},
@@ -108,12 +109,39 @@ def render_report(tables: Mapping[str, pd.DataFrame], *, generated_at: datetime,
     return RenderedReport(html, summary, tuple(SECTION_IDS) + ((POOLED_SECTION,) if sections["pooled"] else ()))
 
 
-def _group_changes(b: ReportBuilder, scales: tuple[str, ...], title: str) -> bytes:
-    return figures.group_changes(b.t["scale_changes"], scales, L.SCALES, ("combination", "tacrolimus"), title, L.GROUPS)
+def descriptive_figures(tables: Mapping[str, pd.DataFrame]) -> dict[str, bytes | None]:
+    """The figures drawn from the descriptive tables alone (``DESCRIPTIVE_FIGURE_TABLES``: no effect estimate, no
+    suppression setting): Figures 2, 3A-C and 4 and Supplementary Figure S4, about half the report's drawing.
+    The service draws them in a step of their own beside comparative_effects (assets/report.py)."""
+    groups = ("combination", "tacrolimus")
+    return {"figure_2": figure_2_svg(tables.get("prospective_visits")),
+            "figure_3": figures.group_changes(tables["scale_changes"], L.FIGURE_3_SCALES, L.SCALES, groups,
+                                              "Figure 3A-C: change by group", L.GROUPS),
+            "figure_s4": figures.group_changes(tables["scale_changes"], L.FIGURE_S4_SCALES, L.SCALES, groups,
+                                               "Supplementary Figure S4: change by group", L.GROUPS),
+            "figure_4": figures.hrct_panels(tables["hrct_changes"], L.HRCT, groups, L.GROUPS)}
 
 
-def _hrct(b: ReportBuilder) -> bytes:
-    return figures.hrct_panels(b.t["hrct_changes"], L.HRCT, ("combination", "tacrolimus"), L.GROUPS)
+# What the descriptive figures are drawn with, beside their tables: a drawing keyed by an older version is not reused.
+_DRAWING_CODE = ("report/figures.py", "report/sections.py", "report/render.py", "report/labels.py", "analytics/figures.py")
+
+
+def drawing_key(tables: Mapping[str, pd.DataFrame]) -> str:
+    """What the descriptive figures depend on: their tables' contents, the drawing code and matplotlib's version.
+    A drawing is reused only under the same key, so reusing one cannot change the report."""
+    import matplotlib
+
+    digest = hashlib.sha256(matplotlib.__version__.encode())
+    root = Path(__file__).resolve().parent.parent
+    for source in _DRAWING_CODE:
+        digest.update((root / source).read_bytes())
+    for name in DESCRIPTIVE_FIGURE_TABLES:
+        frame = tables.get(name)
+        digest.update(name.encode())
+        if frame is not None:
+            digest.update(repr(list(frame.dtypes.astype(str).items())).encode())
+            digest.update(frame.to_csv(index=True).encode())
+    return digest.hexdigest()
 
 
 # The sections of the document, in order (their element ids; each starts a printed page).

@@ -585,14 +585,20 @@ class ReportBuilder:
                       "HR (95% CI)", "p", "log-rank p"], rows)
 
 
-def figure_2(builder: ReportBuilder) -> Figure | None:
-    visits = builder.t.get("prospective_visits")
+def figure_2_svg(visits: pd.DataFrame | None) -> bytes | None:
     if visits is None or visits.empty:
         return None
     named = visits[visits["measure"].isin(L.FIGURE_2_SCALES)]
     named = named.assign(measure=named["measure"].map(lambda m: L.label(L.SCALES, m)))
-    svg = scale_boxplots(named, [L.label(L.SCALES, m) for m in L.FIGURE_2_SCALES],
-                         "Assessment scales by visit, prospective cohort", fmt="svg")
+    return scale_boxplots(named, [L.label(L.SCALES, m) for m in L.FIGURE_2_SCALES],
+                          "Assessment scales by visit, prospective cohort", fmt="svg")
+
+
+def figure_2(builder: ReportBuilder, svg: bytes | None = None) -> Figure | None:
+    """Figure 2 around its drawing (``figure_2_svg``), drawn here unless given."""
+    svg = svg if svg is not None else figure_2_svg(builder.t.get("prospective_visits"))
+    if svg is None:
+        return None
     return Figure("figure-2-plot", "Assessment scales by visit (both groups)", svg,
                   ["Boxes: quartiles; whiskers: minimum and maximum (patient-level values: review before "
                    "release); months from the tacrolimus start."])

@@ -1,22 +1,25 @@
-"""The comparative-effect tables and figures: one pass over every comparison of the contract."""
+"""The comparative-effect tables and figures: one pass over every comparison of the contract.
+
+The statistics and figures (SciPy, statsmodels, matplotlib: about 5 CPU s) are imported by the step, not by
+the definitions every ``dagster`` command loads; the fork server has them preloaded (assets/forkserver.py)."""
 import dagster as dg
 import pandas as pd
-
-from analytics.comparisons import PROSPECTIVE_COMPARISON, study_results
-from analytics.figures import km_plot, love_plot, ps_overlap
 
 from ..resources import StudyResource, WarehouseResource
 from .checks import asset_check_specs, table_check_results
 from .publish import asset_specs, image_markdown, save_figure, table_result, write_tables
 
 OUTCOME_LABELS = {"death": "Survival", "relapse": "Relapse-free", "resp_relapse": "Free of respiratory relapse"}
-EMBEDDED = {("tacrolimus_vs_conventional", "death"), ("tacrolimus_vs_conventional", "relapse"),
-            (PROSPECTIVE_COMPARISON, "resp_relapse")}
 
 
 @dg.multi_asset(specs=asset_specs("comparative_effects", kinds={"sql", "python"}, deps=["cohort", "prospective_cohort"]),
                 check_specs=asset_check_specs("comparative_effects"))
 def comparative_effects(context: dg.AssetExecutionContext, warehouse: WarehouseResource, study: StudyResource):
+    from analytics.comparisons import PROSPECTIVE_COMPARISON, study_results
+    from analytics.figures import km_plot, love_plot, ps_overlap
+
+    embedded = {("tacrolimus_vs_conventional", "death"), ("tacrolimus_vs_conventional", "relapse"),
+                (PROSPECTIVE_COMPARISON, "resp_relapse")}
     wh = warehouse.get()
     cohort = wh.read_table("cohort")
     results = study_results(cohort, wh.read_table("prospective_cohort"), bootstrap_replicates=study.bootstrap_replicates,
@@ -39,7 +42,7 @@ def comparative_effects(context: dg.AssetExecutionContext, warehouse: WarehouseR
                       weighted=comparison != PROSPECTIVE_COMPARISON)
         path = save_figure(study, f"km_{comparison}_{outcome}.png", png)
         paths[f"figure_km_{comparison}_{outcome}"] = dg.MetadataValue.path(str(path))
-        if (comparison, outcome) in EMBEDDED:
+        if (comparison, outcome) in embedded:
             km_md.append(image_markdown(png, f"{comparison} {outcome}"))
 
     main = "tacrolimus_vs_conventional"

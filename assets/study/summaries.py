@@ -1,9 +1,7 @@
 """Descriptive result tables: baseline characteristics (Tables 1-2), assessment-scale and HRCT changes
-(Figures 2-4) and the safety summary (Supplementary Table 1)."""
+(Figures 2-4) and the safety summary (Supplementary Table 1). SciPy and matplotlib are imported by the step
+(preloaded by the fork server), not by the definitions."""
 import dagster as dg
-
-from analytics import summaries
-from analytics.figures import scale_boxplots
 
 from ..resources import StudyResource, WarehouseResource
 from .checks import asset_check_specs, table_check_results
@@ -14,6 +12,9 @@ from .publish import asset_specs, image_markdown, save_figure, table_result, wri
                                   deps=["cohort", "prospective_cohort", "prospective_visits", "safety_events"]),
                 check_specs=asset_check_specs("descriptive_tables"))
 def descriptive_tables(context: dg.AssetExecutionContext, warehouse: WarehouseResource, study: StudyResource):
+    from analytics import summaries
+    from analytics.figures import scale_boxplots
+
     wh = warehouse.get()
     retro, prosp = wh.read_table("cohort"), wh.read_table("prospective_cohort")
     visits, events = wh.read_table("prospective_visits"), wh.read_table("safety_events")

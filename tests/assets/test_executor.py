@@ -52,10 +52,58 @@ def _executor(config: dict):
         return forkserver_executor.executor_creation_fn(context)
 
 
-def test_steps_fork_from_a_server_that_preloaded_the_jobs_module_and_great_expectations(path_restored):
+def test_steps_fork_from_a_server_that_preloaded_the_jobs_module_and_what_steps_import_lazily(path_restored):
     executor = _executor({})
     assert executor._start_method == "forkserver"
-    assert executor._explicit_forkserver_preload == [__name__, "great_expectations"]  # the job's module
+    assert executor._explicit_forkserver_preload == [__name__, "great_expectations", "analytics.comparisons",
+                                                     "analytics.summaries", "analytics.figures", "report.render"]
+
+
+def test_the_definitions_import_none_of_what_only_steps_need():
+    """`dagster` commands load the definitions; SciPy, statsmodels, matplotlib, Jinja and Great Expectations are
+    the steps' (preloaded by the fork server): a fresh interpreter shows what importing the definitions pulls in."""
+    heavy = ("scipy", "statsmodels", "matplotlib", "jinja2", "great_expectations")
+    code = f"import sys, assets.definitions; print([m for m in {heavy!r} if m in sys.modules])"
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    env.pop("FEDERATION_EXCHANGE", None)
+    done = subprocess.run([sys.executable, "-c", code], cwd=ROOT, env=env, capture_output=True, text=True, check=True)
+    assert done.stdout.strip() == "[]"
+
+
+def test_the_modules_whose_fork_server_the_command_starts_early_use_the_forkserver_executor():
+    """deploy/dagster_cli.py starts the fork server of these locations before loading them; the executor then
+    reuses it, so it must be the executor these locations' jobs run on."""
+    import importlib
+
+    from assets.forkserver import EARLY_MODULES
+
+    for module in EARLY_MODULES:
+        location = importlib.import_module(module).defs
+        assert location.resolve_implicit_global_asset_job_def().executor_def is forkserver_executor
+
+
+def test_a_fork_server_started_early_is_the_one_steps_fork_from(tmp_path):
+    """What the command does before it loads the definitions: start the fork server with the executor's preload
+    and the .env dagster will load; a process started later from this one forks from that server, with the
+    preloaded modules already imported and the .env's variables set."""
+    code = (
+        "import multiprocessing as mp, multiprocessing.forkserver as fs, os, sys\n"
+        "from assets.forkserver import preload_modules, start_early\n"
+        "def probe():\n"
+        "    return all(m in sys.modules for m in preload_modules('assets.definitions')), os.environ.get('FROM_DOTENV')\n"
+        "if __name__ == '__main__':\n"
+        "    start_early('assets.definitions', {'FROM_DOTENV': 'yes'})\n"
+        "    address = fs._forkserver._forkserver_address\n"
+        "    assert os.environ.get('FROM_DOTENV') is None  # only the fork server's environment has it\n"
+        "    with mp.get_context('forkserver').Pool(1) as pool:\n"
+        "        print(pool.apply(probe), fs._forkserver._forkserver_address == address)\n"
+    )
+    script = tmp_path / "probe_early.py"
+    script.write_text(code)
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    done = subprocess.run([sys.executable, str(script)], cwd=tmp_path, env=env, capture_output=True, text=True,
+                          check=True, timeout=300)
+    assert done.stdout.strip() == "(True, 'yes') True"  # every module preloaded (the fork server skips a failing one)
 
 
 def test_the_run_config_may_still_choose_spawn_or_its_own_preload(path_restored):

@@ -20,10 +20,10 @@ import yaml
 from lxml import html as lxml_html
 
 from assets.definitions import all_assets, defs
-from assets.report import ReportResource, _pdf, study_report
+from assets.report import DRAWN_FILE, ReportResource, _drawn, _pdf, study_report, study_report_figures
 from assets.resources import FhirServerResource, StudyResource, WarehouseResource
 from etl.warehouse import Warehouse
-from report.pdf import PdfError
+from report.pdf import PdfError, PdfPrint, find_chromium, html_to_pdf
 from report.published import PublishedItem, agreement
 from report.render import REPORT_TABLES, SECTION_IDS, MissingTables, render_report
 from report.sections import ReportBuilder
@@ -58,7 +58,7 @@ def built(tmp_path_factory) -> Built:
     write_ndjson(generate_hospital(HOSPITAL), base / "ndjson")
     url = f"sqlite:///{base / 'w.sqlite'}"
     started = datetime.now(timezone.utc)
-    result = dg.materialize([*all_assets, study_report], resources={
+    result = dg.materialize([*all_assets, study_report_figures, study_report], resources={
         "fhir": FhirServerResource(sync_mode="ndjson", ndjson_dir=str(base / "ndjson")),
         "warehouse": WarehouseResource(url=url),
         "study": StudyResource(pseudonym_key="test-pseudonym-key-0123456789", data_cutoff="2026-01-01",
@@ -258,6 +258,48 @@ def test_the_pdf_has_a_page_for_each_section_and_not_many_more(built):
     pages = len(PdfReader(built.pdf_path).pages)
     sections = len(built.doc.xpath("//section[contains(@class, 'page')]"))
     assert sections <= pages <= 2.5 * sections
+
+
+def _pdf_content(path: Path) -> bytes:
+    """A PDF without what changes from one print to the next: its dates, and the browser's DOM node ids that
+    name the tagged structure's elements (their numbering depends on the browser's session, not the page)."""
+    return re.sub(rb"\(node\d+\)", b"(node)", re.sub(rb"/(CreationDate|ModDate) \(D:[^)]*\)", b"", path.read_bytes()))
+
+
+def test_the_pdf_chromium_printed_while_the_report_rendered_is_the_pdf_of_the_html_file(built, tmp_path):
+    """The asset starts Chromium before rendering and serves it the page (report/pdf.py, PdfPrint); printing
+    the HTML file it wrote gives the same PDF."""
+    from_file = tmp_path / "from_file.pdf"
+    html_to_pdf(built.html_path, from_file, find_chromium())
+    assert _pdf_content(built.pdf_path) == _pdf_content(from_file)
+
+
+def test_a_print_started_early_stops_its_browser_when_the_page_never_comes(tmp_path):
+    chromium = find_chromium()
+    if chromium is None:
+        pytest.skip("no Chromium")
+    printer = PdfPrint(tmp_path / "never.pdf", chromium)
+    printer.close()  # as the asset does when rendering fails
+    assert printer._process.poll() is not None and not (tmp_path / "never.pdf").exists()
+
+
+def test_the_figures_drawn_ahead_are_the_figures_the_report_would_draw(built):
+    """study_report_figures draws the descriptive figures in a step of its own; the report that uses them is the
+    report drawn in one piece, byte for byte."""
+    assert built.metadata["descriptive_figures"] == "drawn ahead (study_report_figures)"
+    drawn = _drawn(built.html_path.parent, built.tables)
+    assert drawn is not None and set(drawn) == {"figure_2", "figure_3", "figure_s4", "figure_4"}
+    when, policy = datetime(2026, 1, 2, 3, 4, tzinfo=timezone.utc), SmallCellPolicy(THRESHOLD)
+    assert (render_report(built.tables, generated_at=when, policy=policy, drawn=drawn).html
+            == render_report(built.tables, generated_at=when, policy=policy).html)
+
+
+def test_figures_drawn_from_other_tables_are_not_reused(built, tmp_path):
+    (tmp_path / DRAWN_FILE).write_bytes((built.html_path.parent / DRAWN_FILE).read_bytes())
+    assert _drawn(tmp_path, built.tables) is not None
+    changed = {**built.tables, "hrct_changes": built.tables["hrct_changes"].iloc[1:]}
+    assert _drawn(tmp_path, changed) is None
+    assert _drawn(tmp_path / "nothing_drawn", built.tables) is None
 
 
 def test_missing_tables_are_named():
