@@ -48,5 +48,5 @@ class Pseudonyms:
 
 def pseudonymise(frame: pd.DataFrame, key: str, id_column: str = "patient_id") -> pd.DataFrame:
     """``frame`` with ``id_column`` replaced by ``patient_key`` in first position."""
-    keys = [patient_key(pid, key) for pid in frame[id_column]]
+    keys = list(map(Pseudonyms(key), frame[id_column]))
     return frame.drop(columns=[id_column]).assign(patient_key=keys)[["patient_key", *[c for c in frame.columns if c != id_column]]]

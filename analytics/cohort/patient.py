@@ -165,6 +165,10 @@ class PatientRecord:
         died = self.row.deceased_date
         death_day = (died - index).days if present(died) else None
         death = death_day is not None and death_day <= min(p.followup_days, (p.data_cutoff - index).days)
+        if death and death_day <= 0:  # type: ignore[operator]
+            # Follow-up is days 1 ... 365; a death dated on or before index is kept as an event on day 0 (the contract
+            # has no attrition step for it) and shown in data quality, since before index it is a data error.
+            self.quality.add("death_on_or_before_index")
         followup = max(death_day, 0) if death else max(end, 0)  # type: ignore[type-var]
         return {"followup_days": followup, "death_event": int(death), "death_days": followup}
 
@@ -186,7 +190,9 @@ class PatientRecord:
         window = [o for o in self.obs_days(concept, index) if lo <= o.day <= hi and present(o.row.value)]
         if not window:
             return None
-        return float(min(window, key=lambda o: (abs(o.day), o.day)).row.value)
+        # Of several values on that day, the lowest: the table's order is the ids' order, and ids are the hospital's
+        # choice (the same rule as visit values, README Definitions).
+        return float(min(window, key=lambda o: (abs(o.day), o.day, float(o.row.value))).row.value)
 
     def relapses(self, index: date, followup: int) -> tuple[dict[str, int], list[dict[str, Any]]]:
         p, w = self.p, self.p.relapse_window_days
@@ -205,7 +211,10 @@ class PatientRecord:
         rad_days = {o.day for o in self.obs_days("radiological_progression", index) if o.row.value_boolean == True}  # noqa: E712
         # Criterion (iii): the daily GC total rises and exceeds 0.5 mg/kg/day (weight on or before that day).
         last = max(o.day for o in exac) + w
-        weights = sorted((o for o in self.obs_days("body_weight", index) if present(o.row.value)), key=lambda o: o.day)
+        # By day, and within a day highest first, so that the last of a day (the one read) is its lowest weight,
+        # whatever the order of the ids.
+        weights = sorted((o for o in self.obs_days("body_weight", index) if present(o.row.value)),
+                         key=lambda o: (o.day, -float(o.row.value)))
         weight_days = [o.day for o in weights]
         gc_days: set[int] = set()
         unevaluable: set[int] = set()  # GC increases with no weight on record: criterion (iii) unknown

@@ -446,3 +446,38 @@ def test_a_missing_birth_date_excludes_at_the_age_step_and_is_reported():
     result = derive(res)
     assert reason(result) == "age_under_18"
     assert result.data_quality.set_index("issue")["n_patients"].to_dict() == {"birth_date_missing": 1}
+
+
+@pytest.mark.parametrize("first", [True, False])
+def test_a_same_day_tie_of_baselines_is_decided_by_value_not_by_the_order_of_ids(first):
+    """Two ferritins on the baseline's day (500 from the reference patient, 100 added): the lowest is the
+    baseline whichever the table lists first (the warehouse lists by id, the hospital's choice)."""
+    extra = obs_quantity("2276-4", -2, 100, "ng/mL")
+    base = reference_patient()
+    res = ([extra] + base if first else base + [extra]) + [exacerbation(100), obs_quantity("2276-4", 100, 900, "ng/mL")]
+    assert only_row(derive(res))["relapse_event"] == 1  # 900 > 2 x 100 (not > 2 x 500)
+
+
+@pytest.mark.parametrize("first", [True, False])
+def test_a_same_day_tie_of_weights_is_decided_by_value_not_by_the_order_of_ids(first):
+    """Two weights on the latest weighing day (60 kg from the reference patient, 80 kg added): the lowest is read,
+    so a rescue of 35 mg/day (> 0.5 x 60, not > 0.5 x 80) is a relapse whichever the table lists first."""
+    extra = obs_quantity("29463-7", -3, 80, "kg")
+    base = reference_patient(gc=(-5, 27))
+    res = ([extra] + base if first else base + [extra]) + [exacerbation(80), drug(PREDNISONE, 75, 90, dose=35)]
+    assert only_row(derive(res))["relapse_event"] == 1
+
+
+@pytest.mark.parametrize("death_day", [-5, 0])
+def test_a_death_on_or_before_index_is_an_event_on_day_0_shown_in_data_quality(death_day):
+    result = derive(reference_patient(deceased=day(death_day)))
+    row = only_row(result)
+    assert (row["death_event"], row["death_days"], row["followup_days"]) == (1, 0, 0)
+    issues = result.data_quality.set_index("issue")["n_patients"]
+    assert issues["death_on_or_before_index"] == 1
+
+
+def test_a_death_after_index_is_not_shown_as_on_or_before_index():
+    result = derive(reference_patient(deceased=day(1)))
+    assert only_row(result)["death_days"] == 1
+    assert "death_on_or_before_index" not in set(result.data_quality["issue"])
