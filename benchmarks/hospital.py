@@ -9,7 +9,7 @@ the rows of the tables it materialised; then every process's peak RSS (VmHWM, sa
 and all its descendants), and the cohort against the generator's truth, patient by patient via patient_xref.
 
     .venv/bin/python -m benchmarks.hospital                      # the paper-size hospital and 10,000 patients
-    .venv/bin/python -m benchmarks.hospital --patients 40000     # opt in to the larger ones (200000 needs ~hours)
+    .venv/bin/python -m benchmarks.hospital --patients 40000     # larger sizes: opt in (200000: 6 + 18 min)
 
 Sizes other than the paper's scale every count of the paper hospital (``HospitalParams()``, 474 patients) by the
 same factor, so the mix of cohort, exclusions, prospective and unrelated patients stays the paper's.
