@@ -13,6 +13,7 @@ from typing import Any
 import pytest
 
 from analytics.cohort.params import RuleParams
+from analytics.cohort.prospective import ProspectiveParams, derive_prospective
 from analytics.cohort.retrospective import RetrospectiveResult
 from analytics.cohort.tables import derive_cohort_tables
 from synthetic import fhir_builders as fb
@@ -204,3 +205,13 @@ def test_an_undated_weight_is_no_weight_for_the_relapse_rule():
     result = derive(res)
     assert only_row(result)["relapse_event"] == 0
     assert quality(result) == {"observation_without_date": 1, "relapse_gc_criterion_not_evaluable_no_weight": 1}
+
+
+def test_an_undated_cadm_sets_the_prospective_diagnosis_subset_and_leaves_enrolment_alone():
+    """The prospective rules read diagnoses only for the diagnosis subset (the shared covariates)."""
+    params = ProspectiveParams(rules=RuleParams(data_cutoff=date(2025, 1, 1)), enrolment_start=date(2016, 1, 1),
+                               enrolment_end=date(2016, 12, 31))
+    res = [fb.research_study("study"), fb.research_subject(new_id("rs"), PID, "study", day(-3), status="off-study", end=day(365)),
+           *with_condition_undated(reference_patient(), "M33.10"), undated(fb.condition(new_id(), PID, LOCAL, "cadm", day(0)))]
+    result = derive_prospective(facts_of(res), params)
+    assert result.cohort[["group", "diagnosis_subset"]].values.tolist() == [["tacrolimus", "CADM"]]
