@@ -125,6 +125,12 @@ def _each_once(rule: Callable[..., Any], rows: Iterable[tuple[Any, ...]]) -> lis
     return out
 
 
+def _undated(facts: pd.DataFrame, date_column: str, issue: str) -> list[dict[str, str]]:
+    """One data-quality row per patient with a fact of a mapped concept that has no date (``facts`` holds
+    mapped rows only). A fact without a patient is already counted as resource_without_patient_subject."""
+    return [{"patient_id": p, "issue": issue} for p in facts.loc[facts[date_column].isna(), "patient_id"].dropna().unique()]
+
+
 def build_facts(flat: dict[str, pd.DataFrame], concepts: ConceptMap) -> StudyFacts:
     """From the flattened tables (``etl.fhir.types.flatten_all``) to the study's facts."""
     quality: list[dict[str, str]] = []
@@ -151,11 +157,18 @@ def build_facts(flat: dict[str, pd.DataFrame], concepts: ConceptMap) -> StudyFac
     verification = concepts_per_row(concepts, "condition_verification", cond["verification_codings"])
     cond = cond[pd.Series([not (v & IGNORED_CONDITION_VERIFICATION) for v in verification], index=cond.index, dtype=bool)]
     # Two codings of one resource that carry the same concept (M33.10 and M3310, two ESR LOINCs) are one fact.
-    diagnoses = (concepts.annotate("conditions", cond).drop_duplicates(["condition_id", "concept"])
-                 [["patient_id", "concept", "date"]].dropna(subset=["date"]))
+    # An undated Condition is kept (date None): it still counts where the contract asks only whether a diagnosis
+    # exists (inclusion, the exclusions without a window, the diagnosis subset); the rules that measure from a
+    # date read the dated ones only (PatientRecord.dx_dates), and it is counted in data quality.
+    diagnoses = concepts.annotate("conditions", cond).drop_duplicates(["condition_id", "concept"])[["patient_id", "concept", "date"]]
+    quality += _undated(diagnoses, "date", "condition_without_date")
 
     meds_counted = flat["MedicationStatement"]
-    meds_counted = meds_counted[~meds_counted["status"].isin(IGNORED_MEDICATION_STATUS) & meds_counted["start"].notna()]
+    meds_counted = meds_counted[~meds_counted["status"].isin(IGNORED_MEDICATION_STATUS)]
+    # A statement without a start cannot be placed on any day: not an exposure, but counted when it names a concept.
+    quality += _undated(concepts.annotate("medications", meds_counted[meds_counted["start"].isna()]), "start",
+                        "medication_statement_without_date")
+    meds_counted = meds_counted[meds_counted["start"].notna()]
     meds = concepts.annotate("medications", meds_counted)
     # One row per statement and concept; of two glucocorticoid codings naming different drugs (a coding
     # error), the first ingredient by name wins, so the coding order cannot choose.
@@ -172,11 +185,16 @@ def build_facts(flat: dict[str, pd.DataFrame], concepts: ConceptMap) -> StudyFac
                                           "pred_factor", "stopped_for_adverse_event"]]
 
     proc = flat["Procedure"]
-    proc = proc[(proc["status"] == "completed") & proc["date"].notna()]
+    proc = proc[proc["status"] == "completed"]
+    quality += _undated(concepts.annotate("procedures", proc[proc["date"].isna()]), "date", "procedure_without_date")
+    proc = proc[proc["date"].notna()]
     procedures = concepts.annotate("procedures", proc).drop_duplicates(["procedure_id", "concept"])[["patient_id", "concept", "date"]]
 
     obs_counted = flat["Observation"]
-    obs_counted = obs_counted[~obs_counted["status"].isin(IGNORED_OBSERVATION_STATUS) & obs_counted["date"].notna()]
+    obs_counted = obs_counted[~obs_counted["status"].isin(IGNORED_OBSERVATION_STATUS)]
+    quality += _undated(concepts.annotate("observations", obs_counted[obs_counted["date"].isna()]), "date",
+                        "observation_without_date")
+    obs_counted = obs_counted[obs_counted["date"].notna()]
     obs = concepts.annotate("observations", obs_counted).drop_duplicates(["observation_id", "concept"])
     # A preliminary result is superseded by a final/amended one of the same concept and day.
     finals = obs[obs["status"].isin(FINAL_OBSERVATION_STATUS)][["patient_id", "concept", "date"]].drop_duplicates()
@@ -200,10 +218,18 @@ def build_facts(flat: dict[str, pd.DataFrame], concepts: ConceptMap) -> StudyFac
                          value_code=[single_value(v) for v in concepts_per_row(concepts, "observation_values", comps["value_codings"])])
     observations = pd.concat([obs[obs_columns], comps[obs_columns]], ignore_index=True)
 
-    ae_counted = flat["AdverseEvent"]
-    ae_counted = ae_counted[(ae_counted["actuality"] == "actual") & ae_counted["date"].notna()]
-    ae = (concepts.annotate("adverse_event_categories", ae_counted).drop_duplicates(["event_id", "concept"])
+    ae_actual = flat["AdverseEvent"]
+    ae_actual = ae_actual[ae_actual["actuality"] == "actual"]
+    ae = (concepts.annotate("adverse_event_categories", ae_actual).drop_duplicates(["event_id", "concept"])
           .rename(columns={"concept": "category"}))
+    # An event none of whose codings names a category (say, coded in SNOMED only) cannot enter the safety tables;
+    # one without a date cannot be placed in follow-up. Each is counted rather than dropped unseen.
+    unmapped = ~ae_actual["event_id"].isin(set(ae["event_id"]))
+    quality += [{"patient_id": p, "issue": "adverse_event_category_not_mapped"}
+                for p in ae_actual.loc[unmapped, "patient_id"].dropna().unique()]
+    quality += _undated(ae, "date", "adverse_event_without_date")
+    ae = ae[ae["date"].notna()]
+    ae_counted = ae_actual[ae_actual["date"].notna()]
     ae["serious"] = ["serious" in found for found in concepts_per_row(concepts, "adverse_event_seriousness", ae["seriousness_codings"])]
     adverse_events = ae[["event_id", "patient_id", "category", "date", "serious", "suspect_statement_ids"]]
 

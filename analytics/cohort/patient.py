@@ -74,7 +74,13 @@ class PatientRecord:
         self._obs_days: dict[tuple[str, date], list[Day]] = {}
 
     def dx_dates(self, *concepts: str) -> list[date]:
-        return sorted(r.date for r in self.dx if r.concept in concepts)
+        """The dates of the dated diagnoses of ``concepts``, sorted: for the rules that measure from a diagnosis."""
+        return sorted(r.date for r in self.dx if r.concept in concepts and present(r.date))
+
+    def has_dx(self, *concepts: str) -> bool:
+        """Whether a diagnosis of ``concepts`` exists, dated or not: for the rules that ask only that (README
+        Definitions, undated conditions)."""
+        return any(r.concept in concepts for r in self.dx)
 
     def exposures(self, *concepts: str) -> list[Row]:
         return [r for r in self.ex if r.concept in concepts]
@@ -143,8 +149,8 @@ class PatientRecord:
 
     def covariates(self, index: date) -> dict[str, Any]:
         p = self.p
-        subset = ("CADM" if self.dx_dates("cadm") else "ASS" if self.dx_dates("antisynthetase_syndrome")
-                  else "DM" if self.dx_dates("dermatomyositis", "dermatopolymyositis_unspecified") else "PM")
+        subset = ("CADM" if self.has_dx("cadm") else "ASS" if self.has_dx("antisynthetase_syndrome")
+                  else "DM" if self.has_dx("dermatomyositis", "dermatopolymyositis_unspecified") else "PM")
         agents_at_index = {r.concept for r in self.exposures(*CONVENTIONAL) if r.start == index}
         agent = next((a for a in CONVENTIONAL if a in agents_at_index), None)
         lo, hi = index - timedelta(days=p.covariate_window_days), index + timedelta(days=p.covariate_window_days)

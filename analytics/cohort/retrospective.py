@@ -41,19 +41,23 @@ class RetrospectiveResult:
 def select(patient: PatientRecord) -> tuple[str | None, date | None]:
     """The first failed rule in attrition order (None when included) and the index date if known."""
     p = patient.p
-    iim = patient.dx_dates(*IIM_CONCEPTS)
-    if not iim:
+    # Inclusion and the exclusions without a window ask only whether a diagnosis exists: an undated Condition counts.
+    if not patient.has_dx(*IIM_CONCEPTS):
         return "no_iim_condition", None
-    ild = patient.dx_dates("ild")
-    if not ild:
+    if not patient.has_dx("ild"):
         return "no_ild_condition", None
     for concept, reason in (("inclusion_body_myositis", "inclusion_body_myositis"),
                             ("overlap_myositis", "overlap_myositis"), ("juvenile_dm", "juvenile_dm")):
-        if patient.dx_dates(concept):
+        if patient.has_dx(concept):
             return reason, None
-    first_iim = iim[0]
-    if any(abs((d - first_iim).days) <= p.malignancy_days for d in patient.dx_dates("malignancy")):
+    # The rules measured from a date read dated Conditions only: without a dated IIM, or for an undated malignancy,
+    # the 3-year window cannot be placed and does not exclude; without a dated ILD no statement can qualify.
+    iim = patient.dx_dates(*IIM_CONCEPTS)
+    if iim and any(abs((d - iim[0]).days) <= p.malignancy_days for d in patient.dx_dates("malignancy")):
         return "malignancy_within_3y", None
+    ild = patient.dx_dates("ild")
+    if not ild:
+        return "no_qualifying_immunosuppressant", None
     earliest = ild[0] - timedelta(days=p.ild_lookback_days)
     candidates = [r for r in patient.exposures(*IMMUNOSUPPRESSANTS) if r.start >= earliest]
     if not candidates:
@@ -134,7 +138,8 @@ def without_iim_or_ild_codes(facts: StudyFacts) -> RetrospectivePart:
     """Patients known (from their Conditions' codings, ``scope.carries_iim``) to have no Condition coded IIM
     under any status: each fails the first rule, ``no_iim_condition``, whatever else their record holds, so no
     rule is run. (The selection is IIM only: an ILD code alone does not make a candidate; the name is kept for
-    its callers.) ``facts`` need only hold what data quality reads (patients, medications, observations)."""
+    its callers.) ``facts`` need only hold what data quality reads (patients, conditions, medications, procedures,
+    observations, adverse events: ``assets.study.cohort_source.QUALITY_TYPES``)."""
     part = RetrospectivePart(n_patients=len(facts.patients),
                              exclusions=[{"patient_id": pid, "reason": "no_iim_condition"} for pid in facts.patients["patient_id"]])
     add_fact_quality(part.quality, facts)

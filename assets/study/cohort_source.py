@@ -8,8 +8,8 @@ The step used to flatten every raw resource of the hospital at once (4.8 GB at 4
    and the *candidates*: patients with a Condition coded IIM (any status) or a ResearchSubject;
 2. candidates are read, flattened and run through every rule a chunk of patients at a time;
 3. everyone else fails the first rule (``no_iim_condition``) whatever their record holds, so only the
-   resources that data quality reads (their Patient, MedicationStatements and Observations) are
-   flattened, a chunk at a time, and no rule is run;
+   resources that data quality reads (``QUALITY_TYPES``: all but ResearchSubjects) are flattened, a
+   chunk at a time, and no rule is run;
 4. resources without a patient and references to absent patients are counted from the pass of step 1.
 
 ``CohortBuilder`` gathers the chunks' outcomes into the same tables, row for row, as the whole hospital
@@ -57,8 +57,9 @@ POOL_FROM_CHUNKS = 4  # fewer chunks run in this process: a pool is not worth it
 # (assets/executor.py) and their workers from one the step starts; not measured again.
 POOL_FROM_CANDIDATES = 4000
 # What data quality reads of a patient outside the candidates (analytics.cohort.facts: death without a date,
-# glucocorticoid doses, observation values and units).
-QUALITY_TYPES = ("Patient", "MedicationStatement", "Observation")
+# glucocorticoid doses, observation values and units, facts of a mapped concept without a date, adverse events
+# without a mapped category).
+QUALITY_TYPES = ("Patient", "Condition", "MedicationStatement", "Procedure", "Observation", "AdverseEvent")
 
 
 @dataclass
@@ -248,7 +249,7 @@ def derive_in_chunks(wh: Warehouse, concepts: ConceptMap, params: RuleParams, ba
     known = set(index.patients)
     candidates = [p for p in index.patients if p in index.candidates] + sorted(index.candidates - known)
     # Everyone else, and the patients that resources name but the Patient table lacks: data quality still reads
-    # their statements and observations (the whole-hospital path does).
+    # their resources (the whole-hospital path does).
     absent = sorted({pid for t in QUALITY_TYPES for pid in index.resources.get(t, {})} - known - index.candidates)
     others = [p for p in index.patients if p not in index.candidates] + absent
 

@@ -20,7 +20,7 @@ from synthetic import fhir_builders as fb
 from synthetic.fhir_builders import ICD10, LOINC, RXNORM
 from synthetic.hospital import HospitalParams, generate_hospital
 from synthetic.variants import SERVER_BASE, VARIANTS
-from tests.fhir_fixtures import CTX, PID, day, reference_patient
+from tests.fhir_fixtures import CTX, PID, day, new_id, reference_patient
 
 SMALL = HospitalParams(n_retrospective=70, n_prospective_enrolled=12, n_noise=30, attrition_per_reason=1)
 PARAMS = RuleParams(data_cutoff=date(2026, 1, 1))
@@ -179,3 +179,40 @@ def test_an_enrolled_patient_without_iim_reaches_the_prospective_rules_and_an_ab
                                                    "lost_to_follow_up_before_12m": 0, "death_date_unknown": 0}
     assert prospective["n_remaining"].tolist() == [1, 1, 0, 0, 0, 0, 0] and tables["prospective_cohort"].empty
     assert quality_of(tables) == {("retrospective", "reference_to_absent_patient"): 1}
+
+
+def _undated(resource: dict) -> dict:
+    return {k: v for k, v in resource.items()
+            if k not in ("onsetDateTime", "recordedDate", "effectivePeriod", "effectiveDateTime", "performedDateTime", "date")}
+
+
+def _unreadable_facts(condition_code: str) -> list[dict]:
+    """Resources of the rule tests' patient that data quality counts: an undated Condition of ``condition_code``,
+    an undated statement, procedure, observation and adverse event of mapped concepts, and an adverse event coded
+    in SNOMED only (no mapped category)."""
+    foreign = fb.adverse_event(new_id("ae"), PID, "infection", day(30), serious=False)
+    foreign["event"] = fb.concept(fb.SNOMED, "40733004")
+    return [_undated(fb.condition(new_id("cond"), PID, ICD10, condition_code, day(0))),
+            _undated(fb.medication_statement(new_id("ms"), PID, RXNORM, "8640", day(0), None, dose=10)),
+            _undated(fb.procedure(new_id("proc"), PID, fb.SNOMED, "127788007", day(0))),
+            _undated(fb.observation(new_id("obs"), PID, LOINC, "2276-4", day(0), valueQuantity=fb.quantity(5, "ng/mL"))),
+            _undated(fb.adverse_event(new_id("ae"), PID, "hepatic", day(30), serious=False)), foreign]
+
+
+def test_undated_facts_and_unmapped_adverse_events_are_counted_for_candidates_and_everyone_else_alike(tmp_path):
+    """A candidate in the cohort, a patient without IIM (not a candidate: an undated inclusion body myositis) and a
+    patient the Patient table lacks: each undated fact and unmapped adverse event is counted once per patient, in
+    chunks of one patient as in one pass (``QUALITY_TYPES`` holds every type these come from)."""
+    wh = Warehouse(f"sqlite:///{tmp_path / 'w.sqlite'}")
+    candidate = as_patient(reference_patient() + _unreadable_facts("J84.9"), "a")
+    other = as_patient([fb.patient(PID, "male", "1950-01-01")] + _unreadable_facts("G72.41"), "other")
+    ghost = as_patient([_undated(fb.condition(new_id("cond"), PID, ICD10, "J84.10", day(0)))], "ghost")
+    load(wh, candidate + other + ghost)
+    assert index_hospital(wh, load_concept_map(), None).candidates == {"a"}
+    tables = assert_same_tables(wh, None, chunk=1)
+    assert list(tables["cohort"]["patient_id"]) == ["a"]
+    assert quality_of(tables) == {
+        ("retrospective", "adverse_event_category_not_mapped"): 2, ("retrospective", "adverse_event_without_date"): 2,
+        ("retrospective", "condition_without_date"): 3, ("retrospective", "medication_statement_without_date"): 2,
+        ("retrospective", "observation_without_date"): 2, ("retrospective", "procedure_without_date"): 2,
+        ("retrospective", "reference_to_absent_patient"): 1}
