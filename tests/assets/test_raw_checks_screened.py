@@ -5,6 +5,7 @@ resource is flattened and every row of every batch validated (the path before), 
 pseudonym only."""
 from __future__ import annotations
 
+import os
 import re
 
 import dagster as dg
@@ -183,3 +184,51 @@ def test_the_screen_keeps_exactly_the_rows_that_might_fail_and_every_row_for_wha
     assert suspects(frame, [e.ExpectColumnValuesToNotBeNull(column="k")]).index.tolist() == [2]
     assert suspects(frame, [e.ExpectColumnValuesToBeInSet(column="k", value_set=["a"], mostly=0.5)]) is frame
     assert suspects(frame, [e.ExpectColumnValuesToMatchRegex(column="k", regex="a")]) is frame
+
+
+def test_checks_in_the_pool_give_the_inline_results_in_the_same_order(any_warehouse, tmp_path, monkeypatch):
+    """``check_pool``: the expectation checks of the tables run side by side in forked processes, each with its own
+    database connection; every result (verdict, severity, metadata, failing rows by pseudonym) and their order equal
+    the inline evaluation's, on a hospital whose checks fail in several tables."""
+    from types import SimpleNamespace
+
+    from assets.fhir.checks import RAW_CHECKS, check_pool, raw_check_results
+
+    _load(any_warehouse, tmp_path)
+    study = StudyResource(pseudonym_key=KEY)
+    keys = {dg.AssetCheckKey(dg.AssetKey(f"raw_{t.lower()}"), name) for name, (t, _, _) in RAW_CHECKS.items() if t in TYPES}
+    context = SimpleNamespace(selected_asset_check_keys=keys)
+
+    def results(pool) -> list[tuple]:
+        return [(r.check_name, r.passed, r.severity, {k: v.value for k, v in r.metadata.items()})
+                for r in raw_check_results(context, any_warehouse, study, pool)]
+
+    inline = results(None)
+    pool = check_pool(context, workers=2)
+    assert pool is not None
+
+    def not_here(*args, **kwargs):
+        raise AssertionError("an expectation check ran in the step's process, not in the pool")
+
+    monkeypatch.setattr("assets.fhir.checks.raw_outcome", not_here)  # in this process only: the pool forked before
+    try:
+        pooled = results(pool)
+        children = {p.pid for p in pool._processes.values()}
+    finally:
+        pool.shutdown()
+    assert pooled == inline
+    assert [name for name, *_ in inline] == sorted(k.name for k in keys)
+    assert {name for name, passed, *_ in inline if not passed} >= {f"raw_{t.lower()}_expectations" for t in TYPES}
+    assert len(children) == 2 and os.getpid() not in children
+
+
+def test_no_pool_on_one_core_or_for_a_single_expectation_check():
+    from types import SimpleNamespace
+
+    from assets.fhir.checks import check_pool
+
+    one = SimpleNamespace(selected_asset_check_keys={dg.AssetCheckKey(dg.AssetKey("raw_patient"), "raw_patient_expectations")})
+    assert check_pool(one, workers=2) is None
+    two = SimpleNamespace(selected_asset_check_keys=one.selected_asset_check_keys
+                          | {dg.AssetCheckKey(dg.AssetKey("raw_condition"), "raw_condition_expectations")})
+    assert check_pool(two, workers=1) is None
