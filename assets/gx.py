@@ -27,7 +27,11 @@ def run_check(name: str, suite: suites.Suite) -> dg.AssetCheckResult:
 
 
 def run_check_batches(name: str, batches: Iterable[suites.Suite]) -> dg.AssetCheckResult:
-    """One check over a table validated batch by batch: the suite built on the first batch is the suite of all."""
+    return check_result(outcome_of_batches(name, batches))
+
+
+def outcome_of_batches(name: str, batches: Iterable[suites.Suite]) -> SuiteOutcome:
+    """One suite over a table validated batch by batch: the suite built on the first batch is the suite of all."""
     stream: Iterator[suites.Suite] = iter(batches)
     first = next(stream)
 
@@ -36,4 +40,4 @@ def run_check_batches(name: str, batches: Iterable[suites.Suite]) -> dg.AssetChe
         for suite in stream:
             yield suite.frame
 
-    return check_result(run_suite_batches(name, frames(), first.expectations, first.key_columns))
+    return run_suite_batches(name, frames(), first.expectations, first.key_columns)

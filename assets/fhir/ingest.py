@@ -21,7 +21,7 @@ from etl.ingest.scoped import Seed
 from etl.warehouse import WarehouseBusy, WarehouseWriteError, raw_table_name
 
 from ..resources import FhirServerResource, StudyResource, WarehouseResource
-from .checks import raw_check_results, raw_check_specs
+from .checks import check_pool, raw_check_results, raw_check_specs
 
 RAW_GROUP = "fhir_raw"
 
@@ -82,9 +82,14 @@ def _run_sync(context: dg.AssetExecutionContext, config: IngestConfig, fhir: Fhi
 def fhir_ingest(context: dg.AssetExecutionContext, config: IngestConfig, fhir: FhirServerResource,
                 warehouse: WarehouseResource, study: StudyResource):
     types = [t for t in RESOURCE_TYPES if raw_asset_key(t) in context.selected_asset_keys]
-    if types:
-        yield from _ingest(context, config, fhir, warehouse, study, types)
-    yield from raw_check_results(context, warehouse.get(), study)
+    pool = check_pool(context)  # forked first, before the sync starts any thread
+    try:
+        if types:
+            yield from _ingest(context, config, fhir, warehouse, study, types)
+        yield from raw_check_results(context, warehouse.get(), study, pool)
+    finally:
+        if pool is not None:
+            pool.shutdown(cancel_futures=True)
 
 
 def _ingest(context: dg.AssetExecutionContext, config: IngestConfig, fhir: FhirServerResource,

@@ -5,6 +5,7 @@ resource is flattened and every row of every batch validated (the path before), 
 pseudonym only."""
 from __future__ import annotations
 
+import os
 import re
 
 import dagster as dg
@@ -183,3 +184,64 @@ def test_the_screen_keeps_exactly_the_rows_that_might_fail_and_every_row_for_wha
     assert suspects(frame, [e.ExpectColumnValuesToNotBeNull(column="k")]).index.tolist() == [2]
     assert suspects(frame, [e.ExpectColumnValuesToBeInSet(column="k", value_set=["a"], mostly=0.5)]) is frame
     assert suspects(frame, [e.ExpectColumnValuesToMatchRegex(column="k", regex="a")]) is frame
+
+
+def test_checks_shared_with_a_forked_process_give_the_inline_results_in_the_same_order(any_warehouse, tmp_path, monkeypatch):
+    """``check_pool``: the expectation checks are shared by rows between the step's process and one forked process
+    with its own database connection; every result (verdict, severity, metadata, failing rows by pseudonym) and
+    their order equal the inline evaluation's, on a hospital whose checks fail in several tables."""
+    from types import SimpleNamespace
+
+    import assets.fhir.checks as checks
+
+    _load(any_warehouse, tmp_path)
+    study = StudyResource(pseudonym_key=KEY)
+    keys = {dg.AssetCheckKey(dg.AssetKey(f"raw_{t.lower()}"), name) for name, (t, _, _) in checks.RAW_CHECKS.items() if t in TYPES}
+    context = SimpleNamespace(selected_asset_check_keys=keys)
+
+    def results(pool) -> list[tuple]:
+        return [(r.check_name, r.passed, r.severity, {k: v.value for k, v in r.metadata.items()})
+                for r in checks.raw_check_results(context, any_warehouse, study, pool)]
+
+    inline = results(None)
+    pool = checks.check_pool(context)
+    assert pool is not None
+    there, here = checks.split_by_rows({f"raw_{t.lower()}_expectations": any_warehouse.current_count(t) for t in TYPES})
+    assert there and here
+    real = checks.raw_outcome
+    ran_here: list[str] = []
+
+    def recorded(resource_type, *args, **kwargs):  # in this process only: the other forked before the patch
+        ran_here.append(f"raw_{resource_type.lower()}_expectations")
+        return real(resource_type, *args, **kwargs)
+
+    monkeypatch.setattr(checks, "raw_outcome", recorded)
+    try:
+        pooled = results(pool)
+        children = {p.pid for p in pool._processes.values()}
+    finally:
+        pool.shutdown()
+    assert pooled == inline
+    assert sorted(ran_here) == sorted(here)  # the other share ran in the forked process
+    assert [name for name, *_ in inline] == sorted(k.name for k in keys)
+    assert {name for name, passed, *_ in inline if not passed} >= {f"raw_{t.lower()}_expectations" for t in TYPES}
+    assert len(children) == 1 and os.getpid() not in children
+
+
+def test_the_tables_are_shared_by_rows_largest_first():
+    from assets.fhir.checks import split_by_rows
+
+    assert split_by_rows({"obs": 3_000_000, "ms": 1_900_000, "cond": 400_000, "pat": 200_000, "ae": 100_000}) == (
+        ["obs"], ["ms", "cond", "pat", "ae"])
+    assert split_by_rows({"a": 5, "b": 5, "c": 3, "d": 2}) == (["a", "c"], ["b", "d"])
+    assert split_by_rows({"only": 7}) == (["only"], [])
+
+
+def test_no_second_process_for_a_single_expectation_check():
+    from types import SimpleNamespace
+
+    from assets.fhir.checks import check_pool
+
+    one = SimpleNamespace(selected_asset_check_keys={dg.AssetCheckKey(dg.AssetKey("raw_patient"), "raw_patient_expectations"),
+                                                     dg.AssetCheckKey(dg.AssetKey("raw_patient"), "raw_patient_count_matches_server")})
+    assert check_pool(one) is None
