@@ -168,6 +168,7 @@ def build_facts(flat: dict[str, pd.DataFrame], concepts: ConceptMap) -> StudyFac
     # A statement without a start cannot be placed on any day: not an exposure, but counted when it names a concept.
     quality += _undated(concepts.annotate("medications", meds_counted[meds_counted["start"].isna()]), "start",
                         "medication_statement_without_date")
+    meds_not_ignored = meds_counted  # its end dates are still contacts (the contract's "effective start or end")
     meds_counted = meds_counted[meds_counted["start"].notna()]
     meds = concepts.annotate("medications", meds_counted)
     # One row per statement and concept; of two glucocorticoid codings naming different drugs (a coding
@@ -228,7 +229,7 @@ def build_facts(flat: dict[str, pd.DataFrame], concepts: ConceptMap) -> StudyFac
     quality += [{"patient_id": p, "issue": "adverse_event_category_not_mapped"}
                 for p in ae_actual.loc[unmapped, "patient_id"].dropna().unique()]
     quality += _undated(ae, "date", "adverse_event_without_date")
-    ae = ae[ae["date"].notna()]
+    ae = ae[ae["date"].notna()].copy()
     ae_counted = ae_actual[ae_actual["date"].notna()]
     ae["serious"] = ["serious" in found for found in concepts_per_row(concepts, "adverse_event_seriousness", ae["seriousness_codings"])]
     adverse_events = ae[["event_id", "patient_id", "category", "date", "serious", "suspect_statement_ids"]]
@@ -245,7 +246,7 @@ def build_facts(flat: dict[str, pd.DataFrame], concepts: ConceptMap) -> StudyFac
         cond[["patient_id", "date"]],
         cond[["patient_id", "recorded_date"]].rename(columns={"recorded_date": "date"}),
         meds_counted[["patient_id", "start"]].rename(columns={"start": "date"}),
-        meds_counted[["patient_id", "end"]].rename(columns={"end": "date"}),
+        meds_not_ignored[["patient_id", "end"]].rename(columns={"end": "date"}),
         proc[["patient_id", "date"]],
         obs_counted[["patient_id", "date"]],
         ae_counted[["patient_id", "date"]],

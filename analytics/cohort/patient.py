@@ -82,6 +82,10 @@ class PatientRecord:
         Definitions, undated conditions)."""
         return any(r.concept in concepts for r in self.dx)
 
+    def count_dx(self, *concepts: str) -> int:
+        """How many diagnoses of ``concepts``, dated or not."""
+        return sum(r.concept in concepts for r in self.dx)
+
     def exposures(self, *concepts: str) -> list[Row]:
         return [r for r in self.ex if r.concept in concepts]
 
@@ -170,13 +174,15 @@ class PatientRecord:
         end = min(p.followup_days, (self.last_contact(index) - index).days, (p.data_cutoff - index).days)
         died = self.row.deceased_date
         death_day = (died - index).days if present(died) else None
+        if death_day is not None and death_day <= 0:
+            # The contract's death is one "within follow-up", and follow-up is days 1 ... 365 (as a relapse criterion
+            # on day 0 is not a relapse): a death dated on the index day or before it is no event, the patient has
+            # no follow-up after it, and data quality shows it (before index it is a data error; README Definitions).
+            self.quality.add("death_before_index" if death_day < 0 else "death_on_index_day")
+            return {"followup_days": 0, "death_event": 0, "death_days": 0}
         death = death_day is not None and death_day <= min(p.followup_days, (p.data_cutoff - index).days)
-        if death and death_day <= 0:  # type: ignore[operator]
-            # Follow-up is days 1 ... 365; a death dated on or before index is kept as an event on day 0 (the contract
-            # has no attrition step for it) and shown in data quality, since before index it is a data error.
-            self.quality.add("death_on_or_before_index")
-        followup = max(death_day, 0) if death else max(end, 0)  # type: ignore[type-var]
-        return {"followup_days": followup, "death_event": int(death), "death_days": followup}
+        followup = death_day if death else max(end, 0)
+        return {"followup_days": followup, "death_event": int(death), "death_days": followup}  # type: ignore[dict-item]
 
     def obs_days(self, concept: str, index: date) -> list[Day]:
         """The observations of ``concept``, each with its day relative to ``index`` (kept: the relapse rules ask

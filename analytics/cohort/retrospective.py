@@ -55,8 +55,14 @@ def select(patient: PatientRecord) -> tuple[str | None, date | None]:
     iim = patient.dx_dates(*IIM_CONCEPTS)
     if iim and any(abs((d - iim[0]).days) <= p.malignancy_days for d in patient.dx_dates("malignancy")):
         return "malignancy_within_3y", None
+    if patient.has_dx("malignancy") and (not iim or len(patient.dx_dates("malignancy")) < patient.count_dx("malignancy")):
+        # A malignancy that cannot be placed in the window: not excluded, and shown (the attrition cannot say so).
+        patient.quality.add("malignancy_window_not_evaluable")
     ild = patient.dx_dates("ild")
     if not ild:
+        # Only undated ILD: no look-back can be measured, so no statement qualifies; shown, since the attrition
+        # reason alone would read as "no immunosuppressant".
+        patient.quality.add("ild_lookback_not_evaluable")
         return "no_qualifying_immunosuppressant", None
     earliest = ild[0] - timedelta(days=p.ild_lookback_days)
     candidates = [r for r in patient.exposures(*IMMUNOSUPPRESSANTS) if r.start >= earliest]

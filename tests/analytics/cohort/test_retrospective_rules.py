@@ -468,16 +468,38 @@ def test_a_same_day_tie_of_weights_is_decided_by_value_not_by_the_order_of_ids(f
     assert only_row(derive(res))["relapse_event"] == 1
 
 
-@pytest.mark.parametrize("death_day", [-5, 0])
-def test_a_death_on_or_before_index_is_an_event_on_day_0_shown_in_data_quality(death_day):
+@pytest.mark.parametrize("death_day, issue", [(-5, "death_before_index"), (0, "death_on_index_day")])
+def test_a_death_on_or_before_index_is_no_event_and_is_shown_in_data_quality(death_day, issue):
+    """Contract §2: death is a death "within follow-up", and follow-up is days 1 ... 365 after index."""
     result = derive(reference_patient(deceased=day(death_day)))
     row = only_row(result)
-    assert (row["death_event"], row["death_days"], row["followup_days"]) == (1, 0, 0)
+    assert (row["death_event"], row["death_days"], row["followup_days"]) == (0, 0, 0)
+    assert (row["relapse_event"], row["relapse_days"]) == (0, 0)
     issues = result.data_quality.set_index("issue")["n_patients"]
-    assert issues["death_on_or_before_index"] == 1
+    assert issues[issue] == 1
 
 
-def test_a_death_after_index_is_not_shown_as_on_or_before_index():
+def test_a_death_on_day_1_is_an_event_and_not_shown_in_data_quality():
     result = derive(reference_patient(deceased=day(1)))
-    assert only_row(result)["death_days"] == 1
-    assert "death_on_or_before_index" not in set(result.data_quality["issue"])
+    row = only_row(result)
+    assert (row["death_event"], row["death_days"]) == (1, 1)
+    assert not {"death_before_index", "death_on_index_day"} & set(result.data_quality["issue"])
+
+
+def test_the_end_of_a_statement_without_a_start_is_still_a_last_contact():
+    """Contract §2: last contact counts MedicationStatement effective start *or end*."""
+    no_start = drug(PREDNISONE, 10, 300)
+    del no_start["effectivePeriod"]["start"]
+    row = only_row(derive(reference_patient(last_contact=200, gc=(-5, 27)) + [no_start]))
+    assert row["followup_days"] == 300
+
+
+@pytest.mark.parametrize("baseline_day, read", [(-30, True), (-31, False), (7, True), (8, False)])
+def test_the_baseline_window_is_minus_30_to_plus_7_both_ends_included(baseline_day, read):
+    """The reference patient's ferritin (500, day -2) is replaced by 100 on ``baseline_day``; 900 on day 100 is
+    above twice 100, so a relapse shows that the value was read as the baseline."""
+    base = [r for r in reference_patient() if not (r["resourceType"] == "Observation"
+                                                    and r["code"]["coding"][0]["code"] == "2276-4")]
+    res = base + [obs_quantity("2276-4", baseline_day, 100, "ng/mL"), exacerbation(100),
+                  obs_quantity("2276-4", 100, 900, "ng/mL")]
+    assert only_row(derive(res))["relapse_event"] == int(read)

@@ -88,13 +88,19 @@ def test_only_an_undated_iim_passes_inclusion_and_the_malignancy_window_cannot_b
     result = derive(res)
     row = only_row(result)
     assert (row["group"], row["diagnosis_subset"]) == ("tacrolimus", "DM")
-    assert quality(result) == {"condition_without_date": 1}
+    assert quality(result) == {"condition_without_date": 1, "malignancy_window_not_evaluable": 1}
 
 
 def test_an_undated_malignancy_does_not_exclude():
     result = derive(reference_patient() + [undated(fb.condition(new_id(), PID, ICD10, "C34.90", day(0)))])
     assert only_row(result)["group"] == "tacrolimus"
-    assert quality(result) == {"condition_without_date": 1}
+    assert quality(result) == {"condition_without_date": 1, "malignancy_window_not_evaluable": 1}
+
+
+def test_a_dated_malignancy_outside_the_window_is_evaluable():
+    result = derive(reference_patient() + [fb.condition(new_id(), PID, ICD10, "C34.90", day(-60 + 1096))])
+    assert only_row(result)["group"] == "tacrolimus"
+    assert "malignancy_window_not_evaluable" not in quality(result)
 
 
 def test_the_malignancy_window_is_measured_from_the_first_dated_iim():
@@ -107,7 +113,7 @@ def test_the_malignancy_window_is_measured_from_the_first_dated_iim():
 def test_only_an_undated_ild_passes_inclusion_but_no_statement_can_qualify():
     result = derive(with_condition_undated(reference_patient(), "J84.10"))
     assert reason(result) == "no_qualifying_immunosuppressant"
-    assert quality(result) == {"condition_without_date": 1}
+    assert quality(result) == {"condition_without_date": 1, "ild_lookback_not_evaluable": 1}
 
 
 def test_the_first_dated_ild_places_the_index_look_back():
@@ -151,7 +157,7 @@ def adverse_event(category: str = "infection", system: str = LOCAL, dated: bool 
      [undated_observation(status="entered-in-error"), undated(fb.observation(new_id(), PID, LOINC, "0000-0", day(0)))]),
     ("adverse_event_without_date", [adverse_event(dated=False), adverse_event("hepatic", dated=False)],
      [{**adverse_event(dated=False), "actuality": "potential"}]),
-    ("condition_without_date", [undated(fb.condition(new_id(), PID, ICD10, "C34.90", day(0))),
+    ("condition_without_date", [undated(fb.condition(new_id(), PID, ICD10, "M33.20", day(0))),
                                 undated(fb.condition(new_id(), PID, ICD10, "J84.9", day(0)))],
      [undated(fb.condition(new_id(), PID, ICD10, "I10", day(0))),
       undated(fb.condition(new_id(), PID, ICD10, "C34.90", day(0), verification="entered-in-error"))]),
