@@ -201,7 +201,7 @@ def build_facts(flat: dict[str, pd.DataFrame], concepts: ConceptMap) -> StudyFac
     finals = obs[obs["status"].isin(FINAL_OBSERVATION_STATUS)][["patient_id", "concept", "date"]].drop_duplicates()
     finals["_final"] = True
     obs = obs.merge(finals, on=["patient_id", "concept", "date"], how="left")
-    obs = obs[~((obs["status"] == "preliminary") & obs["_final"].fillna(False).astype(bool))]
+    obs = obs[~((obs["status"] == "preliminary") & obs["_final"].notna())]  # matched rows hold True, the others NaN
     values = _each_once(lambda c, q, u, i: concepts.to_canonical(c, q, u) if q is not None and not pd.isna(q) else
                         (float(i) if i is not None and not pd.isna(i) else None),
                         obs[["concept", "value_quantity", "value_unit", "value_integer"]].itertuples(index=False, name=None))

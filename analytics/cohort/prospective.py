@@ -58,6 +58,8 @@ def _select(patient: PatientRecord, enrolment: list[Row], pp: ProspectiveParams)
     """The first failed §3 rule (None when included) and what was learnt on the way."""
     info: dict[str, Any] = {"enrolment_date": min((e.start for e in enrolment if present(e.start)), default=None)}
     enrolled = info["enrolment_date"]
+    if any(not present(e.start) for e in enrolment):  # no enrolment date to place in the window: shown, not silent
+        patient.quality.add("research_subject_without_date")
     if enrolled is None or not (pp.enrolment_start <= enrolled <= pp.enrolment_end):
         return "enrolment_outside_window", info
     # Index: the earliest tacrolimus statement still running on or after enrolment.
@@ -85,6 +87,8 @@ def _select(patient: PatientRecord, enrolment: list[Row], pp: ProspectiveParams)
     death = patient.row.deceased_date if present(patient.row.deceased_date) else None
     died_in_year = death is not None and death < horizon
     closed = [e.end for e in enrolment if e.status in pp.withdrawal_statuses and present(e.end)]
+    if any(e.status in pp.withdrawal_statuses and not present(e.end) for e in enrolment):
+        patient.quality.add("withdrawal_without_date")  # cannot be placed before or after 12 months: no withdrawal
     if not died_in_year and any(end < horizon for end in closed):
         return "withdrawn_before_12m", info
     if not died_in_year and patient.last_contact(index) < horizon:

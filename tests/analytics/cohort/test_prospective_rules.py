@@ -385,3 +385,31 @@ def test_prospective_participants_stay_in_the_retrospective_cohort():
     prospective = derive_prospective(facts, params_2016())
     assert retrospective.cohort[["patient_id", "group"]].values.tolist() == [[PID, "tacrolimus"]]
     assert prospective.cohort[["patient_id", "group"]].values.tolist() == [[PID, "tacrolimus"]]
+
+
+def quality_of(result) -> dict[str, int]:
+    return dict(zip(result.data_quality["issue"], result.data_quality["n_patients"], strict=True))
+
+
+def test_a_death_before_index_is_no_withdrawal_no_event_and_is_shown():
+    """A death dated before the tacrolimus start: death is an outcome, so no withdrawal or loss; it is outside
+    follow-up (days 1 ... 365), so no event; a data error that data quality shows."""
+    result = derive16(reference_patient(deceased=day(-5)) + [enrol(start=-10)])
+    assert outcome(result) == "tacrolimus"
+    row = result.cohort.iloc[0]
+    assert (row["death_event"], row["followup_days"]) == (0, 0)
+    assert quality_of(result) == {"death_before_index": 1}
+
+
+def test_a_research_subject_without_a_start_is_outside_the_window_and_shown():
+    undated = enrol()
+    del undated["period"]["start"]
+    result = derive16(reference_patient() + [undated])
+    assert outcome(result) == "enrolment_outside_window"
+    assert quality_of(result) == {"research_subject_without_date": 1}
+
+
+def test_a_withdrawal_without_an_end_is_no_withdrawal_and_is_shown():
+    result = derive16(reference_patient() + [enrol(status="withdrawn", end=None)])
+    assert outcome(result) == "tacrolimus"
+    assert quality_of(result) == {"withdrawal_without_date": 1}
