@@ -26,10 +26,6 @@ def run_check(name: str, suite: suites.Suite) -> dg.AssetCheckResult:
     return check_result(run_suite(name, suite.frame, suite.expectations, suite.key_columns))
 
 
-def run_check_batches(name: str, batches: Iterable[suites.Suite]) -> dg.AssetCheckResult:
-    return check_result(outcome_of_batches(name, batches))
-
-
 def outcome_of_batches(name: str, batches: Iterable[suites.Suite]) -> SuiteOutcome:
     """One suite over a table validated batch by batch: the suite built on the first batch is the suite of all."""
     stream: Iterator[suites.Suite] = iter(batches)

@@ -82,9 +82,9 @@ class PatientRecord:
         Definitions, undated conditions)."""
         return any(r.concept in concepts for r in self.dx)
 
-    def count_dx(self, *concepts: str) -> int:
-        """How many diagnoses of ``concepts``, dated or not."""
-        return sum(r.concept in concepts for r in self.dx)
+    def has_undated_dx(self, *concepts: str) -> bool:
+        """Whether a diagnosis of ``concepts`` has no date: a rule measured from it cannot be evaluated."""
+        return any(r.concept in concepts and not present(r.date) for r in self.dx)
 
     def exposures(self, *concepts: str) -> list[Row]:
         return [r for r in self.ex if r.concept in concepts]

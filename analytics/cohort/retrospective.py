@@ -55,7 +55,7 @@ def select(patient: PatientRecord) -> tuple[str | None, date | None]:
     iim = patient.dx_dates(*IIM_CONCEPTS)
     if iim and any(abs((d - iim[0]).days) <= p.malignancy_days for d in patient.dx_dates("malignancy")):
         return "malignancy_within_3y", None
-    if patient.has_dx("malignancy") and (not iim or len(patient.dx_dates("malignancy")) < patient.count_dx("malignancy")):
+    if patient.has_dx("malignancy") and (not iim or patient.has_undated_dx("malignancy")):
         # A malignancy that cannot be placed in the window: not excluded, and shown (the attrition cannot say so).
         patient.quality.add("malignancy_window_not_evaluable")
     ild = patient.dx_dates("ild")
