@@ -220,6 +220,7 @@ class Step:
     status: str
     pid: int | None = None     # the process that ran the step (each step is one with the multiprocess executor)
     tables: list[str] = field(default_factory=list)
+    materialized: float | None = None  # when its last asset was materialized (what follows is its blocking checks)
 
 
 def steps_of_last_run(dagster_home_dir: Path) -> list[Step]:
@@ -240,6 +241,7 @@ def steps_of_last_run(dagster_home_dir: Path) -> list[Step]:
                 step.start, step.pid = record.timestamp, event.pid
             elif event.event_type == dg.DagsterEventType.ASSET_MATERIALIZATION:
                 step.tables.append(event.asset_key.path[-1])
+                step.materialized = record.timestamp
             else:
                 step.end, step.status = record.timestamp, event.event_type.value.removeprefix("STEP_").lower()
         return sorted(steps.values(), key=lambda s: s.start)

@@ -21,7 +21,6 @@ from __future__ import annotations
 import argparse
 import math
 import os
-import re
 import shutil
 import subprocess
 import sys
@@ -180,6 +179,7 @@ def operator_step(directory: Path, url: str, workdir: Path, log: Path) -> dict[s
     fresh DAGSTER_HOME, as an operator runs it. Times the ``fhir_ingest`` step as Dagster reports it (its
     blocking checks included) and the whole command; samples the peak resident memory of the command's
     process tree (the step's process plus its validation workers) every 0.2 s."""
+    from benchmarks.hospital import steps_of_last_run
     from etl.warehouse import raw_table_name
     from synthetic.demo import dagster_home
 
@@ -202,18 +202,13 @@ def operator_step(directory: Path, url: str, workdir: Path, log: Path) -> dict[s
     text = log.read_text()
     if process.returncode != 0:
         raise RuntimeError(f"dagster asset materialize failed (exit {process.returncode}); log in {log}:\n{text[-3000:]}")
-    # Dagster writes durations as "850ms", "41.2s", "2m4s" or "1h2m3s".
-    step = re.search(r'Finished execution of step "fhir_ingest" in ((?:\d+h)?(?:\d+m)?(?:[\d.]+s)?(?:[\d.]+ms)?)\.', text)
-    seconds = sum(float(v) * {"h": 3600.0, "m": 60.0, "s": 1.0, "ms": 1e-3}[u]
-                  for v, u in re.findall(r"([\d.]+)(ms|h|m|s)", step.group(1))) if step else wall
-    # The step loads, then runs its blocking checks: the log's timestamps (whole seconds) split the two.
-    stamps = {event: [datetime.fromisoformat(m) for m in re.findall(rf"^(\S+ \S+) \+0000 - dagster - \w+ - .* - {event} - ",
-                                                                    text, flags=re.M)]
-              for event in ("STEP_START", "ASSET_MATERIALIZATION", "STEP_SUCCESS")}
-    checks = ((stamps["STEP_SUCCESS"][-1] - stamps["ASSET_MATERIALIZATION"][-1]).total_seconds()
-              if all(stamps.values()) else float("nan"))
-    load = ((stamps["ASSET_MATERIALIZATION"][-1] - stamps["STEP_START"][-1]).total_seconds()
-            if all(stamps.values()) else float("nan"))
+    # The step's events as Dagster stored them (sub-second timestamps): it loads until its last raw asset is
+    # materialized, then runs its blocking checks. (Parsing the printed log lost the split twice: whole seconds,
+    # and a line another process's output had broken.)
+    step = next(s for s in steps_of_last_run(home) if s.key == "fhir_ingest")
+    seconds = step.end - step.start
+    load = (step.materialized - step.start) if step.materialized is not None else float("nan")
+    checks = (step.end - step.materialized) if step.materialized is not None else float("nan")
     from etl.warehouse import Warehouse
 
     wh = Warehouse(url)
