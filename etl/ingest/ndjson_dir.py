@@ -5,14 +5,37 @@ check compares with is the number of distinct resources in the files.
 """
 from __future__ import annotations
 
+import logging
 import time
 from pathlib import Path
 
 from etl.fhir.ndjson import file_blocks, type_from_file_name
+from etl.fhir.types import RESOURCE_TYPES
 from etl.warehouse import Warehouse
 
 from .pipeline import ValidatingLoader, validation_pool
 from .report import PassEnd, TypeReport, finish_pass
+
+log = logging.getLogger(__name__)
+
+
+def files_to_read(files: list[Path], resource_types: list[str]) -> tuple[list[Path], set[str]]:
+    """The files this run reads, and the selectable types whose files it leaves alone. A file named after a type
+    holds only that type (a line of another type in it is quarantined under the file's type), so when that type
+    is one the service pulls (``RESOURCE_TYPES``) but this run did not select, nothing in the file belongs to the
+    run: it is left for its own asset (a backfill of one type read and quarantined the whole hospital's other
+    files as "not requested"). Files named for no type, or for a type the service does not pull, are read: what
+    they hold is loaded or quarantined with its reason, as before."""
+    selected = set(resource_types)
+    keep: list[Path] = []
+    others: set[str] = set()
+    for path in files:
+        hint = type_from_file_name(path)
+        if hint in RESOURCE_TYPES and hint not in selected:
+            others.add(hint)
+        else:
+            keep.append(path)
+    return keep, others
 
 
 def sync_ndjson_directory(warehouse: Warehouse, directory: str | Path, resource_types: list[str],
@@ -24,6 +47,10 @@ def sync_ndjson_directory(warehouse: Warehouse, directory: str | Path, resource_
     files = sorted(Path(directory).rglob("*.ndjson"))
     if not files:
         raise FileNotFoundError(f"no *.ndjson files under {directory}")
+    files, other_types = files_to_read(files, resource_types)
+    if other_types:
+        log.info("not read: the files of %s (types this run did not select; their own assets read them)",
+                 ", ".join(sorted(other_types)))
     loader = ValidatingLoader(warehouse, resource_types, track_ids=True)
     pool = validation_pool(workers)
     try:
