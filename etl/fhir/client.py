@@ -23,6 +23,7 @@ import logging
 import os
 import random
 import time
+from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any, Iterator
 from urllib.parse import urljoin
 
@@ -140,6 +141,15 @@ class FhirClient:
         """One request with retries: 429/502/503/504, timeouts, resets and unreadable bodies are retried;
         a 401 refreshes the credential once; any other status outside ``ok`` fails fast. The URL must be on
         the server's (or a trusted) origin; the waits of all attempts together stay under ``max_wait_s``."""
+        return self._exchange(method, url, stats, params=params, headers=headers, with_auth=with_auth, ok=ok,
+                              parse_json=parse_json)[0]
+
+    def _exchange(self, method: str, url: str, stats: SearchStats, *, params: dict[str, str] | None = None,
+                  headers: dict[str, str] | None = None, with_auth: bool = True, ok: tuple[int, ...] = (200,),
+                  parse_json: bool = True) -> tuple[httpx.Response, Any]:
+        """``send``, and the body it parsed (None when it parsed none), so that a page is parsed once: the parse
+        that tells a truncated body from a whole one was thrown away and the page parsed again, about a quarter
+        of the client's CPU while paging."""
         self.check_origin(url, "a request to")
         attempt, reauthed, waited = 0, False, 0.0
         where = redacted(url)
@@ -150,9 +160,9 @@ class FhirClient:
                 request_headers = {**(self.auth.headers(self._http) if with_auth else {}), **(headers or {})}
                 response = self._request(method, url, params, request_headers)
                 if response.status_code in ok:
-                    if parse_json and response.content:
-                        load_page(response.content)  # a truncated body is a transient failure
-                    return response
+                    # a truncated body is a transient failure
+                    body = load_page(response.content) if parse_json and response.content else None
+                    return response, body
             except TRANSIENT_ERRORS as exc:
                 if attempt >= self.max_retries:
                     raise FhirError(f"{method} {where} failed after {attempt + 1} attempts: {exc.__class__.__name__}") from None
@@ -187,8 +197,10 @@ class FhirClient:
 
     def _page(self, url: str, params: dict[str, str] | None, stats: SearchStats) -> tuple[dict[str, Any], bool]:
         """A Bundle page, and whether it may hold NaN or Infinity (``may_be_non_finite``)."""
-        content = self.send("GET", url, stats, params=params).content
-        bundle = load_page(content)
+        response, bundle = self._exchange("GET", url, stats, params=params)
+        content = response.content
+        if not content:
+            bundle = load_page(content)  # raises, as for any body that is not JSON
         if not isinstance(bundle, dict) or bundle.get("resourceType") != "Bundle":
             kind = bundle.get("resourceType") if isinstance(bundle, dict) else type(bundle).__name__
             raise FhirError(f"GET {redacted(url)} returned a {kind!r}, not a Bundle", permanent=True)
@@ -237,15 +249,30 @@ class FhirClient:
         restartable = base_query.get("_sort") == "_lastUpdated"
         url: str | None = f"{self.base_url}/{resource_type}"
         query: dict[str, str] | None = base_query
+        seen: set[str] = set()
+        started = time.monotonic()
+        # One page read ahead: the next page is requested as soon as this one is parsed, so the server prepares it
+        # while this page's entries are handed on (the server idled for that time, about a sixth of a REST pull).
+        # Its result, or its error, is taken where the request used to be made, after this page's entries, so a
+        # restart, a failure and the entries yielded before them are as without it. One request at a time.
+        ahead = ThreadPoolExecutor(max_workers=1, thread_name_prefix="fhir-read-ahead")
+        try:
+            yield from self._search_pages(resource_type, url, query, base_query, restartable, stats, seen, started, ahead)
+        finally:
+            ahead.shutdown(wait=False, cancel_futures=True)  # a consumer that stops early does not wait for a page
+
+    def _search_pages(self, resource_type: str, url: str | None, query: dict[str, str] | None, base_query: dict[str, str],
+                      restartable: bool, stats: SearchStats, seen: set[str], started: float,
+                      ahead: ThreadPoolExecutor) -> Iterator[SearchEntry]:
         last_seen: str | None = None
         restarted_from: str | None = None
         in_order = True  # the server really sorts by _lastUpdated (a restart from last_seen would skip nothing)
-        seen: set[str] = set()
-        started = time.monotonic()
+        pending: Future[tuple[dict[str, Any], bool]] | None = None
         while url:
             try:
-                bundle, non_finite = self._page(url, query, stats)
+                bundle, non_finite = pending.result() if pending is not None else self._page(url, query, stats)
             except FhirError as exc:
+                pending = None
                 if not (exc.status in GONE_STATUSES and query is None and restartable and last_seen):
                     raise
                 if not in_order:
@@ -261,6 +288,11 @@ class FhirClient:
                 url, query = f"{self.base_url}/{resource_type}", _restarted(base_query, last_seen)
                 seen.clear()
                 continue
+            try:
+                next_url, link_error = self._next_link(bundle, url, seen, started), None
+            except FhirError as exc:  # raised after this page's entries, as before the read-ahead
+                next_url, link_error = None, exc
+            pending = ahead.submit(self._page, next_url, None, stats) if next_url else None
             for mode, resource in self._entries(bundle):
                 if mode != "match" or resource is None:
                     stats.skipped_entries[mode] = stats.skipped_entries.get(mode, 0) + 1
@@ -279,7 +311,9 @@ class FhirClient:
                         if updated > (stats.max_last_updated or ""):
                             stats.max_last_updated = updated
                 yield SearchEntry(resource, url, *wire_text(resource, non_finite))
-            url = self._next_link(bundle, url, seen, started)
+            if link_error is not None:
+                raise link_error
+            url = next_url
             query = None  # the next link carries its own query, used exactly as given
 
     def count(self, resource_type: str, params: dict[str, str] | None = None,

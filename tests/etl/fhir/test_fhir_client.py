@@ -1,6 +1,8 @@
 """Search paging and retries of etl.fhir.client, against a mocked transport (respx)."""
 from __future__ import annotations
 
+import time
+
 import httpx
 import pytest
 import respx
@@ -29,6 +31,50 @@ def test_follows_next_links_exactly_and_ignores_total():
         ids = [e.resource["id"] for e in client.search("Patient", stats=stats)]
     assert ids == ["a", "b", "c"]
     assert stats.pages == 2 and stats.requests == 2
+
+
+@respx.mock
+def test_each_page_is_parsed_once_and_a_truncated_one_still_retried(monkeypatch):
+    import etl.fhir.client as client_module
+
+    parsed: list[int] = []
+    real = client_module.load_page
+    monkeypatch.setattr(client_module, "load_page", lambda content: parsed.append(len(content)) or real(content))
+    whole = httpx.Response(200, json=bundle(["a", "b"], f"{BASE}/opaque?page=XYZ"))
+    respx.get(f"{BASE}/Patient", params={"_count": "2"}).side_effect = [httpx.Response(200, content=whole.content[:-7]), whole]
+    respx.get(f"{BASE}/opaque", params={"page": "XYZ"}).respond(json=bundle(["c"]))
+    with FhirClient(BASE, page_size=2, backoff_s=0) as client:
+        stats = SearchStats()
+        ids = [e.resource["id"] for e in client.search("Patient", stats=stats)]
+    assert ids == ["a", "b", "c"] and stats.pages == 2 and stats.retries == 1
+    assert len(parsed) == 3  # the truncated body once (refused), then each whole page once
+
+
+@respx.mock
+def test_the_next_page_is_requested_while_this_pages_entries_are_still_being_handed_on():
+    respx.get(f"{BASE}/Patient", params={"_count": "2"}).respond(json=bundle(["a", "b"], f"{BASE}/opaque?page=2"))
+    second = respx.get(f"{BASE}/opaque", params={"page": "2"})
+    second.respond(json=bundle(["c"]))
+    with FhirClient(BASE, page_size=2, backoff_s=0) as client:
+        entries = client.search("Patient")
+        assert next(entries).resource["id"] == "a"
+        deadline = time.monotonic() + 5
+        while not second.called and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert second.called  # asked for before "b" was taken
+        assert [e.resource["id"] for e in entries] == ["b", "c"]
+    assert second.call_count == 1
+
+
+@respx.mock
+def test_a_next_page_that_fails_fails_the_search_after_this_pages_entries():
+    respx.get(f"{BASE}/Patient", params={"_count": "2"}).respond(json=bundle(["a", "b"], f"{BASE}/opaque?page=2"))
+    respx.get(f"{BASE}/opaque", params={"page": "2"}).respond(403, json={"resourceType": "OperationOutcome", "issue": []})
+    got: list[str] = []
+    with FhirClient(BASE, page_size=2, backoff_s=0) as client, pytest.raises(FhirError, match="HTTP 403"):
+        for entry in client.search("Patient"):
+            got.append(entry.resource["id"])
+    assert got == ["a", "b"]
 
 
 @respx.mock
