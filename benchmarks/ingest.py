@@ -332,12 +332,12 @@ def main() -> None:
             rate = written / step["seconds"]
             print(f"{label:<11} {written:>10} {_rate(floor):>12.0f} {_rate(bare):>12.0f} {rate:>11.0f} "
                   f"{rate / _rate(bare):>10.2f} {bare['seconds'] / step['load']:>10.2f} {step['seconds']:>7.1f} "
-                  f"{step['load']:>7.0f} {step['checks']:>9.0f} {step['wall']:>10.1f} "
+                  f"{step['load']:>7.1f} {step['checks']:>9.1f} {step['wall']:>10.1f} "
                   f"{step['peak_rss_mb']:>12.0f} {step['peak_rss_checks_mb']:>14.0f}")
         print("(parse floor: orjson.loads of every line, one process. bare loader: parse + the same current and history")
         print(" raw rows into a fresh database of the same kind, no validation, one process. step: Dagster's own timing of")
-        print(" fhir_ingest, its blocking checks included; load and checks: its two parts, from the log's whole-second")
-        print(" timestamps (load: step start to the last raw asset materialized, so load/bare leaves the checks out);")
+        print(" fhir_ingest, its blocking checks included; load and checks: its two parts, from the timestamps of Dagster's")
+        print(" event log (load: step start to the last raw asset materialized, so load/bare leaves the checks out);")
         print(" command: the whole CLI. PSS: the peak proportional set size of the command's process tree (the CLI, the")
         print(" step's process and its validation workers) while the step loads and while it checks, sampled every 0.2 s)")
         files = work / f"ndjson-{args.resources}"
