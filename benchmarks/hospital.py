@@ -221,6 +221,7 @@ class Step:
     pid: int | None = None     # the process that ran the step (each step is one with the multiprocess executor)
     tables: list[str] = field(default_factory=list)
     materialized: float | None = None  # when its last asset was materialized (what follows is its blocking checks)
+    retried: bool = False      # it failed once and ran again: its times hold the failed attempt and the wait
 
 
 def steps_of_last_run(dagster_home_dir: Path) -> list[Step]:
@@ -230,7 +231,7 @@ def steps_of_last_run(dagster_home_dir: Path) -> list[Step]:
     try:
         run = instance.get_runs(limit=1)[0]
         kinds = {dg.DagsterEventType.STEP_START, dg.DagsterEventType.STEP_SUCCESS, dg.DagsterEventType.STEP_FAILURE,
-                 dg.DagsterEventType.ASSET_MATERIALIZATION}
+                 dg.DagsterEventType.ASSET_MATERIALIZATION, dg.DagsterEventType.STEP_UP_FOR_RETRY}
         steps: dict[str, Step] = {}
         for record in instance.all_logs(run.run_id, of_type=kinds):
             event, key = record.dagster_event, record.step_key
@@ -239,6 +240,8 @@ def steps_of_last_run(dagster_home_dir: Path) -> list[Step]:
             step = steps.setdefault(key, Step(key, record.timestamp, record.timestamp, "running"))
             if event.event_type == dg.DagsterEventType.STEP_START:
                 step.start, step.pid = record.timestamp, event.pid
+            elif event.event_type == dg.DagsterEventType.STEP_UP_FOR_RETRY:
+                step.retried = True
             elif event.event_type == dg.DagsterEventType.ASSET_MATERIALIZATION:
                 step.tables.append(event.asset_key.path[-1])
                 step.materialized = record.timestamp

@@ -22,8 +22,9 @@ from __future__ import annotations
 import logging
 import os
 import random
+import threading
 import time
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import Future
 from typing import Any, Iterator
 from urllib.parse import urljoin
 
@@ -146,14 +147,17 @@ class FhirClient:
 
     def _exchange(self, method: str, url: str, stats: SearchStats, *, params: dict[str, str] | None = None,
                   headers: dict[str, str] | None = None, with_auth: bool = True, ok: tuple[int, ...] = (200,),
-                  parse_json: bool = True) -> tuple[httpx.Response, Any]:
+                  parse_json: bool = True, closed: threading.Event | None = None) -> tuple[httpx.Response, Any]:
         """``send``, and the body it parsed (None when it parsed none), so that a page is parsed once: the parse
         that tells a truncated body from a whole one was thrown away and the page parsed again, about a quarter
-        of the client's CPU while paging."""
+        of the client's CPU while paging. ``closed``: set when nobody wants the answer any more (a search read
+        ahead, then closed): no further attempt is made, and a wait between attempts ends."""
         self.check_origin(url, "a request to")
         attempt, reauthed, waited = 0, False, 0.0
         where = redacted(url)
         while True:
+            if closed is not None and closed.is_set():
+                raise FhirError(f"{method} {where}: not sent, the search was closed")
             stats.requests += 1
             wait: float | None = None
             try:
@@ -189,15 +193,19 @@ class FhirClient:
                 raise FhirError(f"{method} {where}: another wait of {seconds:.0f}s after {waited:.0f}s would pass the "
                                 f"bound; waits are capped at {self.retry_after_cap_s:.0f}s each and {self.max_wait_s:.0f}s "
                                 "per request")
-            time.sleep(seconds)
+            if closed is not None:
+                closed.wait(seconds)
+            else:
+                time.sleep(seconds)
             waited += seconds
 
     def _bundle(self, url: str, params: dict[str, str] | None, stats: SearchStats) -> dict[str, Any]:
         return self._page(url, params, stats)[0]
 
-    def _page(self, url: str, params: dict[str, str] | None, stats: SearchStats) -> tuple[dict[str, Any], bool]:
+    def _page(self, url: str, params: dict[str, str] | None, stats: SearchStats,
+              closed: threading.Event | None = None) -> tuple[dict[str, Any], bool]:
         """A Bundle page, and whether it may hold NaN or Infinity (``may_be_non_finite``)."""
-        response, bundle = self._exchange("GET", url, stats, params=params)
+        response, bundle = self._exchange("GET", url, stats, params=params, closed=closed)
         content = response.content
         if not content:
             bundle = load_page(content)  # raises, as for any body that is not JSON
@@ -219,15 +227,21 @@ class FhirClient:
                      if isinstance(link, dict) and link.get("relation") == "next"), None)
         if not link:
             return None
-        url = urljoin(page_url, str(link))
+        try:
+            url = urljoin(page_url, str(link))
+        except ValueError:  # e.g. an unclosed IPv6 bracket: refused, never followed
+            raise FhirError(f"the next link of page {len(seen)} is not a URL", permanent=True) from None
         self.check_origin(url, "the next page link")
         if url in seen:
             raise FhirError(f"paging loop: the next link of page {len(seen)} repeats a page already read ({redacted(url)})",
                             permanent=True)
-        if time.monotonic() - started > self.search_deadline_s:
-            raise FhirError(f"search deadline: still paging after {self.search_deadline_s:.0f}s ({len(seen)} pages)")
+        self._check_deadline(started, len(seen))
         seen.add(url)
         return url
+
+    def _check_deadline(self, started: float, pages: int) -> None:
+        if time.monotonic() - started > self.search_deadline_s:
+            raise FhirError(f"search deadline: still paging after {self.search_deadline_s:.0f}s ({pages} pages)")
 
     @staticmethod
     def _entries(bundle: dict[str, Any]) -> Iterator[tuple[str, Any]]:
@@ -255,15 +269,29 @@ class FhirClient:
         # while this page's entries are handed on (the server idled for that time, about a sixth of a REST pull).
         # Its result, or its error, is taken where the request used to be made, after this page's entries, so a
         # restart, a failure and the entries yielded before them are as without it. One request at a time.
-        ahead = ThreadPoolExecutor(max_workers=1, thread_name_prefix="fhir-read-ahead")
+        closed = threading.Event()
         try:
-            yield from self._search_pages(resource_type, url, query, base_query, restartable, stats, seen, started, ahead)
+            yield from self._search_pages(resource_type, url, query, base_query, restartable, stats, seen, started, closed)
         finally:
-            ahead.shutdown(wait=False, cancel_futures=True)  # a consumer that stops early does not wait for a page
+            closed.set()  # a page still being read ahead stops at its next attempt or wait; nothing waits for it
+
+    def _read_ahead(self, url: str, stats: SearchStats, closed: threading.Event) -> "Future[tuple[dict[str, Any], bool]]":
+        """``_page`` of ``url`` in a daemon thread: one the process never waits for at exit (a pool's threads are
+        joined at exit, so a search closed early kept the process alive until a slow page had arrived)."""
+        future: Future[tuple[dict[str, Any], bool]] = Future()
+
+        def read() -> None:
+            try:
+                future.set_result(self._page(url, None, stats, closed))
+            except BaseException as exc:  # handed to the search, which raises it where the request used to be made
+                future.set_exception(exc)
+
+        threading.Thread(target=read, name="fhir-read-ahead", daemon=True).start()
+        return future
 
     def _search_pages(self, resource_type: str, url: str | None, query: dict[str, str] | None, base_query: dict[str, str],
                       restartable: bool, stats: SearchStats, seen: set[str], started: float,
-                      ahead: ThreadPoolExecutor) -> Iterator[SearchEntry]:
+                      closed: threading.Event) -> Iterator[SearchEntry]:
         last_seen: str | None = None
         restarted_from: str | None = None
         in_order = True  # the server really sorts by _lastUpdated (a restart from last_seen would skip nothing)
@@ -290,9 +318,9 @@ class FhirClient:
                 continue
             try:
                 next_url, link_error = self._next_link(bundle, url, seen, started), None
-            except FhirError as exc:  # raised after this page's entries, as before the read-ahead
+            except Exception as exc:  # noqa: BLE001 - raised after this page's entries, as before the read-ahead
                 next_url, link_error = None, exc
-            pending = ahead.submit(self._page, next_url, None, stats) if next_url else None
+            pending = self._read_ahead(next_url, stats, closed) if next_url else None
             for mode, resource in self._entries(bundle):
                 if mode != "match" or resource is None:
                     stats.skipped_entries[mode] = stats.skipped_entries.get(mode, 0) + 1
@@ -313,6 +341,8 @@ class FhirClient:
                 yield SearchEntry(resource, url, *wire_text(resource, non_finite))
             if link_error is not None:
                 raise link_error
+            if next_url:
+                self._check_deadline(started, len(seen) - 1)  # the time this page's entries took counts, as before
             url = next_url
             query = None  # the next link carries its own query, used exactly as given
 

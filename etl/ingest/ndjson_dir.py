@@ -5,7 +5,6 @@ check compares with is the number of distinct resources in the files.
 """
 from __future__ import annotations
 
-import logging
 import time
 from pathlib import Path
 
@@ -15,8 +14,6 @@ from etl.warehouse import Warehouse
 
 from .pipeline import ValidatingLoader, validation_pool
 from .report import PassEnd, TypeReport, finish_pass
-
-log = logging.getLogger(__name__)
 
 
 def files_to_read(files: list[Path], resource_types: list[str]) -> tuple[list[Path], set[str]]:
@@ -48,9 +45,6 @@ def sync_ndjson_directory(warehouse: Warehouse, directory: str | Path, resource_
     if not files:
         raise FileNotFoundError(f"no *.ndjson files under {directory}")
     files, other_types = files_to_read(files, resource_types)
-    if other_types:
-        log.info("not read: the files of %s (types this run did not select; their own assets read them)",
-                 ", ".join(sorted(other_types)))
     loader = ValidatingLoader(warehouse, resource_types, track_ids=True)
     pool = validation_pool(workers)
     try:
@@ -64,6 +58,8 @@ def sync_ndjson_directory(warehouse: Warehouse, directory: str | Path, resource_
         seen = loader.seen(rtype)
         distinct = len(seen) + loader.without_id.get(rtype, 0)
         report = TypeReport(rtype, "ndjson", scope=f"NDJSON files under {directory}")
+        if other_types:  # shown with the asset's materialization, so the run says what it left alone
+            report.notes.append(f"not read: the files of {', '.join(sorted(other_types))} (not selected in this run)")
         reports[rtype] = finish_pass(warehouse, loader.loader(rtype), report, PassEnd(
             watermark=None, watermark_source="none (files)", full=True, seen=seen,
             deletes_source=f"{directory} (NDJSON)", server_count=distinct), started)

@@ -30,7 +30,30 @@ def test_a_step_splits_into_its_load_and_its_checks_at_its_last_materialization(
 
     [step] = steps_of_last_run(tmp_path)
 
-    assert (step.key, step.status, step.tables) == ("load_then_check", "success", ["raw_a", "raw_b"])
+    assert (step.key, step.status, step.tables, step.retried) == ("load_then_check", "success", ["raw_a", "raw_b"], False)
     assert step.materialized is not None
     assert step.start <= step.materialized <= step.end
     assert CHECKS_TAKE_S <= step.end - step.materialized < CHECKS_TAKE_S + 5
+
+
+ATTEMPTS: list[int] = []
+
+
+@dg.asset
+def flaky():
+    ATTEMPTS.append(1)
+    if len(ATTEMPTS) == 1:
+        raise dg.RetryRequested(max_retries=1, seconds_to_wait=0)
+
+
+def test_a_step_that_ran_twice_says_so(tmp_path):
+    (tmp_path / "dagster.yaml").write_text("telemetry:\n  enabled: false\n")
+    instance = dg.DagsterInstance.from_config(str(tmp_path))
+    try:
+        assert dg.materialize([flaky], instance=instance).success
+    finally:
+        instance.dispose()
+
+    [step] = steps_of_last_run(tmp_path)
+
+    assert len(ATTEMPTS) == 2 and step.status == "success" and step.retried

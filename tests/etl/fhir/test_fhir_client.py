@@ -1,6 +1,7 @@
 """Search paging and retries of etl.fhir.client, against a mocked transport (respx)."""
 from __future__ import annotations
 
+import threading
 import time
 
 import httpx
@@ -75,6 +76,48 @@ def test_a_next_page_that_fails_fails_the_search_after_this_pages_entries():
         for entry in client.search("Patient"):
             got.append(entry.resource["id"])
     assert got == ["a", "b"]
+
+
+@respx.mock
+def test_a_search_closed_early_leaves_no_read_ahead_waiting_on_a_throttled_page():
+    respx.get(f"{BASE}/Patient", params={"_count": "2"}).respond(json=bundle(["a", "b"], f"{BASE}/opaque?page=2"))
+    throttled = respx.get(f"{BASE}/opaque", params={"page": "2"})
+    throttled.respond(503, headers={"Retry-After": "30"})
+    with FhirClient(BASE, page_size=2, backoff_s=0) as client:
+        entries = client.search("Patient")
+        assert next(entries).resource["id"] == "a"
+        deadline = time.monotonic() + 5
+        while not throttled.called and time.monotonic() < deadline:
+            time.sleep(0.01)
+        entries.close()  # the consumer stops; the page read ahead is waiting 30 s to retry
+        deadline = time.monotonic() + 5
+        while any(t.name.startswith("fhir-read-ahead") for t in threading.enumerate()) and time.monotonic() < deadline:
+            time.sleep(0.01)
+    assert not any(t.name.startswith("fhir-read-ahead") for t in threading.enumerate())
+    assert throttled.call_count == 1  # no attempt after the close
+
+
+@respx.mock
+def test_a_next_link_that_is_not_a_url_fails_the_search_after_this_pages_entries():
+    respx.get(f"{BASE}/Patient").respond(json=bundle(["a", "b"], "http://[broken/x"))
+    got: list[str] = []
+    with FhirClient(BASE, backoff_s=0) as client, pytest.raises(FhirError, match="not a URL"):
+        for entry in client.search("Patient"):
+            got.append(entry.resource["id"])
+    assert got == ["a", "b"]
+
+
+@respx.mock
+def test_the_search_deadline_counts_the_time_the_consumer_takes():
+    respx.get(f"{BASE}/Patient", params={"_count": "1"}).respond(json=bundle(["a"], f"{BASE}/opaque?page=2"))
+    respx.get(f"{BASE}/opaque", params={"page": "2"}).respond(json=bundle(["b"]))
+    got: list[str] = []
+    with FhirClient(BASE, page_size=1, backoff_s=0, search_deadline_s=0.2) as client, \
+            pytest.raises(FhirError, match="search deadline"):
+        for entry in client.search("Patient"):
+            got.append(entry.resource["id"])
+            time.sleep(0.3)  # a slow consumer: the deadline passes while it holds the first page
+    assert got == ["a"]
 
 
 @respx.mock

@@ -43,6 +43,7 @@ def test_a_backfill_of_one_type_quarantines_nothing_of_another_pulled_type(tmp_p
     reports = sync_ndjson_directory(wh, files, ["Patient"], workers=1)
 
     assert wh.current_ids("Patient") == {"p1"} and set(reports) == {"Patient"}
+    assert reports["Patient"].as_metadata()["notes"] == "not read: the files of Observation (not selected in this run)"
     q = wh.read_table("quarantine")
     # A type the service does not pull, and a file that names no type, are still read: what is not asked for
     # there is quarantined with its reason, as before. The Observation file is not touched.
