@@ -61,3 +61,50 @@ def test_the_left_out_type_loads_when_its_own_asset_runs_and_the_first_stays(tmp
 
     assert wh.current_ids("Observation") == {"o1"} and reports["Observation"].load.applied.inserted == 1
     assert wh.current_ids("Patient") == {"p1"}  # not selected this time: neither read nor deleted
+
+
+def handover(tmp_path: Path, name: str, files: dict[str, bytes]) -> Path:
+    directory = tmp_path / name
+    directory.mkdir()
+    for file, text in files.items():
+        (directory / file).write_bytes(text)
+    return directory
+
+
+def test_a_type_missing_from_a_later_handover_keeps_its_rows_and_says_so(tmp_path):
+    wh = warehouse(tmp_path)
+    line = {"Patient.ndjson": orjson.dumps(PATIENT) + b"\n", "Observation.ndjson": orjson.dumps(OBSERVATION) + b"\n"}
+    sync_ndjson_directory(wh, handover(tmp_path, "first", line), ["Patient", "Observation"], workers=1)
+
+    reports = sync_ndjson_directory(wh, handover(tmp_path, "second", {"Patient.ndjson": line["Patient.ndjson"]}),
+                                    ["Patient", "Observation"], workers=1)
+
+    assert wh.current_ids("Observation") == {"o1"}  # an export without its Observation file deletes nothing
+    report = reports["Observation"]
+    assert "no file under the directory can hold Observation" in report.as_metadata()["notes"]
+    assert report.load.applied.deleted == 0 and report.warehouse_count == 1 and report.server_count == 1
+
+
+def test_an_empty_file_says_there_are_none(tmp_path):
+    wh = warehouse(tmp_path)
+    line = {"Patient.ndjson": orjson.dumps(PATIENT) + b"\n", "Observation.ndjson": orjson.dumps(OBSERVATION) + b"\n"}
+    sync_ndjson_directory(wh, handover(tmp_path, "first", line), ["Patient", "Observation"], workers=1)
+
+    reports = sync_ndjson_directory(wh, handover(tmp_path, "second", {**line, "Observation.ndjson": b""}),
+                                    ["Patient", "Observation"], workers=1)
+
+    assert wh.current_ids("Observation") == set() and reports["Observation"].load.applied.deleted == 1
+    assert "notes" not in reports["Observation"].as_metadata()
+
+
+def test_a_file_named_for_no_type_can_hold_any_so_nothing_is_kept_back(tmp_path):
+    wh = warehouse(tmp_path)
+    line = {"Patient.ndjson": orjson.dumps(PATIENT) + b"\n", "Observation.ndjson": orjson.dumps(OBSERVATION) + b"\n"}
+    sync_ndjson_directory(wh, handover(tmp_path, "first", line), ["Patient", "Observation"], workers=1)
+
+    reports = sync_ndjson_directory(wh, handover(tmp_path, "second", {"export.ndjson": line["Patient.ndjson"]}),
+                                    ["Patient", "Observation"], workers=1)
+
+    # the mixed file could have held Observations and did not: they are gone from the source of truth
+    assert wh.current_ids("Observation") == set() and reports["Observation"].load.applied.deleted == 1
+    assert wh.current_ids("Patient") == {"p1"}
