@@ -1,8 +1,7 @@
 """The NDJSON hand-over as a sync mode: a directory of ``*.ndjson`` files that hospital IT exported.
 
 The files are the source of truth, so ids not in them are deleted, and the count the reconciliation
-check compares with is the number of distinct resources in the files. A type with no file at all is the
-exception: its rows are kept (an export that failed), and an empty file is how a hand-over says "none".
+check compares with is the number of distinct resources in the files.
 """
 from __future__ import annotations
 
@@ -14,7 +13,7 @@ from etl.fhir.types import RESOURCE_TYPES
 from etl.warehouse import Warehouse
 
 from .pipeline import ValidatingLoader, validation_pool
-from .report import PassEnd, TypeReport, finish_pass, record_counts
+from .report import PassEnd, TypeReport, finish_pass
 
 
 def files_to_read(files: list[Path], resource_types: list[str]) -> tuple[list[Path], set[str]]:
@@ -36,13 +35,6 @@ def files_to_read(files: list[Path], resource_types: list[str]) -> tuple[list[Pa
     return keep, others
 
 
-def types_no_file_can_hold(files: list[Path], resource_types: list[str]) -> set[str]:
-    """The selected types that none of ``files`` can hold: no file is named after them, and none is named for no
-    type (such a file can hold any)."""
-    hints = {type_from_file_name(path) for path in files}
-    return set() if None in hints else {t for t in resource_types if t not in hints}
-
-
 def sync_ndjson_directory(warehouse: Warehouse, directory: str | Path, resource_types: list[str],
                           workers: int | None = None) -> dict[str, TypeReport]:
     if not directory:
@@ -53,10 +45,6 @@ def sync_ndjson_directory(warehouse: Warehouse, directory: str | Path, resource_
     if not files:
         raise FileNotFoundError(f"no *.ndjson files under {directory}")
     files, other_types = files_to_read(files, resource_types)
-    # A type with no file in a hand-over is far more likely an export that failed than a hospital that deleted all
-    # of it: its current rows are kept rather than deleted as missing. An empty file (``Observation.ndjson`` with no
-    # line) says there are none, and then they are deleted, as any id missing from the files.
-    absent = {t for t in types_no_file_can_hold(files, resource_types) if warehouse.current_count(t)}
     loader = ValidatingLoader(warehouse, resource_types, track_ids=True)
     pool = validation_pool(workers)
     try:
@@ -72,13 +60,6 @@ def sync_ndjson_directory(warehouse: Warehouse, directory: str | Path, resource_
         report = TypeReport(rtype, "ndjson", scope=f"NDJSON files under {directory}")
         if other_types:  # shown with the asset's materialization, so the run says what it left alone
             report.notes.append(f"not read: the files of {', '.join(sorted(other_types))} (not selected in this run)")
-        if rtype in absent:
-            report.notes.append(f"no file under the directory can hold {rtype}: its current rows were kept, not deleted "
-                                f"(an empty {rtype}.ndjson says there are none)")
-            report.load, report.seconds = loader.loader(rtype).counts, time.monotonic() - started
-            record_counts(None, warehouse, report)  # the counts recorded before, unchanged
-            reports[rtype] = report
-            continue
         reports[rtype] = finish_pass(warehouse, loader.loader(rtype), report, PassEnd(
             watermark=None, watermark_source="none (files)", full=True, seen=seen,
             deletes_source=f"{directory} (NDJSON)", server_count=distinct), started)
