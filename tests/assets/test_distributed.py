@@ -2,8 +2,10 @@
 (Debian's redis-server), all on this machine. The steps must run in the worker process, not here."""
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
+import signal
 import subprocess
 import sys
 import time
@@ -57,7 +59,8 @@ def test_the_study_job_runs_its_steps_on_celery_workers(sandbox, broker, tmp_pat
          "-n", "w1@%h",
          "-l", "info"], cwd=ROOT, stdout=log.open("wb"), stderr=subprocess.STDOUT,
         # dagster-celery starts `celery` from PATH: the venv's own
-        env={**os.environ, **env, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"})
+        env={**os.environ, **env, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"},
+        start_new_session=True)  # its own process group: `celery` and its pool are the wrapper's children
     try:
         deadline = time.monotonic() + 90
         while "ready" not in log.read_text(errors="replace"):
@@ -79,5 +82,11 @@ def test_the_study_job_runs_its_steps_on_celery_workers(sandbox, broker, tmp_pat
         assert any("in celery worker" in (r.dagster_event.message or "") for r in records if r.dagster_event)
         assert len(Warehouse(warehouse_url).read_table("cohort")) > 0
     finally:
-        worker.terminate()
-        worker.wait(timeout=30)
+        # The whole group: terminating the dagster-celery wrapper alone left `celery` and its pool running after
+        # the suite (about 800 MB per run of `make test`).
+        os.killpg(worker.pid, signal.SIGTERM)
+        try:
+            worker.wait(timeout=30)
+        finally:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(worker.pid, signal.SIGKILL)
