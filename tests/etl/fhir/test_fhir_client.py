@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import threading
 import time
+from typing import Callable
 
 import httpx
 import pytest
@@ -21,6 +22,14 @@ def bundle(ids: list[str], next_url: str | None = None, total: int | None = None
     if total is not None:
         b["total"] = total
     return b
+
+
+def wait_until(condition: Callable[[], bool], seconds: float = 5.0) -> bool:
+    """Whether ``condition`` became true within ``seconds`` (the read-ahead runs in a thread of its own)."""
+    deadline = time.monotonic() + seconds
+    while not condition() and time.monotonic() < deadline:
+        time.sleep(0.01)
+    return condition()
 
 
 @respx.mock
@@ -59,10 +68,7 @@ def test_the_next_page_is_requested_while_this_pages_entries_are_still_being_han
     with FhirClient(BASE, page_size=2, backoff_s=0) as client:
         entries = client.search("Patient")
         assert next(entries).resource["id"] == "a"
-        deadline = time.monotonic() + 5
-        while not second.called and time.monotonic() < deadline:
-            time.sleep(0.01)
-        assert second.called  # asked for before "b" was taken
+        assert wait_until(lambda: second.called)  # asked for before "b" was taken
         assert [e.resource["id"] for e in entries] == ["b", "c"]
     assert second.call_count == 1
 
@@ -86,14 +92,9 @@ def test_a_search_closed_early_leaves_no_read_ahead_waiting_on_a_throttled_page(
     with FhirClient(BASE, page_size=2, backoff_s=0) as client:
         entries = client.search("Patient")
         assert next(entries).resource["id"] == "a"
-        deadline = time.monotonic() + 5
-        while not throttled.called and time.monotonic() < deadline:
-            time.sleep(0.01)
+        assert wait_until(lambda: throttled.called)
         entries.close()  # the consumer stops; the page read ahead is waiting 30 s to retry
-        deadline = time.monotonic() + 5
-        while any(t.name.startswith("fhir-read-ahead") for t in threading.enumerate()) and time.monotonic() < deadline:
-            time.sleep(0.01)
-    assert not any(t.name.startswith("fhir-read-ahead") for t in threading.enumerate())
+        assert wait_until(lambda: not any(t.name.startswith("fhir-read-ahead") for t in threading.enumerate()))
     assert throttled.call_count == 1  # no attempt after the close
 
 
